@@ -1,0 +1,1 @@
+"""taskplane: a data plane for AI-agent work on Celery and Redis."""

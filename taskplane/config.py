@@ -1,0 +1,164 @@
+"""Settings: every option of the data plane, its default and its unit.
+
+Every field is also an environment variable ``TASKPLANE_<FIELD>``; nested
+groups use ``__``, e.g. ``TASKPLANE_RETRY_CONFIG__INITIAL_DELAY=100``. Lists
+accept JSON (``["a", "b"]``) or a comma-separated string.
+
+Only the edges (the Celery app, the CLI, ``ExecutionEngine()``) build
+settings from the environment; everything inside takes them as arguments.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import pydantic
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from taskplane.errors import ConfigurationError
+
+ENV_PREFIX = "TASKPLANE_"
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_DATABASE_URL = "sqlite:///taskplane-tracking.db"
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class RetryConfig(BaseModel):
+    """Backoff for retryable errors: attempt k waits initial_delay × multiplier^(k−1) ms."""
+
+    max_retries: int = Field(2, ge=0, le=100)
+    backoff_multiplier: float = Field(2.0, ge=1.0)
+    initial_delay: int = Field(1000, ge=0, description="ms")
+
+
+class CacheConfig(BaseModel):
+    """The Redis result cache."""
+
+    enabled: bool = True
+    ttl: int = Field(300, gt=0, description="seconds")
+    confidence_threshold: Fraction = 0.8
+    max_entries: int = Field(1000, ge=1)
+
+
+class CircuitBreakerConfig(BaseModel):
+    """Per-agent circuit breakers, shared by every worker through Redis."""
+
+    failure_threshold: int = Field(5, ge=1)
+    reset_timeout: int = Field(30000, gt=0, description="ms")
+    monitoring_period: int = Field(60000, gt=0, description="ms")
+
+
+class RateLimitConfig(BaseModel):
+    """Per-agent sliding-window rate limit, shared by every worker through Redis."""
+
+    max_requests: int = Field(100, ge=1)
+    window_ms: int = Field(60000, gt=0)
+
+
+class AggregationConfig(BaseModel):
+    """How many rollup buckets of each size the tracker keeps."""
+
+    minute: int = Field(60, ge=1)
+    hour: int = Field(24, ge=1)
+    day: int = Field(30, ge=1)
+
+
+class AnomalyDetectionConfig(BaseModel):
+    """Confidence anomaly detection."""
+
+    enabled: bool = True
+    sudden_drop_threshold: Fraction = 0.3
+    low_confidence_threshold: Fraction = 0.5
+    high_variance_threshold: Fraction = 0.2
+    check_interval_ms: int = Field(60000, gt=0)
+
+
+def _split_list(value: Any) -> Any:
+    """Accept a JSON list or a comma-separated string for list settings."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """All of taskplane's options. Times are in ms unless the field says seconds."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    redis_url: str = DEFAULT_REDIS_URL
+    broker_url: str | None = None
+    database_url: str = DEFAULT_DATABASE_URL
+    key_prefix: str = Field("taskplane", min_length=1)
+
+    max_concurrency: int = Field(10, ge=1)
+    default_timeout: int = Field(30000, gt=0, description="ms, per call")
+    retry_config: RetryConfig = Field(default_factory=RetryConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
+    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
+    aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
+    anomaly_detection: AnomalyDetectionConfig = Field(default_factory=AnomalyDetectionConfig)
+
+    function_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    patterns_dir: str = "patterns"
+    http_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    http_block_private: bool = False
+    http_max_response_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+
+    worker_concurrency: int = Field(32, ge=1)
+    plan_retention_s: int = Field(86400, gt=0, description="seconds plan state is kept")
+    events_enabled: bool = True
+    events_stream_maxlen: int = Field(10000, ge=1)
+    tracking_enabled: bool = True
+
+    @field_validator("function_modules", "http_allowed_hosts", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @property
+    def effective_broker_url(self) -> str:
+        """The broker: ``broker_url`` if set, else Redis."""
+        return self.broker_url or self.redis_url
+
+    @property
+    def longest_task_s(self) -> float:
+        """Upper bound of one task's run time with every retry and backoff, in seconds."""
+        retry = self.retry_config
+        backoff_ms = sum(
+            retry.initial_delay * retry.backoff_multiplier**k for k in range(retry.max_retries)
+        )
+        return (self.default_timeout * (retry.max_retries + 1) + backoff_ms) / 1000.0
+
+
+def env_name(location: tuple[Any, ...]) -> str:
+    """Map a pydantic error location to the environment variable that sets it."""
+    parts = [str(part).upper() for part in location if not isinstance(part, int)]
+    return ENV_PREFIX + "__".join(parts)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment (and *overrides*), naming any bad variable.
+
+    Raises:
+        ConfigurationError: A value is missing or out of range; the message
+            names ``TASKPLANE_…`` for each.
+    """
+    try:
+        return Settings(**overrides)
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(f"{env_name(err['loc'])}: {err['msg']}" for err in exc.errors())
+        raise ConfigurationError(f"invalid taskplane settings: {problems}") from exc

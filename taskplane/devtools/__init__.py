@@ -1,0 +1,1 @@
+"""Helpers for running taskplane locally: finding or starting a Redis server."""
