@@ -33,6 +33,16 @@ class RetryConfig(BaseModel):
     backoff_multiplier: float = Field(2.0, ge=1.0)
     initial_delay: int = Field(1000, ge=0, description="ms")
 
+    def delay_ms(self, attempt: int) -> float:
+        """Wait before retry number *attempt* (1-based): initial × multiplier^(attempt−1)."""
+        return self.initial_delay * self.backoff_multiplier ** (attempt - 1)
+
+    def longest_run_ms(self, timeout_ms: float, retries: int | None = None) -> float:
+        """Longest a task can take: every attempt timing out, plus every backoff."""
+        retries = self.max_retries if retries is None else retries
+        backoff = sum(self.delay_ms(k) for k in range(1, retries + 1))
+        return timeout_ms * (retries + 1) + backoff
+
 
 class CacheConfig(BaseModel):
     """The Redis result cache."""
@@ -119,6 +129,10 @@ class Settings(BaseSettings):
     http_max_response_bytes: int = Field(10 * 1024 * 1024, ge=1024)
 
     worker_concurrency: int = Field(32, ge=1)
+    visibility_timeout_s: int | None = Field(
+        None, ge=10, description="seconds; None = derived from the longest task"
+    )
+    redelivery_sweep_s: int = Field(5, ge=1, description="seconds between unacked sweeps")
     plan_retention_s: int = Field(86400, gt=0, description="seconds plan state is kept")
     events_enabled: bool = True
     events_stream_maxlen: int = Field(10000, ge=1)
@@ -137,11 +151,15 @@ class Settings(BaseSettings):
     @property
     def longest_task_s(self) -> float:
         """Upper bound of one task's run time with every retry and backoff, in seconds."""
-        retry = self.retry_config
-        backoff_ms = sum(
-            retry.initial_delay * retry.backoff_multiplier**k for k in range(retry.max_retries)
-        )
-        return (self.default_timeout * (retry.max_retries + 1) + backoff_ms) / 1000.0
+        return self.retry_config.longest_run_ms(self.default_timeout) / 1000.0
+
+
+    @property
+    def effective_visibility_timeout_s(self) -> int:
+        """Redis visibility timeout: longer than the longest task, with a margin."""
+        if self.visibility_timeout_s is not None:
+            return self.visibility_timeout_s
+        return max(60, int(self.longest_task_s * 1.1) + 5)
 
 
 def env_name(location: tuple[Any, ...]) -> str:

@@ -7,6 +7,7 @@
     ├── ValidationError             a plan, task or registration is malformed (also a ValueError)
     ├── BackendError                Redis or the tracking database cannot be reached
     ├── PlanFailedError             a plan ended without the outcome its strategy needs
+    ├── WaitTimeoutError            waiting for a plan gave up before the plan ended
     └── ExecutionError              one attempt at a task went wrong (caught inside the worker)
         ├── TransportError          the target could not be reached (connection refused, reset)
         ├── TaskTimeoutError        the target did not answer within the call's timeout
@@ -80,6 +81,10 @@ class PlanFailedError(TaskplaneError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class WaitTimeoutError(TaskplaneError, TimeoutError):
+    """Raised when ``PlanHandle.wait(timeout)`` gives up before the plan ended (it keeps running)."""
 
 
 class ExecutionError(TaskplaneError):

@@ -95,11 +95,6 @@ class RunContext:
     lineage: tuple[str, ...] = ()
 
 
-def backoff_delay_ms(retry: RetryConfig, attempt: int) -> float:
-    """Delay before retry number *attempt* (1-based): initial × multiplier^(attempt−1)."""
-    return retry.initial_delay * retry.backoff_multiplier ** (attempt - 1)
-
-
 def target_metadata(task: ExecutionTask) -> dict[str, Any]:
     """The metadata every envelope of *task* carries, whatever its outcome."""
     meta: dict[str, Any] = {"target": task.target, "taskType": task.type.value}
@@ -261,7 +256,7 @@ class TaskRunner:
                 timed_out = isinstance(exc, TaskTimeoutError)
                 if attempt > max_retries:
                     return finish(TaskStatus.TIMEOUT if timed_out else TaskStatus.FAILURE, error)
-                delay_ms = backoff_delay_ms(self.retry, attempt)
+                delay_ms = self.retry.delay_ms(attempt)
                 if isinstance(exc, UpstreamError) and exc.retry_after_s is not None:
                     delay_ms = max(delay_ms, exc.retry_after_s * 1000.0)
                 if ctx.deadline is not None and self.clock() + delay_ms / 1000.0 >= ctx.deadline:

@@ -1,0 +1,422 @@
+"""The result cache: successful, confident results kept for a while, LRU-bounded.
+
+A key is the SHA-256 of the canonical JSON ``{pattern, input, capabilities}``
+(:func:`cache_key`). Only ``success`` results with a confidence at or above
+``CacheConfig.confidence_threshold`` are stored, for ``CacheConfig.ttl``
+seconds, at most ``CacheConfig.max_entries`` of them (least recently used
+evicted first). Values are JSON, never pickle.
+
+:class:`RedisResultCache` is shared by every worker: each read and each write
+is one atomic Lua script, so recency, trimming and the hit/miss/eviction
+counters stay right with any number of concurrent writers.
+:class:`InMemoryResultCache` is the same contract in one process.
+:class:`RunnerCache` adapts either one to the task runner's ``TaskCache``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pydantic
+import redis
+
+from taskplane.config import CacheConfig
+from taskplane.errors import BackendError, ValidationError
+from taskplane.models import ExecutionResult, ExecutionTask, TaskStatus, TaskType
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+DEFAULT_PREFIX = "taskplane"
+#: Task types whose results carry a confidence; others are cached only on request.
+CONFIDENT_TYPES = (TaskType.AGENT, TaskType.PATTERN)
+#: At most one "cache unavailable" warning per this many seconds.
+WARN_INTERVAL_S = 30.0
+
+
+def cache_key(pattern: str, input: Any, capabilities: Iterable[str]) -> str:
+    """The cache key of one call: SHA-256 hex of its canonical JSON.
+
+    Key order inside *input* and the order of *capabilities* do not change it.
+
+    Raises:
+        ValidationError: *input* is not JSON-serialisable.
+    """
+    document = {"pattern": pattern, "input": input, "capabilities": sorted(capabilities)}
+    try:
+        text = json.dumps(
+            document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"cache input is not JSON-serialisable: {exc}") from exc
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class ResultCache(ABC):
+    """Where finished results are kept for reuse.
+
+    Args:
+        config: TTL, confidence threshold, size bound, on/off switch.
+    """
+
+    def __init__(self, config: CacheConfig) -> None:
+        self.config = config
+
+    def key_for(self, pattern: str, input: Any, capabilities: Iterable[str]) -> str:
+        """The key of one call; see :func:`cache_key`."""
+        return cache_key(pattern, input, capabilities)
+
+    def accepts(self, result: ExecutionResult, *, require_confidence: bool = True) -> bool:
+        """Whether *result* may be stored: a success confident enough.
+
+        Args:
+            result: The candidate.
+            require_confidence: When False, a result that carries no confidence
+                at all (a ``function``/``http`` task that opted in) is accepted.
+        """
+        if not self.config.enabled or result.status is not TaskStatus.SUCCESS:
+            return False
+        if result.confidence is None:
+            return not require_confidence
+        return result.confidence >= self.config.confidence_threshold
+
+    @abstractmethod
+    def get(self, key: str) -> ExecutionResult | None:
+        """The live result under *key* (refreshing its recency), or None; counts a hit or miss."""
+
+    @abstractmethod
+    def set(self, key: str, result: ExecutionResult, *, require_confidence: bool = True) -> bool:
+        """Store *result* under *key* if :meth:`accepts` it; returns whether it was stored."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Forget *key*."""
+
+    @abstractmethod
+    def clear(self) -> None:
+        """Forget every entry and reset the counters."""
+
+    @abstractmethod
+    def stats(self) -> dict[str, Any]:
+        """``{"entries", "hits", "misses", "hitRate", "evictions"}``; hitRate in 0…1."""
+
+
+def _stats(entries: int, hits: int, misses: int, evictions: int) -> dict[str, Any]:
+    lookups = hits + misses
+    return {
+        "entries": entries,
+        "hits": hits,
+        "misses": misses,
+        "hitRate": hits / lookups if lookups else 0.0,
+        "evictions": evictions,
+    }
+
+
+def _decode(raw: str | bytes | None) -> ExecutionResult | None:
+    """Rebuild a stored result; an unreadable value is logged and treated as a miss."""
+    if raw is None:
+        return None
+    try:
+        return ExecutionResult.model_validate(json.loads(raw))
+    except (ValueError, pydantic.ValidationError):
+        log.warning("discarding an unreadable cache entry", exc_info=True)
+        return None
+
+
+def _encode(result: ExecutionResult) -> str:
+    return json.dumps(result.to_json_dict(), separators=(",", ":"), ensure_ascii=False)
+
+
+class InMemoryResultCache(ResultCache):
+    """The cache in one process's memory; thread-safe. For tests and local use.
+
+    Args:
+        config: TTL, threshold, size bound, on/off switch.
+        clock: Epoch seconds; decides expiry.
+    """
+
+    def __init__(self, config: CacheConfig, *, clock: Clock = time.time) -> None:
+        super().__init__(config)
+        self.clock = clock
+        # key -> (expires_at, JSON); ordered least recently used first.
+        self._entries: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        # key -> expires_at; ordered by write, which (one TTL for all) is expiry order.
+        self._expiry: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+        self._hits = self._misses = self._evictions = 0
+
+    def _forget(self, key: str) -> bool:
+        self._expiry.pop(key, None)
+        return self._entries.pop(key, None) is not None
+
+    def _purge(self, now: float) -> None:
+        while self._expiry:
+            key, expires = next(iter(self._expiry.items()))
+            if expires > now:
+                break
+            self._forget(key)
+
+    def get(self, key: str) -> ExecutionResult | None:
+        if not self.config.enabled:
+            return None
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry[0] <= self.clock():
+                self._forget(key)
+                self._misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self._hits += 1
+        return _decode(entry[1])
+
+    def set(self, key: str, result: ExecutionResult, *, require_confidence: bool = True) -> bool:
+        if not self.accepts(result, require_confidence=require_confidence):
+            return False
+        value = _encode(result)
+        with self._lock:
+            now = self.clock()
+            self._purge(now)
+            expires = now + self.config.ttl
+            self._entries[key] = (expires, value)
+            self._entries.move_to_end(key)
+            self._expiry[key] = expires
+            self._expiry.move_to_end(key)
+            while len(self._entries) > self.config.max_entries:
+                self._forget(next(iter(self._entries)))
+                self._evictions += 1
+        return True
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._forget(key)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._expiry.clear()
+            self._hits = self._misses = self._evictions = 0
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            self._purge(self.clock())
+            return _stats(len(self._entries), self._hits, self._misses, self._evictions)
+
+
+# Shared Lua: Redis's own clock (ms) and removal of entries whose TTL has passed.
+# Entry values live in their own keys ({prefix}:cache:entry:<key>, with PXAT);
+# "lru" scores each live key by a global access counter, "exp" by its expiry.
+_LUA_COMMON = """
+local lru, exp, stats, seq, entry = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function forget(member, entry_prefix)
+  redis.call('ZREM', lru, member)
+  redis.call('ZREM', exp, member)
+  return redis.call('DEL', entry_prefix .. member)
+end
+local function purge(entry_prefix, now)
+  local gone = redis.call('ZRANGEBYSCORE', exp, '-inf', now)
+  for _, member in ipairs(gone) do forget(member, entry_prefix) end
+end
+"""
+
+# KEYS: lru, exp, stats, seq, entry  ARGV: member
+_LUA_GET = (
+    _LUA_COMMON
+    + """
+local value = redis.call('GET', entry)
+if value then
+  redis.call('ZADD', lru, redis.call('INCR', seq), ARGV[1])
+  redis.call('HINCRBY', stats, 'hits', 1)
+  return value
+end
+redis.call('ZREM', lru, ARGV[1])
+redis.call('ZREM', exp, ARGV[1])
+redis.call('HINCRBY', stats, 'misses', 1)
+return false
+"""
+)
+
+# KEYS: lru, exp, stats, seq, entry  ARGV: member, value, ttl_ms, max_entries, entry_prefix
+_LUA_SET = (
+    _LUA_COMMON
+    + """
+local now = now_ms()
+purge(ARGV[5], now)
+local expires = now + tonumber(ARGV[3])
+redis.call('SET', entry, ARGV[2], 'PXAT', expires)
+redis.call('ZADD', lru, redis.call('INCR', seq), ARGV[1])
+redis.call('ZADD', exp, expires, ARGV[1])
+local evicted = 0
+local excess = redis.call('ZCARD', lru) - tonumber(ARGV[4])
+while excess > 0 do
+  local popped = redis.call('ZPOPMIN', lru)
+  evicted = evicted + forget(popped[1], ARGV[5])
+  excess = excess - 1
+end
+if evicted > 0 then redis.call('HINCRBY', stats, 'evictions', evicted) end
+return evicted
+"""
+)
+
+# KEYS: lru, exp, stats, seq, entry  ARGV: member, entry_prefix
+_LUA_DELETE = _LUA_COMMON + "forget(ARGV[1], ARGV[2])\nreturn 1\n"
+
+# KEYS: lru, exp, stats, seq, entry  ARGV: entry_prefix
+_LUA_CLEAR = (
+    _LUA_COMMON
+    + """
+for _, index in ipairs({lru, exp}) do
+  for _, member in ipairs(redis.call('ZRANGE', index, 0, -1)) do
+    redis.call('DEL', ARGV[1] .. member)
+  end
+end
+redis.call('DEL', lru, exp, stats)
+return 1
+"""
+)
+
+# KEYS: lru, exp, stats, seq, entry  ARGV: entry_prefix
+_LUA_STATS = (
+    _LUA_COMMON
+    + """
+purge(ARGV[1], now_ms())
+local counters = redis.call('HMGET', stats, 'hits', 'misses', 'evictions')
+return {redis.call('ZCARD', lru), counters[1] or 0, counters[2] or 0, counters[3] or 0}
+"""
+)
+
+
+def describe_redis(client: redis.Redis) -> str:
+    """Where *client* points, for error messages (no credentials)."""
+    kwargs = client.connection_pool.connection_kwargs
+    if "path" in kwargs:
+        return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
+    return f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
+
+
+class RedisResultCache(ResultCache):
+    """The cache in Redis, shared by every worker on every host.
+
+    Each operation is one atomic Lua script; expiry uses Redis's own clock
+    (``SET … PXAT``), recency a global access counter, so hosts with skewed
+    clocks still agree. Needs Redis ≥ 6.2 (not Redis Cluster: scripts touch
+    entry keys they derive from the prefix).
+
+    Args:
+        redis_client: Any ``redis.Redis`` (``decode_responses`` either way).
+        config: TTL, threshold, size bound, on/off switch.
+        prefix: Namespace of every key this cache writes.
+
+    Raises:
+        BackendError: From every method when Redis cannot be reached.
+    """
+
+    def __init__(
+        self, redis_client: redis.Redis, config: CacheConfig, *, prefix: str = DEFAULT_PREFIX
+    ) -> None:
+        super().__init__(config)
+        self.redis = redis_client
+        self.prefix = prefix
+        self.entry_prefix = f"{prefix}:cache:entry:"
+        self._index_keys = [f"{prefix}:cache:{name}" for name in ("lru", "exp", "stats", "seq")]
+        self._get = redis_client.register_script(_LUA_GET)
+        self._set = redis_client.register_script(_LUA_SET)
+        self._delete = redis_client.register_script(_LUA_DELETE)
+        self._clear = redis_client.register_script(_LUA_CLEAR)
+        self._stats = redis_client.register_script(_LUA_STATS)
+
+    def _run(self, script: Any, key: str, *args: Any) -> Any:
+        try:
+            return script(keys=[*self._index_keys, self.entry_prefix + key], args=args)
+        except redis.RedisError as exc:
+            where = describe_redis(self.redis)
+            raise BackendError(f"result cache at {where} failed: {exc}") from exc
+
+    def get(self, key: str) -> ExecutionResult | None:
+        if not self.config.enabled:
+            return None
+        return _decode(self._run(self._get, key, key))
+
+    def set(self, key: str, result: ExecutionResult, *, require_confidence: bool = True) -> bool:
+        if not self.accepts(result, require_confidence=require_confidence):
+            return False
+        ttl_ms = self.config.ttl * 1000
+        self._run(
+            self._set, key, key, _encode(result), ttl_ms, self.config.max_entries, self.entry_prefix
+        )
+        return True
+
+    def delete(self, key: str) -> None:
+        self._run(self._delete, key, key, self.entry_prefix)
+
+    def clear(self) -> None:
+        self._run(self._clear, "", self.entry_prefix)
+
+    def stats(self) -> dict[str, Any]:
+        entries, hits, misses, evictions = self._run(self._stats, "", self.entry_prefix)
+        return _stats(int(entries), int(hits), int(misses), int(evictions))
+
+
+class RunnerCache:
+    """The task runner's ``TaskCache`` over a :class:`ResultCache`.
+
+    The key's pattern is ``metadata.pattern`` (else ``type:target``), its input
+    the payload, its capabilities the agent's (none for other task types). A
+    cache that cannot be reached is logged and behaves as a miss.
+
+    Args:
+        cache: Where results live.
+        capabilities_of: An agent id's capabilities (may raise ``BackendError``).
+    """
+
+    def __init__(self, cache: ResultCache, *, capabilities_of: Callable[[str], list[str]]) -> None:
+        self.cache = cache
+        self.capabilities_of = capabilities_of
+        self._last_warning = float("-inf")
+
+    def key_of(self, task: ExecutionTask) -> str:
+        """The cache key of *task*."""
+        pattern = task.metadata.pattern or f"{task.type.value}:{task.target}"
+        capabilities = self.capabilities_of(task.target) if task.type is TaskType.AGENT else []
+        return self.cache.key_for(pattern, task.payload, capabilities)
+
+    def lookup(self, task: ExecutionTask) -> ExecutionResult | None:
+        """A cached result for *task*, or None (also when the cache is unavailable)."""
+        if not self.cache.config.enabled:
+            return None
+        try:
+            return self.cache.get(self.key_of(task))
+        except BackendError as exc:
+            self._warn("lookup", task, exc)
+            return None
+
+    def store(self, task: ExecutionTask, result: ExecutionResult) -> None:
+        """Offer *result* to the cache; results without a confidence only for opted-in types."""
+        if not self.cache.config.enabled:
+            return
+        try:
+            self.cache.set(
+                self.key_of(task), result, require_confidence=task.type in CONFIDENT_TYPES
+            )
+        except BackendError as exc:
+            self._warn("store", task, exc)
+
+    def _warn(self, action: str, task: ExecutionTask, exc: BackendError) -> None:
+        now = time.monotonic()
+        if now - self._last_warning >= WARN_INTERVAL_S:
+            self._last_warning = now
+            log.warning("result cache %s failed for task %s: %s", action, task.id, exc)
+        else:
+            log.debug("result cache %s failed for task %s: %s", action, task.id, exc)

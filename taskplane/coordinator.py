@@ -1,0 +1,200 @@
+"""Running plan members and collecting plan results, over a :class:`PlanStore`.
+
+Broker-free: the Celery tasks hand in ``enqueue`` (put the next task of a
+window on the broker) and ``deliver`` (store a plan's results for a waiting
+``execute_plan`` call), so this module is tested without Celery.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from taskplane.executor import RunContext, TaskRunner, envelope
+from taskplane.models import ExecutionResult, ExecutionTask, TaskStatus
+from taskplane.planstore import TERMINAL, PlanStore
+from taskplane.plans import PlanState, plan_outcome
+
+log = logging.getLogger(__name__)
+
+#: Puts task *index* (given as JSON) of plan *plan_id*, with the plan's deadline, on the broker.
+Enqueue = Callable[[str, int, dict[str, Any], float | None], None]
+#: Stores a finished plan's results (JSON) as the result of a waiting Celery task id.
+Deliver = Callable[[str, list[dict[str, Any]]], None]
+
+_FILL = {
+    PlanState.TIMEOUT.value: (TaskStatus.TIMEOUT, "plan deadline passed"),
+    PlanState.CANCELLED.value: (TaskStatus.CANCELLED, "plan cancelled"),
+}
+
+
+@dataclass(frozen=True)
+class PlanReport:
+    """A finished plan as its caller sees it.
+
+    Attributes:
+        plan_id: The run.
+        state: Final state (completed, failed, timeout, cancelled).
+        ok: Whether the plan succeeded by its strategy.
+        returned: What a successful plan returns (``race``: the winner only).
+        results: Every task's envelope in task order.
+        reason: Why it failed, when it did.
+    """
+
+    plan_id: str
+    state: str
+    ok: bool
+    returned: list[ExecutionResult]
+    results: list[ExecutionResult]
+    reason: str
+
+
+class PlanCoordinator:
+    """Runs members of plans and collects their results.
+
+    Args:
+        store: Where runs live.
+        runner: Runs one task to its envelope (None for a client that only collects).
+        enqueue: Puts the next task of a window on the broker.
+        deliver: Hands results to ``execute_plan`` callers waiting on a run.
+        clock: Epoch seconds.
+    """
+
+    def __init__(
+        self,
+        store: PlanStore,
+        runner: TaskRunner | None,
+        *,
+        enqueue: Enqueue,
+        deliver: Deliver | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.runner = runner
+        self.enqueue = enqueue
+        self.deliver = deliver
+        self.clock = clock
+
+    def run_member(
+        self,
+        plan_id: str,
+        index: int,
+        task_json: dict[str, Any],
+        *,
+        previous_index: int | None = None,
+        deadline: float | None = None,
+        worker: str = "",
+    ) -> ExecutionResult | None:
+        """Run task *index* of a plan once; None when an earlier run's outcome stands."""
+        task = ExecutionTask.model_validate(task_json)
+        decision = self.store.start(
+            plan_id, index, previous_index, lease_s=self.lease_s(task, deadline)
+        )
+        if decision.action == "recorded":
+            log.info("plan %s task %s already recorded; not running it again", plan_id, task.id)
+            self._after_replay(plan_id, index, deadline)
+            return None
+        if decision.action in ("missing", "busy"):
+            log.warning("plan %s task %s: %s; delivery dropped", plan_id, task.id, decision.action)
+            return None
+        ctx = RunContext(
+            plan_id=plan_id,
+            deadline=deadline,
+            worker=worker,
+            is_cancelled=lambda: self.store.is_cancelled(plan_id),
+        )
+        if decision.action == "cancelled":
+            state = self.store.meta(plan_id).get("state", "")
+            status, error = _FILL.get(state, (TaskStatus.CANCELLED, "plan cancelled"))
+            if status is TaskStatus.CANCELLED and deadline is not None and self.clock() >= deadline:
+                status, error = TaskStatus.TIMEOUT, "plan deadline passed"
+            result = envelope(task, status, error=error, ctx=ctx)
+            self._finish(plan_id, index, result, ran=False, deadline=deadline)
+            return None
+        if decision.previous is not None:
+            task = task.model_copy(
+                update={"payload": {**task.payload, "previous": previous_view(decision.previous)}}
+            )
+        assert self.runner is not None, "a collecting-only coordinator cannot run tasks"
+        result = self.runner.run(task, ctx)
+        fresh = self._finish(plan_id, index, result, ran=True, deadline=deadline)
+        return result if fresh else None
+
+    def _finish(
+        self, plan_id: str, index: int, result: ExecutionResult, *, ran: bool, deadline: float | None
+    ) -> bool:
+        outcome = self.store.finish(plan_id, index, result, ran=ran)
+        if outcome.next_index is not None and outcome.next_task is not None:
+            self.enqueue(plan_id, outcome.next_index, outcome.next_task, deadline)
+        if outcome.ending:
+            self._settle(plan_id)
+        return outcome.recorded
+
+    def lease_s(self, task: ExecutionTask, deadline: float | None) -> int:
+        """How long one run of *task* can take, in whole seconds, plus a margin."""
+        runner = self.runner
+        assert runner is not None, "a collecting-only coordinator cannot run tasks"
+        timeout_ms = task.metadata.timeout or runner.default_timeout_ms
+        longest = runner.retry.longest_run_ms(timeout_ms, task.metadata.retries) / 1000.0
+        if deadline is not None:
+            longest = min(longest, max(deadline - self.clock(), 0.0))
+        return int(longest) + 5
+
+    def _after_replay(self, plan_id: str, index: int, deadline: float | None) -> None:
+        """A rerun must not stall its plan: resend a lost successor, answer waiting callers."""
+        successor = self.store.successor_to_resend(plan_id, index)
+        if successor is not None:
+            self.enqueue(plan_id, successor[0], successor[1], deadline)
+        if self.store.meta(plan_id).get("state") in TERMINAL:
+            self._settle(plan_id)
+
+    def _settle(self, plan_id: str) -> None:
+        """The plan has ended: record outcomes for unfinished tasks, answer waiting callers."""
+        report = self.collect(plan_id)
+        if self.deliver is None:
+            return
+        for celery_id in self.store.take_replies(plan_id):
+            self.deliver(celery_id, [r.to_json_dict() for r in report.results])
+
+    def end(self, plan_id: str, state: PlanState) -> None:
+        """End a running plan as *state* (deadline passed, cancelled by the user)."""
+        if self.store.end(plan_id, state) is not None:
+            self._settle(plan_id)
+
+    def collect(self, plan_id: str) -> PlanReport:
+        """Results of an ended plan; unfinished tasks are recorded as cancelled or timed out."""
+        meta = self.store.meta(plan_id)
+        state = meta.get("state", "")
+        status, error = _FILL.get(state, (TaskStatus.CANCELLED, "cancelled: the plan ended"))
+        self.store.fill_missing(plan_id, status, error)
+        count = int(meta.get("n", "0"))
+        results = self.store.results(plan_id, count)
+        order = tuple(int(i) for i in meta.get("order", "").split(",") if i)
+        winner = int(meta["winner"]) if meta.get("winner") else None
+        ok, returned, reason = plan_outcome(
+            meta.get("rule", "all"),
+            results,
+            continue_on_error=meta.get("cont") == "1",
+            order=order,
+            winner=winner,
+        )
+        if state == PlanState.TIMEOUT.value:
+            ok, reason = False, reason or "plan deadline passed"
+        if state == PlanState.CANCELLED.value:
+            ok, reason = False, "plan cancelled"
+        complete = [r for r in results if r is not None]
+        return PlanReport(plan_id, state, ok, returned, complete, reason)
+
+
+def previous_view(result: ExecutionResult) -> dict[str, Any]:
+    """What task n+1 of a sequential plan sees of task n, as ``payload.previous``."""
+    return {
+        "taskId": result.task_id,
+        "status": result.status.value,
+        "result": result.result,
+        "confidence": result.confidence,
+        "error": result.error,
+    }

@@ -1,0 +1,233 @@
+"""ExecutionEngine: the client-side facade of taskplane.
+
+It validates plans, records and enqueues them on Celery, and waits for their
+results without polling: every plan run signals its end once, through Redis.
+Nothing connects until the first call that needs a connection.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery
+
+from taskplane.celery_app import create_app
+from taskplane.config import Settings, load_settings
+from taskplane.coordinator import PlanCoordinator
+from taskplane.errors import PlanFailedError, ValidationError, WaitTimeoutError
+from taskplane.models import (
+    ExecutionPlan,
+    ExecutionResult,
+    ExecutionTask,
+    ParallelExecutionPlan,
+    SequentialExecutionPlan,
+    Strategy,
+    parse_plan,
+    parse_task,
+)
+from taskplane.planstore import TERMINAL, PlanStore
+from taskplane.plans import PlanState
+from taskplane.runtime import redis_client
+from taskplane.tasks import deliver_results
+from taskplane.tasks.canvas import submit_plan
+
+#: Extra time a lone task's plan gets beyond its longest possible run, in ms.
+TASK_DEADLINE_MARGIN_MS = 2000
+
+
+class PlanHandle:
+    """A submitted plan run: wait for it, look at it, cancel it."""
+
+    def __init__(self, engine: ExecutionEngine, plan_id: str, *, empty: bool = False) -> None:
+        self.id = plan_id
+        self._engine = engine
+        self._empty = empty
+
+    def wait(self, timeout: float | None = None) -> list[ExecutionResult]:
+        """Block until the plan ends and return what its strategy returns.
+
+        Args:
+            timeout: Seconds to wait at most; None waits until the plan's own deadline.
+
+        Raises:
+            PlanFailedError: The plan failed, timed out or was cancelled; ``.results``
+                holds every task's result in task order.
+            WaitTimeoutError: *timeout* passed first (the plan keeps running).
+        """
+        if self._empty:
+            return []
+        return self._engine._wait(self.id, timeout)
+
+    def status(self) -> dict[str, Any]:
+        """``{id, state, total, pending, running, done}``."""
+        if self._empty:
+            return {"id": self.id, "state": "completed", "total": 0, "pending": 0, "running": 0,
+                    "done": 0}
+        return self._engine.store.status(self.id)
+
+    def cancel(self) -> None:
+        """Cancel the run: unfinished tasks come back ``cancelled`` and call nothing more."""
+        if not self._empty:
+            self._engine.coordinator.end(self.id, PlanState.CANCELLED)
+
+
+class ExecutionEngine:
+    """Run tasks and plans on a taskplane cluster.
+
+    Args:
+        settings: Options; read from the environment when omitted.
+        app: The Celery app to send through; built from *settings* when omitted.
+        clock: Epoch seconds (plan deadlines are shared with the workers).
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        app: Celery | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings or load_settings()
+        self.app = app or create_app(self.settings)
+        self.clock = clock
+        self._redis: Any = None
+        self._store: PlanStore | None = None
+        self._coordinator: PlanCoordinator | None = None
+
+    # -- plumbing ---------------------------------------------------------
+
+    @property
+    def redis(self) -> Any:
+        """The engine's Redis client (created on first use)."""
+        if self._redis is None:
+            self._redis = redis_client(self.settings.redis_url)
+        return self._redis
+
+    @property
+    def store(self) -> PlanStore:
+        """Plan runs in Redis."""
+        if self._store is None:
+            self._store = PlanStore(
+                self.redis,
+                prefix=self.settings.key_prefix,
+                retention_s=self.settings.plan_retention_s,
+                clock=self.clock,
+            )
+        return self._store
+
+    @property
+    def coordinator(self) -> PlanCoordinator:
+        """Collects results and ends runs (the client side runs no task)."""
+        if self._coordinator is None:
+            self._coordinator = PlanCoordinator(
+                self.store,
+                None,
+                enqueue=lambda *_: None,
+                deliver=lambda task_id, results: deliver_results(self.app, task_id, results),
+                clock=self.clock,
+            )
+        return self._coordinator
+
+    def close(self) -> None:
+        """Close connections and stop background threads."""
+        if self._redis is not None:
+            self._redis.close()
+            self._redis = None
+            self._store = None
+            self._coordinator = None
+
+    def __enter__(self) -> ExecutionEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- running ----------------------------------------------------------
+
+    def submit(self, plan: ExecutionPlan | dict[str, Any]) -> PlanHandle:
+        """Validate and enqueue *plan*; a plan id already running or finished attaches to it.
+
+        Raises:
+            ValidationError: The plan is malformed; nothing was enqueued.
+            BackendError: Redis or the broker cannot be reached; nothing was enqueued.
+        """
+        parsed = parse_plan(plan)
+        if not parsed.tasks:
+            return PlanHandle(self, parsed.id, empty=True)
+        submit_plan(self.app, self.store, parsed, self.settings, clock=self.clock)
+        return PlanHandle(self, parsed.id)
+
+    def execute_parallel(
+        self, plan: ParallelExecutionPlan | dict[str, Any]
+    ) -> list[ExecutionResult]:
+        """Run a parallel plan and return its results (see DESIGN: strategies).
+
+        Raises:
+            PlanFailedError: The strategy's goal was not met; ``.results`` has every result.
+        """
+        return self.submit(parse_plan(plan, "parallel")).wait()
+
+    def execute_sequential(
+        self, plan: SequentialExecutionPlan | dict[str, Any]
+    ) -> list[ExecutionResult]:
+        """Run a sequential plan; task n+1 sees task n's result as ``payload.previous``.
+
+        Raises:
+            PlanFailedError: A task failed and ``continueOnError`` is false.
+        """
+        return self.submit(parse_plan(plan, "sequential")).wait()
+
+    def execute_task(self, task: ExecutionTask | dict[str, Any]) -> ExecutionResult:
+        """Run one task and return its envelope (a failed task does not raise).
+
+        A task with ``metadata.idempotencyKey`` is one run per key: resending it
+        returns the first run's result.
+        """
+        parsed = parse_task(task)
+        key = parsed.metadata.idempotency_key
+        plan_id = f"task:{key}" if key else f"task:{uuid.uuid4().hex}"
+        timeout_ms = parsed.metadata.timeout or self.settings.default_timeout
+        longest = self.settings.retry_config.longest_run_ms(timeout_ms, parsed.metadata.retries)
+        try:
+            plan = ParallelExecutionPlan(
+                id=plan_id,
+                tasks=[parsed],
+                strategy=Strategy.ALL_SETTLED,
+                timeout=int(longest) + TASK_DEADLINE_MARGIN_MS,
+            )
+        except ValueError as exc:
+            raise ValidationError(f"invalid task: {exc}") from exc
+        handle = self.submit(plan)
+        try:
+            return handle.wait()[0]
+        except PlanFailedError as exc:
+            return exc.results[0]  # type: ignore[no-any-return]
+
+    def _wait(self, plan_id: str, timeout: float | None) -> list[ExecutionResult]:
+        store = self.store
+        meta = store.meta(plan_id)
+        if not meta:
+            raise PlanFailedError(f"plan {plan_id} is unknown or expired", [], plan_id)
+        deadline = float(meta["deadline"])
+        give_up = None if timeout is None else self.clock() + timeout
+        while meta.get("state") not in TERMINAL:
+            now = self.clock()
+            if now >= deadline:
+                self.coordinator.end(plan_id, PlanState.TIMEOUT)
+                break
+            limit = deadline - now
+            if give_up is not None:
+                if now >= give_up:
+                    raise WaitTimeoutError(f"plan {plan_id} still running after {timeout}s")
+                limit = min(limit, give_up - now)
+            store.wait(plan_id, max(limit, 0.01))
+            meta = store.meta(plan_id)
+        report = self.coordinator.collect(plan_id)
+        if not report.ok:
+            raise PlanFailedError(
+                f"plan {plan_id} {report.state}: {report.reason}", report.results, plan_id
+            )
+        return report.returned

@@ -1,0 +1,392 @@
+"""Plan runs in Redis: one record per run, each outcome recorded once.
+
+Keys, under ``{prefix}:plan:{id}``:
+
+* ``:meta``    hash: state, rule, mode, n, window cursor ``next``, counters
+  ``done``/``running``, ``cancel`` flag, ``deadline`` (epoch s), ``winner``;
+* ``:tasks``   hash: task index → task JSON;
+* ``:results`` hash: task index → result JSON — ``HSETNX``, so the first
+  recorded outcome of (plan, task) wins and a rerun replays it;
+* ``:done``    list: a token pushed when the run ends; waiters block on it
+  (``BLMOVE`` back onto itself, so every waiter wakes) instead of polling;
+* ``:reply``   set: Celery task ids of ``execute_plan`` calls waiting on the run.
+
+Every state change is one Lua script, so any number of workers agree.
+All keys expire ``plan_retention_s`` after the plan was submitted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from taskplane.errors import BackendError
+from taskplane.executor import envelope
+from taskplane.models import ExecutionResult, ExecutionTask, TaskStatus
+from taskplane.plans import WEIGHTED_CONFIDENCE_TARGET, PlanLayout, PlanState
+
+_SUBMIT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local ttl = tonumber(ARGV[1])
+local nmeta = tonumber(ARGV[2])
+local i = 3
+for _ = 1, nmeta do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+local idx = 0
+while i <= #ARGV do
+  redis.call('HSET', KEYS[2], tostring(idx), ARGV[i])
+  idx = idx + 1
+  i = i + 1
+end
+for k = 1, #KEYS do redis.call('EXPIRE', KEYS[k], ttl) end
+return 1
+"""
+
+_START = """
+local rec = redis.call('HGET', KEYS[2], ARGV[1])
+if rec then return {'recorded', rec} end
+local m = redis.call('HMGET', KEYS[1], 'state', 'cancel')
+if not m[1] then return {'missing', false} end
+if m[2] == '1' then return {'cancelled', false} end
+if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', tonumber(ARGV[3])) then
+  return {'busy', false}
+end
+redis.call('HINCRBY', KEYS[1], 'running', 1)
+local prev = false
+if ARGV[2] ~= '' then prev = redis.call('HGET', KEYS[2], ARGV[2]) end
+return {'run', prev}
+"""
+
+_FINISH = """
+if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return {0, false, false, false} end
+if ARGV[5] == '1' then redis.call('HINCRBY', KEYS[1], 'running', -1) end
+local m = redis.call('HMGET', KEYS[1], 'state', 'rule', 'n', 'cont', 'mode', 'target', 'ttl')
+local state, rule, n = m[1], m[2], tonumber(m[3])
+local ndone = redis.call('HINCRBY', KEYS[1], 'done', 1)
+local ok = ARGV[3] == 'success'
+local ending = false
+if state == 'running' then
+  if rule == 'all' then
+    if not ok then ending = 'failed' elseif ndone >= n then ending = 'completed' end
+  elseif rule == 'race' then
+    if ok then
+      ending = 'completed'
+      redis.call('HSET', KEYS[1], 'winner', ARGV[1])
+    elseif ndone >= n then ending = 'failed' end
+  elseif rule == 'weighted' then
+    if ok then redis.call('HSET', KEYS[1], 'succeeded', '1') end
+    local c = tonumber(ARGV[4])
+    if ok and c and c >= tonumber(m[6]) then ending = 'completed'
+    elseif ndone >= n then
+      if redis.call('HGET', KEYS[1], 'succeeded') == '1' then ending = 'completed'
+      else ending = 'failed' end
+    end
+  elseif rule == 'sequential' then
+    if (not ok) and m[4] ~= '1' then ending = 'failed' elseif ndone >= n then ending = 'completed' end
+  elseif ndone >= n then ending = 'completed' end
+end
+if ending then
+  redis.call('HSET', KEYS[1], 'state', ending, 'cancel', '1')
+  redis.call('RPUSH', KEYS[4], ending)
+  redis.call('EXPIRE', KEYS[4], tonumber(m[7]))
+  return {1, ending, false, false}
+end
+if state == 'running' and m[5] == 'window' then
+  local nxt = redis.call('HINCRBY', KEYS[1], 'next', 1) - 1
+  if nxt < n then
+    redis.call('HSET', KEYS[1], 'after:' .. ARGV[1], tostring(nxt))
+    return {1, false, tostring(nxt), redis.call('HGET', KEYS[3], tostring(nxt))}
+  end
+end
+return {1, false, false, false}
+"""
+
+_END = """
+local m = redis.call('HMGET', KEYS[1], 'state', 'ttl')
+if not m[1] then return false end
+if m[1] ~= 'running' then return m[1] end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'cancel', '1')
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], tonumber(m[2]))
+return ARGV[1]
+"""
+
+#: Longest single blocking wait; callers loop, re-checking the run's state.
+WAIT_SLICE_S = 5.0
+
+TERMINAL = frozenset(s.value for s in PlanState) - {PlanState.RUNNING.value}
+
+
+@dataclass(frozen=True)
+class StartDecision:
+    """What a task about to run should do.
+
+    Attributes:
+        action: ``run``, ``recorded`` (replay *recorded*), ``cancelled`` or ``missing``.
+        recorded: The outcome recorded earlier, for ``recorded``.
+        previous: The previous task's outcome, for sequential plans.
+    """
+
+    action: str
+    recorded: ExecutionResult | None = None
+    previous: ExecutionResult | None = None
+
+
+@dataclass(frozen=True)
+class FinishDecision:
+    """What recording an outcome led to.
+
+    Attributes:
+        recorded: False when an earlier outcome of the same task already stood.
+        ending: The plan's final state if this outcome ended it.
+        next_index: Index of the task the caller must enqueue next (window mode).
+        next_task: That task as JSON.
+    """
+
+    recorded: bool
+    ending: str | None = None
+    next_index: int | None = None
+    next_task: dict[str, Any] | None = None
+
+
+def _result(raw: str | None) -> ExecutionResult | None:
+    return None if raw is None else ExecutionResult.model_validate_json(raw)
+
+
+class PlanStore:
+    """Plan runs and their outcomes in Redis.
+
+    Args:
+        client: A Redis client with ``decode_responses=True``.
+        prefix: Key prefix shared by every taskplane process of one deployment.
+        retention_s: How long a run's keys live after submission.
+        clock: Epoch seconds.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = "taskplane",
+        retention_s: int = 86400,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.retention_s = retention_s
+        self.clock = clock
+        self._submit = client.register_script(_SUBMIT)
+        self._start = client.register_script(_START)
+        self._finish = client.register_script(_FINISH)
+        self._end = client.register_script(_END)
+
+    def _keys(self, plan_id: str) -> dict[str, str]:
+        base = f"{self.prefix}:plan:{plan_id}"
+        return {k: f"{base}:{k}" for k in ("meta", "tasks", "results", "done", "reply")}
+
+    def _lease(self, plan_id: str, index: int) -> str:
+        return f"{self.prefix}:plan:{plan_id}:lease:{index}"
+
+    def _call(self, what: str, func: Callable[[], Any]) -> Any:
+        try:
+            return func()
+        except redis.RedisError as exc:
+            raise BackendError(f"plan store: {what} failed: {exc}") from exc
+
+    def create(
+        self, plan_id: str, tasks: Sequence[ExecutionTask], plan_layout: PlanLayout, deadline: float
+    ) -> bool:
+        """Record a new run; False when *plan_id* already names one (attach instead)."""
+        keys = self._keys(plan_id)
+        meta = {
+            "state": PlanState.RUNNING.value,
+            "rule": plan_layout.rule,
+            "mode": plan_layout.mode.value,
+            "n": str(len(tasks)),
+            "next": str(plan_layout.window),
+            "done": "0",
+            "running": "0",
+            "cancel": "0",
+            "cont": "1" if plan_layout.continue_on_error else "0",
+            "target": str(WEIGHTED_CONFIDENCE_TARGET),
+            "deadline": repr(deadline),
+            "order": ",".join(map(str, plan_layout.order)),
+            "ttl": str(self.retention_s),
+            "created": repr(self.clock()),
+        }
+        args: list[Any] = [self.retention_s, len(meta)]
+        for field, value in meta.items():
+            args += [field, value]
+        args += [json.dumps(task.to_json_dict(), separators=(",", ":")) for task in tasks]
+        created = self._call(
+            "submit", lambda: self._submit(keys=[keys["meta"], keys["tasks"]], args=args)
+        )
+        return bool(created)
+
+    def discard(self, plan_id: str) -> None:
+        """Forget a run entirely (used when its tasks could not be enqueued)."""
+        self._call("discard", lambda: self.client.delete(*self._keys(plan_id).values()))
+
+    def start(
+        self,
+        plan_id: str,
+        index: int,
+        previous_index: int | None = None,
+        *,
+        lease_s: int = 3600,
+    ) -> StartDecision:
+        """Called before a task runs: replay, refuse (cancelled, busy) or go ahead.
+
+        Going ahead takes a lease of *lease_s* seconds on the task, so a second
+        delivery of the same task while the first still runs is dropped
+        (``busy``); the lease lapses if its holder dies.
+        """
+        keys = self._keys(plan_id)
+        prev = "" if previous_index is None else str(previous_index)
+        lease = self._lease(plan_id, index)
+        action, payload = self._call(
+            "start",
+            lambda: self._start(
+                keys=[keys["meta"], keys["results"], lease], args=[str(index), prev, lease_s]
+            ),
+        )
+        if action == "recorded":
+            return StartDecision(action, recorded=_result(payload))
+        if action == "run":
+            return StartDecision(action, previous=_result(payload))
+        return StartDecision(action)
+
+    def finish(self, plan_id: str, index: int, result: ExecutionResult, *, ran: bool) -> FinishDecision:
+        """Record *result* for task *index* (first outcome wins) and advance the run."""
+        keys = self._keys(plan_id)
+        confidence = "" if result.confidence is None else repr(result.confidence)
+        args = [str(index), result.model_dump_json(by_alias=True), result.status.value, confidence]
+        args.append("1" if ran else "0")
+        recorded, ending, next_index, next_task = self._call(
+            "finish",
+            lambda: self._finish(
+                keys=[keys["meta"], keys["results"], keys["tasks"], keys["done"]], args=args
+            ),
+        )
+        return FinishDecision(
+            recorded=bool(recorded),
+            ending=ending or None,
+            next_index=int(next_index) if next_index else None,
+            next_task=json.loads(next_task) if next_task else None,
+        )
+
+    def successor_to_resend(self, plan_id: str, index: int) -> tuple[int, dict[str, Any]] | None:
+        """The window successor task *index* handed on, if it never started.
+
+        A worker can die between recording an outcome and enqueueing the next
+        task; the rerun of the same task resends that successor.
+        """
+        keys = self._keys(plan_id)
+        meta = self.meta(plan_id)
+        succ = meta.get(f"after:{index}")
+        if succ is None or meta.get("state") != PlanState.RUNNING.value:
+            return None
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hexists(keys["results"], succ)
+        pipe.exists(self._lease(plan_id, int(succ)))
+        pipe.hget(keys["tasks"], succ)
+        has_result, leased, task = self._call("successor", pipe.execute)
+        if has_result or leased or task is None:
+            return None
+        return int(succ), json.loads(task)
+
+    def end(self, plan_id: str, state: PlanState) -> str | None:
+        """End a running run as *state* (timeout, cancelled); returns the run's final state."""
+        keys = self._keys(plan_id)
+        return self._call(  # type: ignore[no-any-return]
+            "end", lambda: self._end(keys=[keys["meta"], keys["done"]], args=[state.value])
+        )
+
+    def meta(self, plan_id: str) -> dict[str, str]:
+        """The run's meta hash ({} when there is no such run)."""
+        return self._call(  # type: ignore[no-any-return]
+            "meta", lambda: self.client.hgetall(self._keys(plan_id)["meta"])
+        )
+
+    def is_cancelled(self, plan_id: str) -> bool:
+        """The run's cancel flag."""
+        flag = self._call(
+            "cancel flag", lambda: self.client.hget(self._keys(plan_id)["meta"], "cancel")
+        )
+        return bool(flag == "1")
+
+    def wait(self, plan_id: str, timeout_s: float) -> bool:
+        """Block until the run ends or *timeout_s* passes (at most a slice); True when it ended."""
+        done = self._keys(plan_id)["done"]
+        timeout_s = min(timeout_s, WAIT_SLICE_S)
+        if timeout_s <= 0:
+            return bool(self._call("wait", lambda: self.client.llen(done)))
+        token = self._call(
+            "wait", lambda: self.client.blmove(done, done, timeout_s, "RIGHT", "LEFT")
+        )
+        return token is not None
+
+    def tasks(self, plan_id: str) -> list[ExecutionTask]:
+        """The run's tasks in plan order."""
+        raw = self._call("tasks", lambda: self.client.hgetall(self._keys(plan_id)["tasks"]))
+        return [ExecutionTask.model_validate_json(raw[str(i)]) for i in range(len(raw))]
+
+    def results(self, plan_id: str, count: int) -> list[ExecutionResult | None]:
+        """Recorded outcomes in task order (None where a task has none yet)."""
+        raw = self._call("results", lambda: self.client.hgetall(self._keys(plan_id)["results"]))
+        return [_result(raw.get(str(i))) for i in range(count)]
+
+    def fill_missing(self, plan_id: str, status: TaskStatus, error: str) -> None:
+        """Record *status* for every task that has no outcome yet (first outcome still wins)."""
+        keys = self._keys(plan_id)
+        tasks = self.tasks(plan_id)
+        have = self._call("results", lambda: set(self.client.hkeys(keys["results"])))
+        missing = [(i, t) for i, t in enumerate(tasks) if str(i) not in have]
+        if not missing:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for index, task in missing:
+            result = envelope(task, status, error=error)
+            result.metadata["planId"] = plan_id
+            pipe.hsetnx(keys["results"], str(index), result.model_dump_json(by_alias=True))
+        self._call("fill", pipe.execute)
+
+    def add_reply(self, plan_id: str, celery_task_id: str) -> None:
+        """Remember a Celery task id that waits for this run's results."""
+        key = self._keys(plan_id)["reply"]
+        pipe = self.client.pipeline(transaction=False)
+        pipe.sadd(key, celery_task_id)
+        pipe.expire(key, self.retention_s)
+        self._call("reply", pipe.execute)
+
+    def take_replies(self, plan_id: str) -> list[str]:
+        """Celery task ids waiting for this run (each returned once)."""
+        key = self._keys(plan_id)["reply"]
+        pipe = self.client.pipeline(transaction=True)
+        pipe.smembers(key)
+        pipe.delete(key)
+        members, _ = self._call("reply", pipe.execute)
+        return sorted(members)
+
+    def status(self, plan_id: str) -> dict[str, Any]:
+        """Counts of the run's tasks: pending, running, done; and its state."""
+        meta = self.meta(plan_id)
+        if not meta:
+            return {}
+        total, done = int(meta["n"]), int(meta["done"])
+        running = max(min(int(meta["running"]), total - done), 0)
+        return {
+            "id": plan_id,
+            "state": meta["state"],
+            "total": total,
+            "done": done,
+            "running": running,
+            "pending": total - done - running,
+        }

@@ -1,0 +1,324 @@
+"""Where one agent's circuit breaker keeps its state: in memory or in Redis.
+
+A storage is a :class:`pybreaker.CircuitBreakerStorage` (it reads back as
+pybreaker's ``state``/``counter``/``opened_at``) with two atomic verbs of its
+own, :meth:`BreakerStorage.admit` and :meth:`BreakerStorage.record`. Each verb
+is one critical section: a lock in memory, one Lua script (one round trip) in
+Redis, so a transition happens exactly once however many processes race.
+
+The states (written out as classes below; the Lua scripts mirror them):
+
+* **closed** - calls pass; failures are kept in a sliding window of
+  ``monitoring_period``; the ``failure_threshold``-th failure in the window opens.
+* **open** - calls fail fast until ``reset_timeout`` has passed since opening;
+  the first caller after that becomes the half-open trial.
+* **half-open** - exactly one trial call is in flight cluster-wide, others fail
+  fast. Its success closes; its failure reopens. A trial that never reports
+  (its process died) is replaced once its lease runs out.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import abstractmethod
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+import pybreaker
+import redis
+
+from taskplane.errors import BackendError
+
+STATE_CLOSED = pybreaker.STATE_CLOSED
+STATE_OPEN = pybreaker.STATE_OPEN
+STATE_HALF_OPEN = pybreaker.STATE_HALF_OPEN
+
+#: What a finished call tells the breaker: ``abandon`` means "no outcome" (e.g. it never ran).
+Result = Literal["success", "failure", "abandon"]
+
+
+@dataclass(frozen=True)
+class BreakerPolicy:
+    """When a breaker opens and how long it stays open (seconds)."""
+
+    failure_threshold: int = 5
+    monitoring_period_s: float = 60.0
+    reset_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A storage's answer to :meth:`BreakerStorage.admit`."""
+
+    state: str
+    allowed: bool
+    retry_in_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Transition:
+    """What :meth:`BreakerStorage.record` changed: ``"open"``, ``"close"`` or ``""``."""
+
+    change: str = ""
+    failures: int = 0
+
+
+class BreakerStorage(pybreaker.CircuitBreakerStorage):
+    """The shared state of one agent's breaker.
+
+    Args:
+        name: The agent id.
+    """
+
+    @abstractmethod
+    def admit(self, *, now: float, policy: BreakerPolicy, lease_s: float, token: str) -> Gate:
+        """Let a call through or not; a call let through half-open is the trial named *token*."""
+
+    @abstractmethod
+    def record(
+        self, result: Result, *, now: float, policy: BreakerPolicy, token: str = "", member: str = ""
+    ) -> Transition:
+        """Record a finished call (*token* is the trial's, or ``""``; *member* a unique id)."""
+
+    @property
+    def success_counter(self) -> int:
+        return 0
+
+
+# -- the states, as the in-memory storage runs them ----------------------------------------
+
+
+@dataclass
+class _Record:
+    state: str = STATE_CLOSED
+    failures: list[float] = field(default_factory=list)
+    opened_at: float = 0.0
+    trip_failures: int = 0
+    trial: str = ""
+    trial_until: float = 0.0
+
+
+def _open(rec: _Record, now: float, failures: int) -> Transition:
+    rec.state, rec.opened_at, rec.trip_failures = STATE_OPEN, now, failures
+    rec.failures, rec.trial, rec.trial_until = [], "", 0.0
+    return Transition("open", failures)
+
+
+def _start_trial(rec: _Record, now: float, lease_s: float, token: str) -> Gate:
+    rec.state, rec.trial, rec.trial_until = STATE_HALF_OPEN, token, now + lease_s
+    return Gate(STATE_HALF_OPEN, True)
+
+
+class ClosedState:
+    """Calls pass; failures within the monitoring period are counted; the threshold opens."""
+
+    @staticmethod
+    def admit(rec: _Record, now: float, policy: BreakerPolicy, lease_s: float, token: str) -> Gate:
+        return Gate(STATE_CLOSED, True)
+
+    @staticmethod
+    def record(rec: _Record, result: Result, now: float, policy: BreakerPolicy, token: str) -> Transition:
+        if result != "failure" or token:
+            return Transition()
+        horizon = now - policy.monitoring_period_s
+        rec.failures = [t for t in rec.failures if t > horizon] + [now]
+        if len(rec.failures) >= policy.failure_threshold:
+            return _open(rec, now, len(rec.failures))
+        return Transition("", len(rec.failures))
+
+
+class OpenState:
+    """Calls fail fast until reset_timeout has passed; then the first caller is the trial."""
+
+    @staticmethod
+    def admit(rec: _Record, now: float, policy: BreakerPolicy, lease_s: float, token: str) -> Gate:
+        reopen_at = rec.opened_at + policy.reset_timeout_s
+        if now < reopen_at:
+            return Gate(STATE_OPEN, False, reopen_at - now)
+        return _start_trial(rec, now, lease_s, token)
+
+    @staticmethod
+    def record(rec: _Record, result: Result, now: float, policy: BreakerPolicy, token: str) -> Transition:
+        return Transition()  # late outcomes of calls let through before opening change nothing
+
+
+class HalfOpenState:
+    """One trial call is in flight; its success closes, its failure reopens, others fail fast."""
+
+    @staticmethod
+    def admit(rec: _Record, now: float, policy: BreakerPolicy, lease_s: float, token: str) -> Gate:
+        if now < rec.trial_until:
+            return Gate(STATE_HALF_OPEN, False, rec.trial_until - now)
+        return _start_trial(rec, now, lease_s, token)
+
+    @staticmethod
+    def record(rec: _Record, result: Result, now: float, policy: BreakerPolicy, token: str) -> Transition:
+        if not token or token != rec.trial:
+            return Transition()
+        if result == "success":
+            rec.state, rec.failures, rec.trial, rec.trial_until = STATE_CLOSED, [], "", 0.0
+            return Transition("close")
+        if result == "abandon":
+            rec.trial, rec.trial_until = "", 0.0
+            return Transition()
+        return _open(rec, now, 1)
+
+
+STATES: dict[str, type[ClosedState] | type[OpenState] | type[HalfOpenState]] = {
+    STATE_CLOSED: ClosedState,
+    STATE_OPEN: OpenState,
+    STATE_HALF_OPEN: HalfOpenState,
+}
+
+
+class InMemoryBreakerStorage(BreakerStorage):
+    """One agent's breaker state in this process's memory."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self._rec = _Record()
+        self._lock = threading.Lock()
+
+    def admit(self, *, now: float, policy: BreakerPolicy, lease_s: float, token: str) -> Gate:
+        with self._lock:
+            return STATES[self._rec.state].admit(self._rec, now, policy, lease_s, token)
+
+    def record(
+        self, result: Result, *, now: float, policy: BreakerPolicy, token: str = "", member: str = ""
+    ) -> Transition:
+        with self._lock:
+            return STATES[self._rec.state].record(self._rec, result, now, policy, token)
+
+    @property
+    def state(self) -> str:
+        return self._rec.state
+
+    @property
+    def counter(self) -> int:
+        return len(self._rec.failures)
+
+    @property
+    def opened_at(self) -> datetime | None:
+        if self._rec.state == STATE_CLOSED:
+            return None
+        return datetime.fromtimestamp(self._rec.opened_at, tz=UTC)
+
+
+# -- Redis ---------------------------------------------------------------------------------
+
+_ADMIT = """
+local s = redis.call('HMGET', KEYS[1], 'state', 'opened_at', 'trial_until')
+local state = s[1]
+if not state or state == 'closed' then return {'closed', '1', '0'} end
+local now = tonumber(ARGV[1])
+if state == 'open' then
+  local reopen_at = tonumber(s[2]) + tonumber(ARGV[2])
+  if now < reopen_at then return {'open', '0', tostring(reopen_at - now)} end
+else
+  local trial_until = tonumber(s[3] or '0') or 0
+  if now < trial_until then return {'half-open', '0', tostring(trial_until - now)} end
+end
+redis.call('HSET', KEYS[1], 'state', 'half-open', 'trial', ARGV[4],
+           'trial_until', tostring(now + tonumber(ARGV[3])))
+return {'half-open', '1', '0'}
+"""
+
+_RECORD = """
+local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
+local result, token = ARGV[1], ARGV[5]
+if state == 'half-open' then
+  if token == '' or redis.call('HGET', KEYS[1], 'trial') ~= token then return {'', '0'} end
+  if result == 'success' then redis.call('DEL', KEYS[1], KEYS[2]); return {'close', '0'} end
+  if result == 'abandon' then
+    redis.call('HDEL', KEYS[1], 'trial', 'trial_until'); return {'', '0'}
+  end
+  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', ARGV[2], 'failures', '1')
+  redis.call('HDEL', KEYS[1], 'trial', 'trial_until')
+  return {'open', '1'}
+end
+if state ~= 'closed' or result ~= 'failure' or token ~= '' then return {'', '0'} end
+local now = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[2], now, ARGV[6])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tostring(now - tonumber(ARGV[3])))
+local n = redis.call('ZCARD', KEYS[2])
+if n >= tonumber(ARGV[4]) then
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', ARGV[2], 'failures', tostring(n))
+  return {'open', tostring(n)}
+end
+redis.call('PEXPIRE', KEYS[2], math.ceil(tonumber(ARGV[3]) * 1000))
+return {'', tostring(n)}
+"""
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisBreakerStorage(BreakerStorage):
+    """One agent's breaker state in Redis, shared by every process.
+
+    Keys: ``{prefix}:breaker:{agent}`` (a hash: state, opened_at, trial) and
+    ``{prefix}:breaker:{agent}:failures`` (a sorted set, the failure window).
+
+    Raises:
+        BackendError: From every method, when Redis cannot be reached.
+    """
+
+    def __init__(self, client: redis.Redis, name: str, *, prefix: str = "taskplane") -> None:
+        super().__init__(name)
+        self.client = client
+        self.key = f"{prefix}:breaker:{name}"
+        self.failures_key = f"{self.key}:failures"
+        self._admit = client.register_script(_ADMIT)
+        self._record = client.register_script(_RECORD)
+
+    def admit(self, *, now: float, policy: BreakerPolicy, lease_s: float, token: str) -> Gate:
+        args = [repr(now), repr(policy.reset_timeout_s), repr(lease_s), token]
+        try:
+            state, allowed, retry_in = self._admit(keys=[self.key], args=args)
+        except redis.RedisError as exc:
+            raise BackendError(f"circuit breaker state for {self.name}: {exc}") from exc
+        return Gate(_text(state), _text(allowed) == "1", float(_text(retry_in)))
+
+    def record(
+        self, result: Result, *, now: float, policy: BreakerPolicy, token: str = "", member: str = ""
+    ) -> Transition:
+        keys = [self.key, self.failures_key]
+        args = [
+            result,
+            repr(now),
+            repr(policy.monitoring_period_s),
+            str(policy.failure_threshold),
+            token,
+            member or repr(now),
+        ]
+        try:
+            change, failures = self._record(keys=keys, args=args)
+        except redis.RedisError as exc:
+            raise BackendError(f"circuit breaker state for {self.name}: {exc}") from exc
+        return Transition(_text(change), int(_text(failures)))
+
+    def _field(self, name: str) -> str | None:
+        try:
+            raw = self.client.hget(self.key, name)
+        except redis.RedisError as exc:
+            raise BackendError(f"circuit breaker state for {self.name}: {exc}") from exc
+        return None if raw is None else _text(raw)
+
+    @property
+    def state(self) -> str:
+        return self._field("state") or STATE_CLOSED
+
+    @property
+    def counter(self) -> int:
+        try:
+            return int(self.client.zcard(self.failures_key))
+        except redis.RedisError as exc:
+            raise BackendError(f"circuit breaker state for {self.name}: {exc}") from exc
+
+    @property
+    def opened_at(self) -> datetime | None:
+        raw = self._field("opened_at")
+        return None if raw is None else datetime.fromtimestamp(float(raw), tz=UTC)

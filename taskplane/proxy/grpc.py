@@ -1,0 +1,216 @@
+"""The gRPC transport: the ``parallax.confidence.ConfidenceAgent`` service.
+
+Requests are mapped as Parallax's control plane maps them, so agents built
+with the Parallax SDKs see what they expect: ``task_description`` is the
+payload's ``task``, else ``description``, else ``"analyze"``; ``data`` is a
+real ``google.protobuf.Struct`` of the payload's ``data`` if present (wrapped
+as ``{"value": ...}`` when it is not an object), else of the whole payload;
+``context`` is the payload's ``context`` object with values as strings. Every
+call carries a deadline and the ``idempotency-key`` / ``x-taskplane-task-id``
+metadata.
+
+Status codes are translated here:
+
+=====================================================  =============================
+gRPC status                                            Raised
+=====================================================  =============================
+DEADLINE_EXCEEDED                                      ``TaskTimeoutError``
+UNAVAILABLE, RESOURCE_EXHAUSTED, INTERNAL, UNKNOWN,    ``UpstreamError`` (retried,
+ABORTED, DATA_LOSS                                     counts against the breaker)
+CANCELLED                                              ``TransportError``
+INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS,           ``ClientError`` (not retried,
+PERMISSION_DENIED, UNAUTHENTICATED, FAILED_PRECONDITION, ignored by the breaker)
+OUT_OF_RANGE, UNIMPLEMENTED
+a reply larger than ``max_response_bytes``             ``InvalidReplyError``
+=====================================================  =============================
+
+INTERNAL/UNKNOWN/DATA_LOSS/ABORTED are the server-side failures gRPC has in
+place of HTTP 5xx, so they are treated like 5xx.
+
+One channel per endpoint is cached for the life of the transport (channels
+multiplex concurrent calls); :meth:`GrpcTransport.close` closes them.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import grpc
+from google.protobuf import empty_pb2, struct_pb2
+
+from taskplane.errors import (
+    ClientError,
+    ExecutionError,
+    InvalidReplyError,
+    TaskTimeoutError,
+    TransportError,
+    UpstreamError,
+)
+from taskplane.executor import CallContext, Outcome
+from taskplane.models import ExecutionTask
+from taskplane.proxy._pb import confidence_pb2, confidence_pb2_grpc
+from taskplane.proxy.http import DEFAULT_MAX_RESPONSE_BYTES
+from taskplane.proxy.registry import AgentInfo
+from taskplane.proxy.transport import AgentTransport, HealthReport, confidence_of
+
+_RETRYABLE_UPSTREAM = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.DATA_LOSS,
+}
+_HEALTH_NAMES = {
+    confidence_pb2.Health.HEALTHY: "healthy",
+    confidence_pb2.Health.UNHEALTHY: "unhealthy",
+    confidence_pb2.Health.DEGRADED: "degraded",
+    confidence_pb2.Health.UNKNOWN: "unknown",
+}
+
+
+def translate_rpc_error(error: grpc.RpcError, agent_id: str) -> ExecutionError:
+    """Map a failed call's status to the error tree (see the module docstring)."""
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    details = (error.details() if hasattr(error, "details") else "") or ""
+    name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+    message = f"agent {agent_id} answered gRPC {name}: {details}"
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return TaskTimeoutError(message)
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
+        return InvalidReplyError(message)
+    if code is grpc.StatusCode.CANCELLED:
+        return TransportError(message)
+    if code in _RETRYABLE_UPSTREAM:
+        return UpstreamError(message, name)
+    if code is grpc.StatusCode.OK:
+        return UpstreamError(message, name)
+    return ClientError(message, name)
+
+
+def build_request(task: ExecutionTask, *, timeout_s: float) -> confidence_pb2.AgentRequest:
+    """Map a task to an ``AgentRequest`` (see the module docstring)."""
+    payload = task.payload
+    description = payload.get("task") or payload.get("description") or "analyze"
+    data_value: Any = payload["data"] if "data" in payload else payload
+    if not isinstance(data_value, dict):
+        data_value = {"value": data_value}
+    data = struct_pb2.Struct()
+    data.update(data_value)
+    context = payload.get("context")
+    context_map = (
+        {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in context.items()}
+        if isinstance(context, dict)
+        else {}
+    )
+    return confidence_pb2.AgentRequest(
+        task_id=task.id,
+        task_description=str(description),
+        data=data,
+        context=context_map,
+        timeout_ms=max(1, min(int(timeout_s * 1000), 2**31 - 1)),
+        pattern_name=task.metadata.pattern or "",
+    )
+
+
+def outcome_from_result(reply: confidence_pb2.ConfidenceResult, agent_id: str) -> Outcome:
+    """Turn a ``ConfidenceResult`` into an :class:`Outcome`.
+
+    Raises:
+        InvalidReplyError: ``value_json`` is not JSON or the confidence is out of 0..1.
+    """
+    try:
+        value = json.loads(reply.value_json)
+    except ValueError as exc:
+        raise InvalidReplyError(f"agent {agent_id}: value_json is not JSON: {exc}") from exc
+    metadata: dict[str, Any] = {
+        "reasoning": reply.reasoning,
+        "uncertainties": list(reply.uncertainties),
+    }
+    if reply.metadata:
+        metadata["agentMetadata"] = dict(reply.metadata)
+    return Outcome(result=value, confidence=confidence_of(reply.confidence), metadata=metadata)
+
+
+class GrpcTransport(AgentTransport):
+    """Calls gRPC agents, one cached channel per endpoint.
+
+    Args:
+        max_response_bytes: Largest reply message accepted.
+    """
+
+    def __init__(self, *, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
+        self.max_response_bytes = max_response_bytes
+        self._stubs: dict[str, confidence_pb2_grpc.ConfidenceAgentStub] = {}
+        self._channels: list[grpc.Channel] = []
+        self._lock = threading.Lock()
+
+    def stub(self, endpoint: str) -> confidence_pb2_grpc.ConfidenceAgentStub:
+        """The cached stub for *endpoint* (``host:port`` or ``grpcs://host:port``)."""
+        found = self._stubs.get(endpoint)
+        if found is not None:
+            return found
+        with self._lock:
+            found = self._stubs.get(endpoint)
+            if found is None:
+                options = [("grpc.max_receive_message_length", self.max_response_bytes)]
+                if endpoint.startswith("grpcs://"):
+                    target = endpoint.removeprefix("grpcs://")
+                    creds = grpc.ssl_channel_credentials()
+                    channel = grpc.secure_channel(target, creds, options=options)
+                else:
+                    channel = grpc.insecure_channel(endpoint, options=options)
+                self._channels.append(channel)
+                found = self._stubs[endpoint] = confidence_pb2_grpc.ConfidenceAgentStub(channel)
+        return found
+
+    def send(
+        self, agent: AgentInfo, task: ExecutionTask, call: CallContext, *, timeout_s: float
+    ) -> Outcome:
+        request = build_request(task, timeout_s=timeout_s)
+        metadata = (
+            ("idempotency-key", call.idempotency_key),
+            ("x-taskplane-task-id", task.id),
+        )
+        try:
+            reply = self.stub(agent.endpoint).Analyze(
+                request, timeout=timeout_s, metadata=metadata
+            )
+        except grpc.RpcError as exc:
+            raise translate_rpc_error(exc, agent.agent_id) from exc
+        return outcome_from_result(reply, agent.agent_id)
+
+    def check_health(self, agent: AgentInfo, *, timeout_s: float) -> HealthReport:
+        try:
+            health = self.stub(agent.endpoint).HealthCheck(empty_pb2.Empty(), timeout=timeout_s)
+        except grpc.RpcError as exc:
+            error = translate_rpc_error(exc, agent.agent_id)
+            return HealthReport(healthy=False, status="unreachable", message=str(error))
+        status = _HEALTH_NAMES.get(health.status, "unknown")
+        return HealthReport(
+            healthy=health.status == confidence_pb2.Health.HEALTHY,
+            status=status,
+            message=health.message,
+            details=dict(health.details),
+        )
+
+    def capabilities(self, agent: AgentInfo, *, timeout_s: float) -> list[str]:
+        """Ask the agent what it can do (``GetCapabilities``).
+
+        Raises:
+            ExecutionError: The call failed (translated as for ``Analyze``).
+        """
+        try:
+            reply = self.stub(agent.endpoint).GetCapabilities(empty_pb2.Empty(), timeout=timeout_s)
+        except grpc.RpcError as exc:
+            raise translate_rpc_error(exc, agent.agent_id) from exc
+        return list(reply.capabilities)
+
+    def close(self) -> None:
+        with self._lock:
+            channels, self._channels = self._channels, []
+            self._stubs.clear()
+        for channel in channels:
+            channel.close()

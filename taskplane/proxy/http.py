@@ -1,0 +1,171 @@
+"""The HTTP transport: ``POST {endpoint}/analyze`` and ``GET {endpoint}/health``.
+
+One pooled :class:`httpx.Client` per process is passed in and shared by every
+call. httpx errors are translated here:
+
+==========================================  =========================================
+What happened                               Raised
+==========================================  =========================================
+connection refused / reset, protocol error  :class:`~taskplane.errors.TransportError`
+connect, read, write or pool timeout        :class:`~taskplane.errors.TaskTimeoutError`
+5xx or 429 (``Retry-After`` is kept)        :class:`~taskplane.errors.UpstreamError`
+other 4xx                                   :class:`~taskplane.errors.ClientError`
+1xx/3xx, not JSON, missing fields,          :class:`~taskplane.errors.InvalidReplyError`
+confidence outside 0..1, reply too large
+==========================================  =========================================
+
+The reply is streamed and reading stops at ``max_response_bytes``. The whole
+exchange (not only each read) is bounded by the call's timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+from taskplane.errors import (
+    ClientError,
+    InvalidReplyError,
+    TaskTimeoutError,
+    TransportError,
+    UpstreamError,
+)
+from taskplane.executor import CallContext, Outcome
+from taskplane.models import ExecutionTask
+from taskplane.proxy.registry import AgentInfo
+from taskplane.proxy.transport import AgentTransport, HealthReport, outcome_from_reply
+
+#: Largest agent reply read, in bytes.
+DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
+#: How much of an error body goes into the error message, in characters.
+ERROR_SNIPPET_CHARS = 200
+#: Connections kept per process: enough for a 32-thread worker with headroom.
+DEFAULT_MAX_CONNECTIONS = 64
+
+
+def make_http_client(*, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> httpx.Client:
+    """The process-wide pooled client the transport expects (no redirects, no env proxies)."""
+    limits = httpx.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_connections
+    )
+    return httpx.Client(limits=limits, follow_redirects=False, trust_env=False)
+
+
+def retry_after_s(value: str | None, *, now: float | None = None) -> float | None:
+    """Parse a ``Retry-After`` header (seconds or an HTTP date) into seconds from now."""
+    if not value:
+        return None
+    text = value.strip()
+    try:
+        return max(float(text), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(text).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(when - (time.time() if now is None else now), 0.0)
+
+
+class HttpTransport(AgentTransport):
+    """Calls HTTP agents through a shared pooled client.
+
+    Args:
+        client: The process's pooled client; closed by :meth:`close`.
+        max_response_bytes: Replies larger than this fail with ``InvalidReplyError``.
+        clock: Monotonic clock bounding a whole exchange.
+    """
+
+    def __init__(
+        self,
+        client: httpx.Client,
+        *,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.max_response_bytes = max_response_bytes
+        self.clock = clock
+
+    def send(
+        self, agent: AgentInfo, task: ExecutionTask, call: CallContext, *, timeout_s: float
+    ) -> Outcome:
+        url = f"{agent.endpoint}/analyze"
+        headers = {"Idempotency-Key": call.idempotency_key, "X-Taskplane-Task-Id": task.id}
+        deadline = self.clock() + timeout_s
+        try:
+            with self.client.stream(
+                "POST", url, json=task.payload, headers=headers, timeout=timeout_s
+            ) as response:
+                body = self._read(response, deadline, url)
+                status = response.status_code
+                retry_after = response.headers.get("Retry-After")
+        except httpx.TimeoutException as exc:
+            raise TaskTimeoutError(f"agent {agent.agent_id} did not answer in {timeout_s:g} s") from exc
+        except httpx.DecodingError as exc:
+            raise InvalidReplyError(f"agent {agent.agent_id} sent an undecodable body: {exc}") from exc
+        except httpx.HTTPError as exc:
+            raise TransportError(f"cannot reach agent {agent.agent_id} at {url}: {exc!r}") from exc
+        self._check_status(agent, status, body, retry_after)
+        try:
+            reply = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidReplyError(f"agent {agent.agent_id} replied with invalid JSON: {exc}") from exc
+        return outcome_from_reply(reply)
+
+    def _read(self, response: httpx.Response, deadline: float, url: str) -> bytes:
+        declared = response.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_response_bytes:
+            raise InvalidReplyError(self._too_large(url))
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > self.max_response_bytes:
+                raise InvalidReplyError(self._too_large(url))
+            chunks.append(chunk)
+            if self.clock() > deadline:
+                raise TaskTimeoutError(f"reply from {url} took longer than the call's timeout")
+        return b"".join(chunks)
+
+    def _too_large(self, url: str) -> str:
+        return f"reply from {url} is larger than {self.max_response_bytes} bytes"
+
+    @staticmethod
+    def _check_status(agent: AgentInfo, status: int, body: bytes, retry_after: str | None) -> None:
+        if 200 <= status < 300:
+            return
+        snippet = body[:ERROR_SNIPPET_CHARS].decode("utf-8", "replace")
+        message = f"agent {agent.agent_id} answered HTTP {status}: {snippet}"
+        if status >= 500 or status == 429:
+            raise UpstreamError(message, status, retry_after_s(retry_after))
+        if 400 <= status < 500:
+            raise ClientError(message, status)
+        raise InvalidReplyError(message)
+
+    def check_health(self, agent: AgentInfo, *, timeout_s: float) -> HealthReport:
+        try:
+            response = self.client.get(f"{agent.endpoint}/health", timeout=timeout_s)
+        except httpx.HTTPError as exc:
+            return HealthReport(healthy=False, status="unreachable", message=repr(exc))
+        if response.is_success:
+            return HealthReport(healthy=True, status="healthy", message=f"HTTP {response.status_code}")
+        return HealthReport(
+            healthy=False, status="unhealthy", message=f"HTTP {response.status_code}"
+        )
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def reply_json(value: Any, confidence: float, reasoning: str | None = None) -> bytes:
+    """Encode an agent reply the way this transport expects it (for agents and tests)."""
+    body: dict[str, Any] = {"value": value, "confidence": confidence}
+    if reasoning is not None:
+        body["reasoning"] = reasoning
+    return json.dumps(body).encode()

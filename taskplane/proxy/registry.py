@@ -1,0 +1,239 @@
+"""The agent registry: which agents exist, where they listen and what they can do.
+
+:class:`RedisAgentRegistry` keeps every agent in one Redis hash
+(``{prefix}:agents``, field = agent id, value = the agent's JSON), so every
+worker on every host sees a registration at once. :class:`InMemoryAgentRegistry`
+is the same thing for tests and local use.
+
+Registering an agent again replaces its entry only; its circuit breaker and
+rate limiter are keyed by agent id elsewhere and keep their state.
+"""
+
+from __future__ import annotations
+
+import builtins
+import re
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import pydantic
+import redis
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from taskplane.errors import BackendError, ValidationError
+
+Protocol = Literal["http", "grpc"]
+
+#: Longest agent id accepted (ids name Redis keys and log lines).
+MAX_AGENT_ID_LENGTH = 200
+#: Schemes a gRPC endpoint may carry; ``grpcs`` means TLS.
+GRPC_SCHEMES = ("grpc", "grpcs")
+
+_AGENT_ID = re.compile(r"^[^\s\x00-\x1f]+$")
+_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-_]+):(\d{1,5})$")
+
+
+class AgentInfo(BaseModel):
+    """One registered agent (camelCase in JSON, snake_case in Python).
+
+    Attributes:
+        agent_id: The id tasks name as their ``target``.
+        endpoint: ``http(s)://host[:port][/path]`` for HTTP agents;
+            ``host:port``, ``grpc://host:port`` or ``grpcs://host:port`` (TLS) for gRPC.
+        protocol: ``"http"`` or ``"grpc"``.
+        capabilities: What the agent can do (part of the result cache key).
+        registered_at: Epoch seconds of the latest registration.
+        healthy: Outcome of the health check at registration; None if none was made.
+        health_message: What the health check said (why it failed, when it did).
+    """
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    agent_id: str
+    endpoint: str
+    protocol: Protocol = "http"
+    capabilities: list[str] = Field(default_factory=list)
+    registered_at: float = 0.0
+    healthy: bool | None = None
+    health_message: str = ""
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The camelCase JSON form."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def _problem(field: str, message: str) -> ValidationError:
+    return ValidationError(
+        f"invalid agent registration: {field}: {message}", [{"field": field, "message": message}]
+    )
+
+
+def _valid_port(text: str) -> bool:
+    return 0 < int(text) < 65536
+
+
+def normalise_endpoint(endpoint: str, protocol: str) -> str:
+    """Check *endpoint* against *protocol* and return its canonical form.
+
+    HTTP endpoints lose a trailing ``/``; gRPC endpoints keep their scheme
+    only when it is ``grpcs`` (TLS).
+
+    Raises:
+        ValidationError: The endpoint does not fit the protocol; names ``endpoint``.
+    """
+    text = endpoint.strip() if isinstance(endpoint, str) else ""
+    if not text:
+        raise _problem("endpoint", "must not be empty")
+    if protocol == "http":
+        try:
+            parts = urlsplit(text)
+            port = parts.port  # raises ValueError when out of range
+        except ValueError as exc:
+            raise _problem("endpoint", f"is not a valid URL ({exc})") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise _problem("endpoint", "must look like http(s)://host:port for an HTTP agent")
+        if parts.query or parts.fragment or (port is not None and port == 0):
+            raise _problem("endpoint", "must be http(s)://host:port[/path], no query or fragment")
+        return text.rstrip("/")
+    scheme, _, rest = text.rpartition("://")
+    if scheme and scheme not in GRPC_SCHEMES:
+        raise _problem("endpoint", "must look like host:port or grpc://host:port for a gRPC agent")
+    match = _HOST_PORT.match(rest)
+    if match is None or not _valid_port(match.group(2)):
+        raise _problem("endpoint", "must look like host:port or grpc://host:port for a gRPC agent")
+    return text if scheme == "grpcs" else rest
+
+
+def make_agent_info(
+    agent_id: str,
+    endpoint: str,
+    protocol: str = "http",
+    capabilities: Iterable[str] = (),
+    *,
+    registered_at: float | None = None,
+) -> AgentInfo:
+    """Validate a registration and build its :class:`AgentInfo`.
+
+    Raises:
+        ValidationError: Names the bad field (``agentId``, ``protocol``,
+            ``endpoint`` or ``capabilities``).
+    """
+    if not isinstance(agent_id, str) or not agent_id.strip():
+        raise _problem("agentId", "must not be empty")
+    if len(agent_id) > MAX_AGENT_ID_LENGTH or not _AGENT_ID.match(agent_id):
+        raise _problem("agentId", f"must be 1-{MAX_AGENT_ID_LENGTH} printable chars, no spaces")
+    if protocol not in ("http", "grpc"):
+        raise _problem("protocol", f"must be 'http' or 'grpc', got {protocol!r}")
+    if isinstance(capabilities, str):
+        raise _problem("capabilities", "must be a list of strings, not one string")
+    caps = list(capabilities)
+    if not all(isinstance(cap, str) and cap.strip() for cap in caps):
+        raise _problem("capabilities", "must be non-empty strings")
+    return AgentInfo(
+        agent_id=agent_id,
+        endpoint=normalise_endpoint(endpoint, protocol),
+        protocol=protocol,  # type: ignore[arg-type]
+        capabilities=caps,
+        registered_at=time.time() if registered_at is None else registered_at,
+    )
+
+
+class AgentRegistry(ABC):
+    """Where agents are registered; every method is safe to call from many threads."""
+
+    @abstractmethod
+    def register(self, info: AgentInfo) -> None:
+        """Add *info*, replacing any agent with the same id."""
+
+    @abstractmethod
+    def unregister(self, agent_id: str) -> bool:
+        """Remove an agent; True if it was registered."""
+
+    @abstractmethod
+    def get(self, agent_id: str) -> AgentInfo | None:
+        """The agent with this id, or None."""
+
+    @abstractmethod
+    def list(self) -> builtins.list[AgentInfo]:
+        """Every registered agent, ordered by id."""
+
+
+class InMemoryAgentRegistry(AgentRegistry):
+    """A registry in this process's memory, for tests and single-process use."""
+
+    def __init__(self) -> None:
+        self._agents: dict[str, AgentInfo] = {}
+        self._lock = threading.Lock()
+
+    def register(self, info: AgentInfo) -> None:
+        with self._lock:
+            self._agents[info.agent_id] = info.model_copy(deep=True)
+
+    def unregister(self, agent_id: str) -> bool:
+        with self._lock:
+            return self._agents.pop(agent_id, None) is not None
+
+    def get(self, agent_id: str) -> AgentInfo | None:
+        with self._lock:
+            info = self._agents.get(agent_id)
+        return None if info is None else info.model_copy(deep=True)
+
+    def list(self) -> builtins.list[AgentInfo]:
+        with self._lock:
+            return [self._agents[key].model_copy(deep=True) for key in sorted(self._agents)]
+
+
+class RedisAgentRegistry(AgentRegistry):
+    """A registry in one Redis hash, shared by every process.
+
+    Args:
+        client: A Redis client (``decode_responses`` either way).
+        prefix: Key prefix; the hash is ``{prefix}:agents``.
+
+    Raises:
+        BackendError: From every method, when Redis cannot be reached.
+    """
+
+    def __init__(self, client: redis.Redis, *, prefix: str = "taskplane") -> None:
+        self.client = client
+        self.key = f"{prefix}:agents"
+
+    def _decode(self, raw: Any) -> AgentInfo | None:
+        if raw is None:
+            return None
+        try:
+            return AgentInfo.model_validate_json(raw)
+        except pydantic.ValidationError as exc:
+            raise BackendError(f"agent entry in {self.key} is corrupt: {exc}") from exc
+
+    def register(self, info: AgentInfo) -> None:
+        try:
+            self.client.hset(self.key, info.agent_id, info.model_dump_json(by_alias=True))
+        except redis.RedisError as exc:
+            raise BackendError(f"cannot register agent {info.agent_id} in Redis: {exc}") from exc
+
+    def unregister(self, agent_id: str) -> bool:
+        try:
+            return bool(self.client.hdel(self.key, agent_id))
+        except redis.RedisError as exc:
+            raise BackendError(f"cannot unregister agent {agent_id} in Redis: {exc}") from exc
+
+    def get(self, agent_id: str) -> AgentInfo | None:
+        try:
+            raw = self.client.hget(self.key, agent_id)
+        except redis.RedisError as exc:
+            raise BackendError(f"cannot read agent {agent_id} from Redis: {exc}") from exc
+        return self._decode(raw)
+
+    def list(self) -> builtins.list[AgentInfo]:
+        try:
+            entries = self.client.hgetall(self.key)
+        except redis.RedisError as exc:
+            raise BackendError(f"cannot list agents in Redis: {exc}") from exc
+        agents = [self._decode(raw) for raw in entries.values()]
+        return sorted((a for a in agents if a is not None), key=lambda a: a.agent_id)

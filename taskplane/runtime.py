@@ -1,0 +1,128 @@
+"""The per-process runtime of a worker: clients, pools, stores and the task runner.
+
+Built once per process, after any fork, on first use (:func:`runtime_for`),
+from the settings of the Celery app; closed on worker shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import redis
+
+from taskplane.config import Settings
+from taskplane.coordinator import Deliver, Enqueue, PlanCoordinator
+from taskplane.executor import Handler, TaskRunner
+from taskplane.functions import import_function_modules, registry
+from taskplane.hooks import HookChain
+from taskplane.http_task import HttpTaskHandler, UrlGuard
+from taskplane.models import TaskType
+from taskplane.planstore import PlanStore
+
+log = logging.getLogger(__name__)
+
+#: Longest a Redis command may take; blocking waits are sliced well below it.
+SOCKET_TIMEOUT_S = 15.0
+#: Connections one worker process keeps open to HTTP targets.
+HTTP_POOL_SIZE = 64
+
+
+def redis_client(url: str) -> redis.Redis:
+    """A Redis client for taskplane's own keys (strings, not bytes)."""
+    return redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_connect_timeout=5,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        health_check_interval=30,
+        retry_on_timeout=True,
+    )
+
+
+@dataclass
+class WorkerRuntime:
+    """Everything a worker process shares between its task threads."""
+
+    settings: Settings
+    redis: redis.Redis
+    store: PlanStore
+    runner: TaskRunner
+    coordinator: PlanCoordinator
+    hooks: HookChain
+    http: httpx.Client
+    closers: list[Callable[[], Any]] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, settings: Settings, *, enqueue: Enqueue, deliver: Deliver) -> WorkerRuntime:
+        """Build the runtime for *settings*; ``enqueue``/``deliver`` come from the Celery edge."""
+        import_function_modules(settings.function_modules)
+        client = redis_client(settings.redis_url)
+        http = httpx.Client(
+            limits=httpx.Limits(
+                max_connections=HTTP_POOL_SIZE, max_keepalive_connections=HTTP_POOL_SIZE
+            ),
+            timeout=settings.default_timeout / 1000.0,
+        )
+        hooks = HookChain()
+        handlers: dict[TaskType, Handler] = {
+            TaskType.FUNCTION: registry,
+            TaskType.HTTP: HttpTaskHandler(
+                http,
+                guard=UrlGuard(
+                    allowed_hosts=settings.http_allowed_hosts,
+                    block_private=settings.http_block_private,
+                ),
+                max_response_bytes=settings.http_max_response_bytes,
+            ),
+        }
+        runner = TaskRunner(
+            handlers,
+            retry=settings.retry_config,
+            default_timeout_ms=settings.default_timeout,
+            hooks=hooks,
+        )
+        store = PlanStore(client, prefix=settings.key_prefix, retention_s=settings.plan_retention_s)
+        coordinator = PlanCoordinator(store, runner, enqueue=enqueue, deliver=deliver)
+        runtime = cls(settings, client, store, runner, coordinator, hooks, http)
+        runtime.closers += [http.close, client.close]
+        return runtime
+
+    def close(self) -> None:
+        """Flush and close everything the runtime opened."""
+        for closer in reversed(self.closers):
+            try:
+                closer()
+            except Exception:
+                log.exception("closing %r failed", closer)
+
+
+_lock = threading.Lock()
+_runtimes: dict[tuple[int, int], WorkerRuntime] = {}
+
+
+def runtime_for(key: int, factory: Callable[[], WorkerRuntime]) -> WorkerRuntime:
+    """The runtime of this process for *key* (an app's id), built by *factory* once."""
+    slot = (os.getpid(), key)
+    runtime = _runtimes.get(slot)
+    if runtime is None:
+        with _lock:
+            runtime = _runtimes.get(slot)
+            if runtime is None:
+                runtime = factory()
+                _runtimes[slot] = runtime
+    return runtime
+
+
+def close_runtimes() -> None:
+    """Close every runtime of this process (worker shutdown)."""
+    with _lock:
+        for slot, runtime in list(_runtimes.items()):
+            if slot[0] == os.getpid():
+                runtime.close()
+                del _runtimes[slot]

@@ -1,0 +1,77 @@
+"""The Celery tasks: thin wrappers that validate, get the runtime and call the domain.
+
+* ``taskplane.run_task`` — one task of a plan (every task runs as one);
+* ``taskplane.execute_plan`` — a whole plan sent by name from any service::
+
+      app.send_task("taskplane.execute_plan", [plan_json]).get()
+
+  returns the list of every task's result (JSON, task order). Invalid plans
+  fail the call with a ``ValidationError`` naming the fields.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from celery import Celery, Task
+from celery.exceptions import Ignore
+
+from taskplane.models import parse_plan
+from taskplane.planstore import TERMINAL
+from taskplane.runtime import WorkerRuntime, runtime_for
+from taskplane.tasks.canvas import enqueue_member, submit_plan
+
+
+def deliver_results(app: Celery, celery_task_id: str, results: list[dict[str, Any]]) -> None:
+    """Store a plan's results as the result of the ``execute_plan`` call *celery_task_id*."""
+    app.backend.mark_as_done(celery_task_id, results)
+
+
+def worker_runtime(app: Celery) -> WorkerRuntime:
+    """The runtime of this worker process for *app*."""
+    from taskplane.celery_app import settings_of
+
+    return runtime_for(
+        id(app),
+        lambda: WorkerRuntime.build(
+            settings_of(app),
+            enqueue=partial(enqueue_member, app),
+            deliver=partial(deliver_results, app),
+        ),
+    )
+
+
+def register_tasks(app: Celery) -> None:
+    """Register taskplane's tasks on *app*."""
+
+    @app.task(name="taskplane.run_task", bind=True, ignore_result=True, shared=False)
+    def run_task(
+        self: Task,
+        plan_id: str,
+        index: int,
+        task: dict[str, Any],
+        deadline: float | None = None,
+        previous_index: int | None = None,
+    ) -> dict[str, Any] | None:
+        result = worker_runtime(app).coordinator.run_member(
+            plan_id,
+            index,
+            task,
+            previous_index=previous_index,
+            deadline=deadline,
+            worker=self.request.hostname or "",
+        )
+        return None if result is None else result.to_json_dict()
+
+    @app.task(name="taskplane.execute_plan", bind=True, shared=False)
+    def execute_plan(self: Task, plan: dict[str, Any]) -> list[dict[str, Any]]:
+        parsed = parse_plan(plan)
+        if not parsed.tasks:
+            return []
+        runtime = worker_runtime(app)
+        submit_plan(app, runtime.store, parsed, runtime.settings, reply_to=self.request.id)
+        if runtime.store.meta(parsed.id).get("state") in TERMINAL:
+            report = runtime.coordinator.collect(parsed.id)
+            return [r.to_json_dict() for r in report.results]
+        raise Ignore()

@@ -1,0 +1,95 @@
+"""From a validated plan to Celery canvas: a group for the first window, or a chain.
+
+Parallel plans enqueue a Celery group of their first ``maxConcurrency``
+tasks; each task that finishes enqueues the next one (see
+:class:`taskplane.coordinator.PlanCoordinator`), so the limit holds across
+every worker and no task waits holding a worker slot. Sequential and
+weighted plans are a Celery chain.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from celery import Celery, chain, group
+from celery.canvas import Signature
+
+from taskplane.config import Settings
+from taskplane.errors import BackendError
+from taskplane.models import ExecutionPlan
+from taskplane.planstore import PlanStore
+from taskplane.plans import Mode, PlanLayout, layout
+
+#: Name of the Celery task that runs one task of a plan.
+RUN_TASK = "taskplane.run_task"
+
+
+def member(
+    app: Celery,
+    plan_id: str,
+    index: int,
+    task_json: dict[str, Any],
+    deadline: float | None,
+    previous_index: int | None = None,
+) -> Signature:
+    """The signature of task *index* of a plan."""
+    kwargs: dict[str, Any] = {
+        "plan_id": plan_id,
+        "index": index,
+        "task": task_json,
+        "deadline": deadline,
+    }
+    if previous_index is not None:
+        kwargs["previous_index"] = previous_index
+    return app.signature(RUN_TASK, kwargs=kwargs, immutable=True)
+
+
+def enqueue_member(
+    app: Celery, plan_id: str, index: int, task_json: dict[str, Any], deadline: float | None
+) -> None:
+    """Put one task of a plan on the broker."""
+    member(app, plan_id, index, task_json, deadline).apply_async()
+
+
+def canvas(app: Celery, plan: ExecutionPlan, plan_layout: PlanLayout, deadline: float) -> Signature:
+    """The group or chain that starts *plan*."""
+    tasks = [task.to_json_dict() for task in plan.tasks]
+    if plan_layout.mode is Mode.WINDOW:
+        first = plan_layout.order[: plan_layout.window]
+        sigs = [member(app, plan.id, i, tasks[i], deadline) for i in first]
+        return sigs[0] if len(sigs) == 1 else group(sigs)
+    forward = plan_layout.rule == "sequential"
+    steps = []
+    for position, index in enumerate(plan_layout.order):
+        previous = plan_layout.order[position - 1] if forward and position else None
+        steps.append(member(app, plan.id, index, tasks[index], deadline, previous))
+    return steps[0] if len(steps) == 1 else chain(steps)
+
+
+def submit_plan(
+    app: Celery,
+    store: PlanStore,
+    plan: ExecutionPlan,
+    settings: Settings,
+    *,
+    reply_to: str | None = None,
+    clock: Any = time.time,
+) -> bool:
+    """Record *plan* and enqueue it; False when its id already names a run (attach to it).
+
+    Either the whole plan is enqueued or nothing is: if the broker refuses,
+    the run's record is removed again and :class:`BackendError` raised.
+    """
+    plan_layout = layout(plan, default_max_concurrency=settings.max_concurrency)
+    deadline = clock() + plan.timeout / 1000.0
+    if reply_to is not None:
+        store.add_reply(plan.id, reply_to)
+    if not store.create(plan.id, plan.tasks, plan_layout, deadline):
+        return False
+    try:
+        canvas(app, plan, plan_layout, deadline).apply_async()
+    except Exception as exc:
+        store.discard(plan.id)
+        raise BackendError(f"could not enqueue plan {plan.id}: {exc}") from exc
+    return True
