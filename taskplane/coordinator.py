@@ -181,7 +181,7 @@ class PlanCoordinator:
             order=order,
             winner=winner,
         )
-        if state == PlanState.TIMEOUT.value:
+        if state == PlanState.TIMEOUT.value and meta.get("rule") != "allSettled":
             ok, reason = False, reason or "plan deadline passed"
         if state == PlanState.CANCELLED.value:
             ok, reason = False, "plan cancelled"

@@ -1,0 +1,90 @@
+"""A real cluster for integration tests: Redis, two worker processes, an engine.
+
+The broker uses database 13 and taskplane's state database 14 of the test
+Redis, so tests that flush database 15 never disturb the workers. Plan ids
+are unique per test, so nothing needs flushing here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from taskplane import ExecutionEngine, Settings
+from taskplane.devtools import redis_server
+from taskplane.devtools.cluster import WorkerProcess, start_worker, wait_ready
+
+ROOT = Path(__file__).resolve().parents[2]
+LOG_DIR = ROOT / ".run" / "test-workers"
+
+
+@dataclass
+class Cluster:
+    """What the integration tests talk to."""
+
+    env: dict[str, str]
+    settings: Settings
+    engine: ExecutionEngine
+    workers: list[WorkerProcess]
+    state_url: str
+
+    def start_worker(self, **overrides: str) -> WorkerProcess:
+        """One more worker with the cluster's settings (plus *overrides*)."""
+        env = {**self.env, **overrides}
+        worker = start_worker(env, concurrency=8, log_dir=LOG_DIR, root=ROOT)
+        wait_ready([worker], self.engine.app.control.ping)
+        self.workers.append(worker)
+        return worker
+
+
+def cluster_env(redis_url: str) -> dict[str, str]:
+    return {
+        "TASKPLANE_REDIS_URL": redis_server.with_db(redis_url, 14),
+        "TASKPLANE_BROKER_URL": redis_server.with_db(redis_url, 13),
+        "TASKPLANE_FUNCTION_MODULES": "examples.functions,tests.functions",
+        "TASKPLANE_RETRY_CONFIG__INITIAL_DELAY": "50",
+        "TASKPLANE_DATABASE_URL": f"sqlite:///{ROOT / '.run' / 'test-tracking.db'}",
+        "TASKPLANE_VISIBILITY_TIMEOUT_S": "20",
+        "TASKPLANE_REDELIVERY_SWEEP_S": "1",
+        "TASKPLANE_DEFAULT_TIMEOUT": "5000",
+    }
+
+
+@pytest.fixture(scope="session")
+def cluster(redis_url: str) -> Iterator[Cluster]:
+    env = cluster_env(redis_url)
+    settings = Settings(
+        redis_url=env["TASKPLANE_REDIS_URL"],
+        broker_url=env["TASKPLANE_BROKER_URL"],
+        function_modules=["examples.functions", "tests.functions"],
+        visibility_timeout_s=20,
+        redelivery_sweep_s=1,
+        default_timeout=5000,
+    )
+    engine = ExecutionEngine(settings)
+    workers = [
+        start_worker(env, concurrency=8, name=f"tw{i}", log_dir=LOG_DIR, root=ROOT)
+        for i in range(2)
+    ]
+    try:
+        wait_ready(workers, engine.app.control.ping)
+        yield Cluster(env, settings, engine, workers, env["TASKPLANE_REDIS_URL"])
+    finally:
+        for worker in workers:
+            worker.stop()
+        engine.close()
+
+
+@pytest.fixture
+def engine(cluster: Cluster) -> ExecutionEngine:
+    return cluster.engine
+
+
+@pytest.fixture
+def uid() -> str:
+    """A fresh id for plan ids and counter keys."""
+    return uuid.uuid4().hex[:10]
