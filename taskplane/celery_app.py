@@ -33,6 +33,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "visibility_timeout": visibility,
         "unacked_restore_interval": settings.redelivery_sweep_s,
         "unacked_restore_throttle": 1,
+        # a worker killed during its sweep must not hold the sweep lock for kombu's 300 s
+        "unacked_mutex_expire": max(2 * settings.redelivery_sweep_s, 10),
     }
     return {
         "broker_url": settings.effective_broker_url,

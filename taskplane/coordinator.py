@@ -87,12 +87,22 @@ class PlanCoordinator:
         previous_index: int | None = None,
         deadline: float | None = None,
         worker: str = "",
+        redelivered: bool = False,
     ) -> ExecutionResult | None:
-        """Run task *index* of a plan once; None when an earlier run's outcome stands."""
+        """Run task *index* of a plan once; None when an earlier run's outcome stands.
+
+        *redelivered* says the broker handed this message out before (its
+        worker died), so this run takes over the task.
+        """
         task = ExecutionTask.model_validate(task_json)
         decision = self.store.start(
-            plan_id, index, previous_index, lease_s=self.lease_s(task, deadline)
+            plan_id,
+            index,
+            previous_index,
+            lease_s=self.lease_s(task, deadline),
+            redelivered=redelivered,
         )
+        log.debug("plan %s task %s: %s", plan_id, index, decision.action)
         if decision.action == "recorded":
             log.info("plan %s task %s already recorded; not running it again", plan_id, task.id)
             self._after_replay(plan_id, index, deadline)
@@ -112,8 +122,8 @@ class PlanCoordinator:
             if status is TaskStatus.CANCELLED and deadline is not None and self.clock() >= deadline:
                 status, error = TaskStatus.TIMEOUT, "plan deadline passed"
             result = envelope(task, status, error=error, ctx=ctx)
-            self._finish(plan_id, index, result, ran=False, deadline=deadline)
-            return None
+            fresh = self._finish(plan_id, index, result, ran=False, deadline=deadline)
+            return result if fresh else None
         if decision.previous is not None:
             task = task.model_copy(
                 update={"payload": {**task.payload, "previous": previous_view(decision.previous)}}
@@ -124,7 +134,13 @@ class PlanCoordinator:
         return result if fresh else None
 
     def _finish(
-        self, plan_id: str, index: int, result: ExecutionResult, *, ran: bool, deadline: float | None
+        self,
+        plan_id: str,
+        index: int,
+        result: ExecutionResult,
+        *,
+        ran: bool,
+        deadline: float | None,
     ) -> bool:
         outcome = self.store.finish(plan_id, index, result, ran=ran)
         if outcome.next_index is not None and outcome.next_task is not None:
@@ -158,6 +174,14 @@ class PlanCoordinator:
             return
         for celery_id in self.store.take_replies(plan_id):
             self.deliver(celery_id, [r.to_json_dict() for r in report.results])
+
+    def recover(self, plan_id: str, deadline: float | None) -> int:
+        """Resend window tasks whose messages were lost; returns how many were sent."""
+        orphans = self.store.orphans(plan_id)
+        for index, task_json in orphans:
+            log.warning("plan %s: task %s lost its message; sending it again", plan_id, index)
+            self.enqueue(plan_id, index, task_json, deadline)
+        return len(orphans)
 
     def end(self, plan_id: str, state: PlanState) -> None:
         """End a running plan as *state* (deadline passed, cancelled by the user)."""

@@ -14,10 +14,12 @@ from typing import Any
 
 from celery import Celery
 
+from taskplane.cache import RedisResultCache
 from taskplane.celery_app import create_app
 from taskplane.config import Settings, load_settings
 from taskplane.coordinator import PlanCoordinator
 from taskplane.errors import PlanFailedError, ValidationError, WaitTimeoutError
+from taskplane.events import EventHandler, RedisEventBus, Subscription
 from taskplane.models import (
     ExecutionPlan,
     ExecutionResult,
@@ -32,7 +34,7 @@ from taskplane.planstore import TERMINAL, PlanStore
 from taskplane.plans import PlanState
 from taskplane.runtime import redis_client
 from taskplane.tasks import deliver_results
-from taskplane.tasks.canvas import submit_plan
+from taskplane.tasks.canvas import enqueue_member, submit_plan
 
 #: Extra time a lone task's plan gets beyond its longest possible run, in ms.
 TASK_DEADLINE_MARGIN_MS = 2000
@@ -96,8 +98,21 @@ class ExecutionEngine:
         self._redis: Any = None
         self._store: PlanStore | None = None
         self._coordinator: PlanCoordinator | None = None
+        self._events: RedisEventBus | None = None
+        self._cache: RedisResultCache | None = None
+        self._subscriptions: list[tuple[str, EventHandler, Subscription]] = []
 
     # -- plumbing ---------------------------------------------------------
+
+    @property
+    def stall_s(self) -> float:
+        """How long a plan may make no progress before its lost messages are resent.
+
+        Longer than the broker's redelivery (visibility timeout plus a sweep),
+        so only messages the broker itself lost are sent again.
+        """
+        s = self.settings
+        return s.effective_visibility_timeout_s + 2 * s.redelivery_sweep_s + 5
 
     @property
     def redis(self) -> Any:
@@ -125,14 +140,66 @@ class ExecutionEngine:
             self._coordinator = PlanCoordinator(
                 self.store,
                 None,
-                enqueue=lambda *_: None,
+                enqueue=lambda plan_id, index, task, deadline: enqueue_member(
+                    self.app, plan_id, index, task, deadline
+                ),
                 deliver=lambda task_id, results: deliver_results(self.app, task_id, results),
                 clock=self.clock,
             )
         return self._coordinator
 
+    @property
+    def events(self) -> RedisEventBus:
+        """The cluster's event bus (publish, ``recent``, ``subscribe``)."""
+        if self._events is None:
+            self._events = RedisEventBus(
+                self.redis,
+                prefix=self.settings.key_prefix,
+                stream_maxlen=self.settings.events_stream_maxlen,
+                clock=self.clock,
+            )
+        return self._events
+
+    @property
+    def cache(self) -> RedisResultCache:
+        """The cluster's result cache (``stats()``, ``clear()``)."""
+        if self._cache is None:
+            self._cache = RedisResultCache(
+                self.redis, self.settings.cache, prefix=self.settings.key_prefix
+            )
+        return self._cache
+
+    def on(self, event_type: str, handler: EventHandler) -> Subscription:
+        """Call *handler(event)* for every *event_type* event from any worker (``"*"``: all).
+
+        Events are dicts ``{"type", "data", "timestamp"}``. A handler that
+        raises is logged and keeps receiving.
+        """
+        types = None if event_type == "*" else [event_type]
+        subscription = self.events.subscribe(handler, event_types=types)
+        self._subscriptions.append((event_type, handler, subscription))
+        return subscription
+
+    def off(self, event_type: str, handler: EventHandler | None = None) -> None:
+        """Stop delivering *event_type* to *handler* (to every handler when None)."""
+        keep = []
+        for entry in self._subscriptions:
+            name, fn, subscription = entry
+            if name == event_type and (handler is None or fn is handler):
+                subscription.close()
+            else:
+                keep.append(entry)
+        self._subscriptions = keep
+
     def close(self) -> None:
         """Close connections and stop background threads."""
+        for _name, _fn, subscription in self._subscriptions:
+            subscription.close()
+        self._subscriptions = []
+        if self._events is not None:
+            self._events.close()
+            self._events = None
+        self._cache = None
         if self._redis is not None:
             self._redis.close()
             self._redis = None
@@ -213,8 +280,14 @@ class ExecutionEngine:
             raise PlanFailedError(f"plan {plan_id} is unknown or expired", [], plan_id)
         deadline = float(meta["deadline"])
         give_up = None if timeout is None else self.clock() + timeout
+        progress = (meta.get("done"), self.clock())
         while meta.get("state") not in TERMINAL:
             now = self.clock()
+            if meta.get("done") != progress[0]:
+                progress = (meta.get("done"), now)
+            elif now - progress[1] > self.stall_s:
+                self.coordinator.recover(plan_id, deadline)
+                progress = (meta.get("done"), now)
             if now >= deadline:
                 self.coordinator.end(plan_id, PlanState.TIMEOUT)
                 break

@@ -179,6 +179,7 @@ class TaskRunner:
         """Run *task* to its final envelope; never raises for the task's outcome."""
         ctx = ctx or RunContext()
         started = self.clock()
+        self.hooks.on_started(task, ctx)
         if self.cache is not None and self.uses_cache(task):
             hit = self._cached(task, ctx)
             if hit is not None:

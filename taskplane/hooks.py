@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 class ExecutionHooks:
     """Base class of execution listeners; every method is a no-op."""
 
+    def on_started(self, task: ExecutionTask, ctx: RunContext) -> None:
+        """Called when a task starts running (before the cache is consulted)."""
+
     def on_retrying(
         self, task: ExecutionTask, ctx: RunContext, *, attempt: int, delay_ms: float, error: str
     ) -> None:
@@ -52,6 +55,9 @@ class HookChain(ExecutionHooks):
                 getattr(hook, method)(*args, **kwargs)
             except Exception:
                 log.exception("execution hook %s.%s failed", type(hook).__name__, method)
+
+    def on_started(self, task: ExecutionTask, ctx: RunContext) -> None:
+        self._each("on_started", task, ctx)
 
     def on_retrying(
         self, task: ExecutionTask, ctx: RunContext, *, attempt: int, delay_ms: float, error: str

@@ -55,7 +55,9 @@ if rec then return {'recorded', rec} end
 local m = redis.call('HMGET', KEYS[1], 'state', 'cancel')
 if not m[1] then return {'missing', false} end
 if m[2] == '1' then return {'cancelled', false} end
-if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', tonumber(ARGV[3])) then
+if ARGV[4] == '1' then
+  redis.call('SET', KEYS[3], '1', 'EX', tonumber(ARGV[3]))
+elseif not redis.call('SET', KEYS[3], '1', 'NX', 'EX', tonumber(ARGV[3])) then
   return {'busy', false}
 end
 redis.call('HINCRBY', KEYS[1], 'running', 1)
@@ -241,12 +243,14 @@ class PlanStore:
         previous_index: int | None = None,
         *,
         lease_s: int = 3600,
+        redelivered: bool = False,
     ) -> StartDecision:
         """Called before a task runs: replay, refuse (cancelled, busy) or go ahead.
 
         Going ahead takes a lease of *lease_s* seconds on the task, so a second
-        delivery of the same task while the first still runs is dropped
-        (``busy``); the lease lapses if its holder dies.
+        copy of the same task (a window successor sent twice) is dropped
+        (``busy``) while the first runs. A *redelivered* message — the broker
+        gave it back because its worker died — takes the lease over.
         """
         keys = self._keys(plan_id)
         prev = "" if previous_index is None else str(previous_index)
@@ -254,7 +258,8 @@ class PlanStore:
         action, payload = self._call(
             "start",
             lambda: self._start(
-                keys=[keys["meta"], keys["results"], lease], args=[str(index), prev, lease_s]
+                keys=[keys["meta"], keys["results"], lease],
+                args=[str(index), prev, lease_s, "1" if redelivered else "0"],
             ),
         )
         if action == "recorded":
@@ -263,7 +268,9 @@ class PlanStore:
             return StartDecision(action, previous=_result(payload))
         return StartDecision(action)
 
-    def finish(self, plan_id: str, index: int, result: ExecutionResult, *, ran: bool) -> FinishDecision:
+    def finish(
+        self, plan_id: str, index: int, result: ExecutionResult, *, ran: bool
+    ) -> FinishDecision:
         """Record *result* for task *index* (first outcome wins) and advance the run."""
         keys = self._keys(plan_id)
         confidence = "" if result.confidence is None else repr(result.confidence)
@@ -301,6 +308,33 @@ class PlanStore:
         if has_result or leased or task is None:
             return None
         return int(succ), json.loads(task)
+
+    def orphans(self, plan_id: str) -> list[tuple[int, dict[str, Any]]]:
+        """Dispatched window tasks with no outcome and no live lease.
+
+        Such a task's message was lost (a worker died at the wrong instant);
+        sending it again is safe, since the first recorded outcome wins.
+        """
+        meta = self.meta(plan_id)
+        if meta.get("state") != PlanState.RUNNING.value or meta.get("mode") != "window":
+            return []
+        keys = self._keys(plan_id)
+        dispatched = min(int(meta["next"]), int(meta["n"]))
+        have = self._call("results", lambda: set(self.client.hkeys(keys["results"])))
+        candidates = [i for i in range(dispatched) if str(i) not in have]
+        if not candidates:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for index in candidates:
+            pipe.exists(self._lease(plan_id, index))
+            pipe.hget(keys["tasks"], str(index))
+        replies = self._call("orphans", pipe.execute)
+        found = []
+        for position, index in enumerate(candidates):
+            leased, task = replies[2 * position], replies[2 * position + 1]
+            if not leased and task is not None:
+                found.append((index, json.loads(task)))
+        return found
 
     def end(self, plan_id: str, state: PlanState) -> str | None:
         """End a running run as *state* (timeout, cancelled); returns the run's final state."""

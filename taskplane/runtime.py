@@ -16,8 +16,10 @@ from typing import Any
 import httpx
 import redis
 
+from taskplane.cache import RedisResultCache, RunnerCache
 from taskplane.config import Settings
 from taskplane.coordinator import Deliver, Enqueue, PlanCoordinator
+from taskplane.events import EventBus, EventHooks, RedisEventBus, finished_event
 from taskplane.executor import Handler, TaskRunner
 from taskplane.functions import import_function_modules, registry
 from taskplane.hooks import HookChain
@@ -56,20 +58,30 @@ class WorkerRuntime:
     coordinator: PlanCoordinator
     hooks: HookChain
     http: httpx.Client
+    worker: str
+    bus: EventBus | None = None
     closers: list[Callable[[], Any]] = field(default_factory=list)
 
     @classmethod
-    def build(cls, settings: Settings, *, enqueue: Enqueue, deliver: Deliver) -> WorkerRuntime:
+    def build(
+        cls, settings: Settings, *, enqueue: Enqueue, deliver: Deliver, worker: str = ""
+    ) -> WorkerRuntime:
         """Build the runtime for *settings*; ``enqueue``/``deliver`` come from the Celery edge."""
         import_function_modules(settings.function_modules)
         client = redis_client(settings.redis_url)
+        bus: EventBus | None = None
+        hooks = HookChain()
+        if settings.events_enabled:
+            bus = RedisEventBus(
+                client, prefix=settings.key_prefix, stream_maxlen=settings.events_stream_maxlen
+            )
+            hooks.add(EventHooks(bus, worker=worker))
         http = httpx.Client(
             limits=httpx.Limits(
                 max_connections=HTTP_POOL_SIZE, max_keepalive_connections=HTTP_POOL_SIZE
             ),
             timeout=settings.default_timeout / 1000.0,
         )
-        hooks = HookChain()
         handlers: dict[TaskType, Handler] = {
             TaskType.FUNCTION: registry,
             TaskType.HTTP: HttpTaskHandler(
@@ -81,17 +93,30 @@ class WorkerRuntime:
                 max_response_bytes=settings.http_max_response_bytes,
             ),
         }
+        cache = RunnerCache(
+            RedisResultCache(client, settings.cache, prefix=settings.key_prefix),
+            capabilities_of=lambda _agent_id: [],
+        )
         runner = TaskRunner(
             handlers,
             retry=settings.retry_config,
             default_timeout_ms=settings.default_timeout,
+            cache=cache if settings.cache.enabled else None,
             hooks=hooks,
         )
         store = PlanStore(client, prefix=settings.key_prefix, retention_s=settings.plan_retention_s)
         coordinator = PlanCoordinator(store, runner, enqueue=enqueue, deliver=deliver)
-        runtime = cls(settings, client, store, runner, coordinator, hooks, http)
-        runtime.closers += [http.close, client.close]
+        runtime = cls(settings, client, store, runner, coordinator, hooks, http, worker, bus)
+        runtime.closers += [client.close, http.close]
+        if bus is not None:
+            runtime.closers.append(bus.close)
         return runtime
+
+    def task_finished(self, result: dict[str, Any]) -> None:
+        """A task of this worker has its final envelope (called from a Celery signal)."""
+        if self.bus is not None:
+            plan_id = result.get("metadata", {}).get("planId")
+            self.bus.publish(*finished_event(result, plan_id=plan_id, worker=self.worker))
 
     def close(self) -> None:
         """Flush and close everything the runtime opened."""

@@ -81,7 +81,7 @@ def finished_event(
 
 
 class EventHooks(ExecutionHooks):
-    """Publishes the runner's retries, cache hits and other events on a bus.
+    """Publishes the runner's starts, retries, cache hits and other events on a bus.
 
     Args:
         bus: Where events go.
@@ -91,6 +91,9 @@ class EventHooks(ExecutionHooks):
     def __init__(self, bus: EventBus, *, worker: str) -> None:
         self.bus = bus
         self.worker = worker
+
+    def on_started(self, task: ExecutionTask, ctx: RunContext) -> None:
+        self.bus.publish(*started_event(task, plan_id=ctx.plan_id, worker=self.worker))
 
     def on_retrying(
         self, task: ExecutionTask, ctx: RunContext, *, attempt: int, delay_ms: float, error: str

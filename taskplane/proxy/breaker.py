@@ -24,7 +24,10 @@ atomic step made the transition; ``failures`` is 1 when a failed trial reopens.
 **When Redis is unreachable the breaker fails open**: calls proceed as if the
 circuit were closed (an agent outage must not be compounded by a Redis one),
 nothing is counted, and a warning is logged at most every
-:data:`BACKEND_WARNING_INTERVAL_S` seconds.
+:data:`BACKEND_WARNING_INTERVAL_S` seconds. How long "unreachable" takes to
+find out is the Redis client's business: give the client on this path short
+socket timeouts and few retries (redis-py retries three times with backoff by
+default, seconds per call while Redis is down).
 """
 
 from __future__ import annotations
@@ -203,7 +206,9 @@ class CircuitBreaker:
             self._warn(exc)
             return
         if change.change == "open":
-            log.warning("circuit for agent %s opened after %d failures", admission.agent_id, change.failures)
+            log.warning(
+                "circuit for agent %s opened after %d failures", admission.agent_id, change.failures
+            )
             self._emit("circuit:open", {"agentId": admission.agent_id, "failures": change.failures})
         elif change.change == "close":
             log.info("circuit for agent %s closed", admission.agent_id)

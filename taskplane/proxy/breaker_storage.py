@@ -77,7 +77,13 @@ class BreakerStorage(pybreaker.CircuitBreakerStorage):
 
     @abstractmethod
     def record(
-        self, result: Result, *, now: float, policy: BreakerPolicy, token: str = "", member: str = ""
+        self,
+        result: Result,
+        *,
+        now: float,
+        policy: BreakerPolicy,
+        token: str = "",
+        member: str = "",
     ) -> Transition:
         """Record a finished call (*token* is the trial's, or ``""``; *member* a unique id)."""
 
@@ -118,7 +124,9 @@ class ClosedState:
         return Gate(STATE_CLOSED, True)
 
     @staticmethod
-    def record(rec: _Record, result: Result, now: float, policy: BreakerPolicy, token: str) -> Transition:
+    def record(
+        rec: _Record, result: Result, now: float, policy: BreakerPolicy, token: str
+    ) -> Transition:
         if result != "failure" or token:
             return Transition()
         horizon = now - policy.monitoring_period_s
@@ -139,7 +147,9 @@ class OpenState:
         return _start_trial(rec, now, lease_s, token)
 
     @staticmethod
-    def record(rec: _Record, result: Result, now: float, policy: BreakerPolicy, token: str) -> Transition:
+    def record(
+        rec: _Record, result: Result, now: float, policy: BreakerPolicy, token: str
+    ) -> Transition:
         return Transition()  # late outcomes of calls let through before opening change nothing
 
 
@@ -153,7 +163,9 @@ class HalfOpenState:
         return _start_trial(rec, now, lease_s, token)
 
     @staticmethod
-    def record(rec: _Record, result: Result, now: float, policy: BreakerPolicy, token: str) -> Transition:
+    def record(
+        rec: _Record, result: Result, now: float, policy: BreakerPolicy, token: str
+    ) -> Transition:
         if not token or token != rec.trial:
             return Transition()
         if result == "success":
@@ -185,7 +197,13 @@ class InMemoryBreakerStorage(BreakerStorage):
             return STATES[self._rec.state].admit(self._rec, now, policy, lease_s, token)
 
     def record(
-        self, result: Result, *, now: float, policy: BreakerPolicy, token: str = "", member: str = ""
+        self,
+        result: Result,
+        *,
+        now: float,
+        policy: BreakerPolicy,
+        token: str = "",
+        member: str = "",
     ) -> Transition:
         with self._lock:
             return STATES[self._rec.state].record(self._rec, result, now, policy, token)
@@ -193,6 +211,15 @@ class InMemoryBreakerStorage(BreakerStorage):
     @property
     def state(self) -> str:
         return self._rec.state
+
+    @state.setter
+    def state(self, state: str) -> None:
+        """Force a state (an operator's override); ``closed`` forgets every failure."""
+        with self._lock:
+            if state == STATE_CLOSED:
+                self._rec = _Record()
+            else:
+                self._rec.state, self._rec.trial, self._rec.trial_until = state, "", 0.0
 
     @property
     def counter(self) -> int:
@@ -203,6 +230,10 @@ class InMemoryBreakerStorage(BreakerStorage):
         if self._rec.state == STATE_CLOSED:
             return None
         return datetime.fromtimestamp(self._rec.opened_at, tz=UTC)
+
+    @opened_at.setter
+    def opened_at(self, when: datetime) -> None:
+        self._rec.opened_at = when.timestamp()
 
 
 # -- Redis ---------------------------------------------------------------------------------
@@ -283,7 +314,13 @@ class RedisBreakerStorage(BreakerStorage):
         return Gate(_text(state), _text(allowed) == "1", float(_text(retry_in)))
 
     def record(
-        self, result: Result, *, now: float, policy: BreakerPolicy, token: str = "", member: str = ""
+        self,
+        result: Result,
+        *,
+        now: float,
+        policy: BreakerPolicy,
+        token: str = "",
+        member: str = "",
     ) -> Transition:
         keys = [self.key, self.failures_key]
         args = [
@@ -311,6 +348,18 @@ class RedisBreakerStorage(BreakerStorage):
     def state(self) -> str:
         return self._field("state") or STATE_CLOSED
 
+    @state.setter
+    def state(self, state: str) -> None:
+        """Force a state (an operator's override); ``closed`` forgets every failure."""
+        try:
+            if state == STATE_CLOSED:
+                self.client.delete(self.key, self.failures_key)
+            else:
+                self.client.hset(self.key, "state", state)
+                self.client.hdel(self.key, "trial", "trial_until")
+        except redis.RedisError as exc:
+            raise BackendError(f"circuit breaker state for {self.name}: {exc}") from exc
+
     @property
     def counter(self) -> int:
         try:
@@ -322,3 +371,10 @@ class RedisBreakerStorage(BreakerStorage):
     def opened_at(self) -> datetime | None:
         raw = self._field("opened_at")
         return None if raw is None else datetime.fromtimestamp(float(raw), tz=UTC)
+
+    @opened_at.setter
+    def opened_at(self, when: datetime) -> None:
+        try:
+            self.client.hset(self.key, "opened_at", repr(when.timestamp()))
+        except redis.RedisError as exc:
+            raise BackendError(f"circuit breaker state for {self.name}: {exc}") from exc

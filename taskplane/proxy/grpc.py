@@ -94,7 +94,7 @@ def build_request(task: ExecutionTask, *, timeout_s: float) -> confidence_pb2.Ag
     """Map a task to an ``AgentRequest`` (see the module docstring)."""
     payload = task.payload
     description = payload.get("task") or payload.get("description") or "analyze"
-    data_value: Any = payload["data"] if "data" in payload else payload
+    data_value: Any = payload.get("data", payload)
     if not isinstance(data_value, dict):
         data_value = {"value": data_value}
     data = struct_pb2.Struct()
@@ -175,9 +175,7 @@ class GrpcTransport(AgentTransport):
             ("x-taskplane-task-id", task.id),
         )
         try:
-            reply = self.stub(agent.endpoint).Analyze(
-                request, timeout=timeout_s, metadata=metadata
-            )
+            reply = self.stub(agent.endpoint).Analyze(request, timeout=timeout_s, metadata=metadata)
         except grpc.RpcError as exc:
             raise translate_rpc_error(exc, agent.agent_id) from exc
         return outcome_from_result(reply, agent.agent_id)

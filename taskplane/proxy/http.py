@@ -106,16 +106,22 @@ class HttpTransport(AgentTransport):
                 status = response.status_code
                 retry_after = response.headers.get("Retry-After")
         except httpx.TimeoutException as exc:
-            raise TaskTimeoutError(f"agent {agent.agent_id} did not answer in {timeout_s:g} s") from exc
+            raise TaskTimeoutError(
+                f"agent {agent.agent_id} did not answer in {timeout_s:g} s"
+            ) from exc
         except httpx.DecodingError as exc:
-            raise InvalidReplyError(f"agent {agent.agent_id} sent an undecodable body: {exc}") from exc
+            raise InvalidReplyError(
+                f"agent {agent.agent_id} sent an undecodable body: {exc}"
+            ) from exc
         except httpx.HTTPError as exc:
             raise TransportError(f"cannot reach agent {agent.agent_id} at {url}: {exc!r}") from exc
         self._check_status(agent, status, body, retry_after)
         try:
             reply = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidReplyError(f"agent {agent.agent_id} replied with invalid JSON: {exc}") from exc
+            raise InvalidReplyError(
+                f"agent {agent.agent_id} replied with invalid JSON: {exc}"
+            ) from exc
         return outcome_from_reply(reply)
 
     def _read(self, response: httpx.Response, deadline: float, url: str) -> bytes:
@@ -154,7 +160,9 @@ class HttpTransport(AgentTransport):
         except httpx.HTTPError as exc:
             return HealthReport(healthy=False, status="unreachable", message=repr(exc))
         if response.is_success:
-            return HealthReport(healthy=True, status="healthy", message=f"HTTP {response.status_code}")
+            return HealthReport(
+                healthy=True, status="healthy", message=f"HTTP {response.status_code}"
+            )
         return HealthReport(
             healthy=False, status="unhealthy", message=f"HTTP {response.status_code}"
         )

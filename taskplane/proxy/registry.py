@@ -17,7 +17,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 import pydantic
@@ -27,7 +27,7 @@ from pydantic.alias_generators import to_camel
 
 from taskplane.errors import BackendError, ValidationError
 
-Protocol = Literal["http", "grpc"]
+AgentProtocol = Literal["http", "grpc"]
 
 #: Longest agent id accepted (ids name Redis keys and log lines).
 MAX_AGENT_ID_LENGTH = 200
@@ -56,7 +56,7 @@ class AgentInfo(BaseModel):
 
     agent_id: str
     endpoint: str
-    protocol: Protocol = "http"
+    protocol: AgentProtocol = "http"
     capabilities: list[str] = Field(default_factory=list)
     registered_at: float = 0.0
     healthy: bool | None = None
@@ -137,7 +137,7 @@ def make_agent_info(
     return AgentInfo(
         agent_id=agent_id,
         endpoint=normalise_endpoint(endpoint, protocol),
-        protocol=protocol,  # type: ignore[arg-type]
+        protocol=cast(AgentProtocol, protocol),
         capabilities=caps,
         registered_at=time.time() if registered_at is None else registered_at,
     )

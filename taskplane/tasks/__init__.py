@@ -16,11 +16,12 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import Ignore
+from celery.signals import task_postrun, worker_shutdown
 
 from taskplane.models import parse_plan
 from taskplane.planstore import TERMINAL
-from taskplane.runtime import WorkerRuntime, runtime_for
-from taskplane.tasks.canvas import enqueue_member, submit_plan
+from taskplane.runtime import WorkerRuntime, close_runtimes, runtime_for
+from taskplane.tasks.canvas import RUN_TASK, enqueue_member, submit_plan
 
 
 def deliver_results(app: Celery, celery_task_id: str, results: list[dict[str, Any]]) -> None:
@@ -28,7 +29,7 @@ def deliver_results(app: Celery, celery_task_id: str, results: list[dict[str, An
     app.backend.mark_as_done(celery_task_id, results)
 
 
-def worker_runtime(app: Celery) -> WorkerRuntime:
+def worker_runtime(app: Celery, worker: str = "") -> WorkerRuntime:
     """The runtime of this worker process for *app*."""
     from taskplane.celery_app import settings_of
 
@@ -38,6 +39,7 @@ def worker_runtime(app: Celery) -> WorkerRuntime:
             settings_of(app),
             enqueue=partial(enqueue_member, app),
             deliver=partial(deliver_results, app),
+            worker=worker,
         ),
     )
 
@@ -54,13 +56,15 @@ def register_tasks(app: Celery) -> None:
         deadline: float | None = None,
         previous_index: int | None = None,
     ) -> dict[str, Any] | None:
-        result = worker_runtime(app).coordinator.run_member(
+        worker = self.request.hostname or ""
+        result = worker_runtime(app, worker).coordinator.run_member(
             plan_id,
             index,
             task,
             previous_index=previous_index,
             deadline=deadline,
-            worker=self.request.hostname or "",
+            worker=worker,
+            redelivered=bool((self.request.delivery_info or {}).get("redelivered")),
         )
         return None if result is None else result.to_json_dict()
 
@@ -75,3 +79,20 @@ def register_tasks(app: Celery) -> None:
             report = runtime.coordinator.collect(parsed.id)
             return [r.to_json_dict() for r in report.results]
         raise Ignore()
+
+    connect_signals(app)
+
+
+def connect_signals(app: Celery) -> None:
+    """Feed finished tasks to events (and tracking), and close the runtime at shutdown."""
+
+    def finished(sender: Any = None, retval: Any = None, **_: Any) -> None:
+        if getattr(sender, "name", "") == RUN_TASK and getattr(sender, "app", None) is app:
+            if isinstance(retval, dict):
+                worker_runtime(app).task_finished(retval)
+
+    def shutdown(**_: Any) -> None:
+        close_runtimes()
+
+    task_postrun.connect(finished, weak=False)
+    worker_shutdown.connect(shutdown, weak=False)

@@ -140,5 +140,7 @@ def point_from_result(result: ExecutionResult | dict[str, Any], *, now: float) -
             execution_time=max(envelope.execution_time, 0.0),
         )
     except pydantic.ValidationError:
-        log.warning("not tracking task %s: %s", envelope.task_id, "invalid data point", exc_info=True)
+        log.warning(
+            "not tracking task %s: %s", envelope.task_id, "invalid data point", exc_info=True
+        )
         return None

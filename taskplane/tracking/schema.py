@@ -44,6 +44,8 @@ points = sa.Table(
         "pattern_name",
     ),
     sa.Index("ix_tracking_points_pattern_time", "pattern_name", "timestamp"),
+    # Retention deletes by age alone.
+    sa.Index("ix_tracking_points_time", "timestamp"),
 )
 
 rollups = sa.Table(

@@ -153,6 +153,8 @@ class TrackingStore(ABC):
 
     def upgrade(self) -> None:
         """Bring the store's schema up to date (a no-op for stores without one)."""
+        return None
 
     def close(self) -> None:
         """Release connections; the store must not be used afterwards."""
+        return None

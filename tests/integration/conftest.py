@@ -1,13 +1,15 @@
 """A real cluster for integration tests: Redis, two worker processes, an engine.
 
-The broker uses database 13 and taskplane's state database 14 of the test
-Redis, so tests that flush database 15 never disturb the workers. Plan ids
+The broker and taskplane's state use two other databases of the test Redis
+(13 and 14 beside the default test database 15), so tests that flush the
+test database never disturb the workers. Plan ids
 are unique per test, so nothing needs flushing here.
 """
 
 from __future__ import annotations
 
 import uuid
+from urllib.parse import urlsplit
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,10 +43,19 @@ class Cluster:
         return worker
 
 
+def cluster_dbs(redis_url: str) -> tuple[int, int]:
+    """Broker and state databases, derived from the test database so suites can run side by side."""
+    test_db = int(urlsplit(redis_url).path.strip("/") or 0)
+    if test_db == 15:
+        return 13, 14
+    return (test_db + 4) % 16, (test_db + 8) % 16
+
+
 def cluster_env(redis_url: str) -> dict[str, str]:
+    broker_db, state_db = cluster_dbs(redis_url)
     return {
-        "TASKPLANE_REDIS_URL": redis_server.with_db(redis_url, 14),
-        "TASKPLANE_BROKER_URL": redis_server.with_db(redis_url, 13),
+        "TASKPLANE_REDIS_URL": redis_server.with_db(redis_url, state_db),
+        "TASKPLANE_BROKER_URL": redis_server.with_db(redis_url, broker_db),
         "TASKPLANE_FUNCTION_MODULES": "examples.functions,tests.functions",
         "TASKPLANE_RETRY_CONFIG__INITIAL_DELAY": "50",
         "TASKPLANE_DATABASE_URL": f"sqlite:///{ROOT / '.run' / 'test-tracking.db'}",

@@ -6,30 +6,12 @@ import time
 from typing import Any
 
 import pytest
-import redis
 
 from taskplane import ExecutionEngine, PlanFailedError, TaskStatus, ValidationError
 from tests.httpserver import HttpTestServer
+from tests.support import counter, rec
 
 pytestmark = pytest.mark.integration
-
-
-def rec(task_id: str, cluster: Any, key: str, **payload: Any) -> dict[str, Any]:
-    """A task that counts its calls under *key* in Redis."""
-    return {
-        "id": task_id,
-        "type": "function",
-        "target": "tests.record",
-        "payload": {"redis_url": cluster.state_url, "key": key, **payload},
-    }
-
-
-def counter(cluster: Any, key: str, what: str = "calls") -> int:
-    client = redis.Redis.from_url(cluster.state_url, decode_responses=True)
-    try:
-        return int(client.get(f"{key}:{what}") or 0)
-    finally:
-        client.close()
 
 
 def test_function_task_round_trip(engine: ExecutionEngine) -> None:
@@ -68,7 +50,9 @@ def test_http_task_retries_5xx_then_succeeds(engine: ExecutionEngine, uid: str) 
 
 def test_http_task_4xx_is_not_retried(engine: ExecutionEngine) -> None:
     with HttpTestServer() as server:
-        result = engine.execute_task({"id": "h", "type": "http", "target": f"{server.url}/status/404"})
+        result = engine.execute_task(
+            {"id": "h", "type": "http", "target": f"{server.url}/status/404"}
+        )
         assert result.status is TaskStatus.FAILURE
         assert result.retries == 0 and "HTTP 404" in (result.error or "")
         assert server.calls("/status/404") == 1
@@ -237,7 +221,12 @@ def test_deadline_returns_timeouts_for_unfinished_tasks(engine: ExecutionEngine,
                     "strategy": "all",
                     "timeout": 1000,
                     "tasks": [
-                        {"id": "quick", "type": "function", "target": "add", "payload": {"a": 1, "b": 1}},
+                        {
+                            "id": "quick",
+                            "type": "function",
+                            "target": "add",
+                            "payload": {"a": 1, "b": 1},
+                        },
                         {"id": "hang", "type": "http", "target": f"{server.url}/hang"},
                     ],
                 }
@@ -312,7 +301,9 @@ def test_resubmitting_a_plan_id_attaches_to_the_run(
     assert [counter(cluster, f"{uid}:a{i}") for i in range(3)] == [1, 1, 1]
 
 
-def test_invalid_plan_names_the_field_and_enqueues_nothing(engine: ExecutionEngine, uid: str) -> None:
+def test_invalid_plan_names_the_field_and_enqueues_nothing(
+    engine: ExecutionEngine, uid: str
+) -> None:
     with pytest.raises(ValidationError) as info:
         engine.execute_parallel(
             {

@@ -1,0 +1,253 @@
+"""The agent proxy: registry, transports, circuit breaker and rate limiter in one handler.
+
+:class:`AgentProxy` is the task runner's handler for ``agent`` tasks. One
+attempt goes: registry lookup → breaker admission (fail fast when open) →
+rate-limit slot (wait, bounded by the call's deadline) → transport (HTTP or
+gRPC, bounded by what is left of the call's timeout) → breaker outcome.
+Retries are not made here: the task runner retries what the transport raises.
+
+:func:`build_agent_proxy` wires the Redis-backed parts from settings, with
+one pooled HTTP client and one gRPC channel per endpoint for the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+import redis
+
+from taskplane.config import Settings
+from taskplane.errors import ExecutionError, NotFoundError, TaskTimeoutError
+from taskplane.executor import CallContext, Outcome
+from taskplane.models import ExecutionTask
+from taskplane.proxy.breaker import Admission, CircuitBreaker, Emit
+from taskplane.proxy.grpc import GrpcTransport
+from taskplane.proxy.http import HttpTransport, make_http_client
+from taskplane.proxy.limiter import RateLimiter, RedisLimiterBackend
+from taskplane.proxy.registry import (
+    AgentInfo,
+    AgentRegistry,
+    InMemoryAgentRegistry,
+    RedisAgentRegistry,
+    make_agent_info,
+)
+from taskplane.proxy.transport import AgentTransport, HealthReport, InMemoryTransport
+
+__all__ = [  # noqa: RUF022 - grouped by topic, as a table of contents
+    # The handler and its factory
+    "AgentProxy",
+    "build_agent_proxy",
+    # Registry
+    "AgentInfo",
+    "AgentRegistry",
+    "InMemoryAgentRegistry",
+    "RedisAgentRegistry",
+    # Transports
+    "AgentTransport",
+    "GrpcTransport",
+    "HealthReport",
+    "HttpTransport",
+    "InMemoryTransport",
+    # Breaker and limiter
+    "CircuitBreaker",
+    "RateLimiter",
+]
+
+log = logging.getLogger(__name__)
+
+#: Health checks at registration give up after this long (s).
+DEFAULT_HEALTH_TIMEOUT_S = 2.0
+#: A half-open trial's lease is its call's timeout plus this (s).
+TRIAL_LEASE_GRACE_S = 5.0
+
+
+class AgentProxy:
+    """Calls registered agents; a task-runner handler for ``agent`` tasks.
+
+    Args:
+        registry: Where agents are registered.
+        http_transport: Calls ``protocol="http"`` agents.
+        grpc_transport: Calls ``protocol="grpc"`` agents.
+        breaker: Per-agent circuit breakers.
+        limiter: Per-agent rate limits.
+        clock: Wall clock in epoch seconds.
+        sleep: Unused by the proxy itself; kept so one clock/sleep pair wires every part.
+    """
+
+    def __init__(
+        self,
+        registry: AgentRegistry,
+        *,
+        http_transport: AgentTransport,
+        grpc_transport: AgentTransport,
+        breaker: CircuitBreaker,
+        limiter: RateLimiter,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.registry = registry
+        self.transports = {"http": http_transport, "grpc": grpc_transport}
+        self.breaker = breaker
+        self.limiter = limiter
+        self.clock = clock
+        self.sleep = sleep
+
+    def agent(self, agent_id: str) -> AgentInfo:
+        """The registered agent *agent_id*.
+
+        Raises:
+            NotFoundError: Nobody registered it.
+        """
+        info = self.registry.get(agent_id)
+        if info is None:
+            raise NotFoundError(f"Agent {agent_id} not found")
+        return info
+
+    def __call__(self, task: ExecutionTask, call: CallContext) -> Outcome:
+        """Make one attempt at an ``agent`` task (``task.target`` is the agent id).
+
+        Raises:
+            ExecutionError: ``NotFoundError``, ``CircuitOpenError``, a rate-limit
+                ``TaskTimeoutError`` or whatever the transport raised.
+        """
+        agent = self.agent(task.target)
+        transport = self.transports[agent.protocol]
+        deadline = self.clock() + call.timeout_s
+        admission = self.breaker.before_call(
+            agent.agent_id, lease_s=call.timeout_s + TRIAL_LEASE_GRACE_S
+        )
+        try:
+            self.limiter.acquire(agent.agent_id, deadline=deadline)
+            remaining_s = deadline - self.clock()
+            if remaining_s <= 0:
+                raise TaskTimeoutError(f"no time left to call agent {agent.agent_id}")
+        except BaseException:
+            self.breaker.abandon(admission)
+            raise
+        outcome = self._send(transport, agent, task, call, remaining_s, admission)
+        outcome.metadata.update(agentId=agent.agent_id, protocol=agent.protocol)
+        return outcome
+
+    def _send(
+        self,
+        transport: AgentTransport,
+        agent: AgentInfo,
+        task: ExecutionTask,
+        call: CallContext,
+        timeout_s: float,
+        admission: Admission,
+    ) -> Outcome:
+        try:
+            outcome = transport.send(agent, task, call, timeout_s=timeout_s)
+        except ExecutionError as exc:
+            self.breaker.record(admission, exc)
+            raise
+        except BaseException:
+            self.breaker.abandon(admission)
+            raise
+        self.breaker.record(admission)
+        return outcome
+
+    def register(
+        self,
+        agent_id: str,
+        endpoint: str,
+        protocol: str = "http",
+        capabilities: Iterable[str] = (),
+        *,
+        check_health: bool = True,
+        health_timeout_s: float = DEFAULT_HEALTH_TIMEOUT_S,
+    ) -> AgentInfo:
+        """Register (or re-register) an agent, checking its health first.
+
+        An unhealthy or unreachable agent is still registered; the returned
+        info says so (``healthy=False``, ``health_message``) and a warning is
+        logged. Breaker and limiter state of the agent are kept.
+
+        Raises:
+            ValidationError: A bad id, protocol, endpoint or capability; names the field.
+            BackendError: The registry cannot be reached.
+        """
+        info = make_agent_info(
+            agent_id, endpoint, protocol, capabilities, registered_at=self.clock()
+        )
+        if check_health:
+            report = self.transports[info.protocol].check_health(info, timeout_s=health_timeout_s)
+            info.healthy = report.healthy
+            info.health_message = f"{report.status}: {report.message}".rstrip(": ")
+            if not report.healthy:
+                log.warning(
+                    "registering agent %s at %s although its health check failed: %s",
+                    agent_id,
+                    info.endpoint,
+                    info.health_message,
+                )
+        self.registry.register(info)
+        return info
+
+    def unregister(self, agent_id: str) -> bool:
+        """Remove an agent; True if it was registered."""
+        return self.registry.unregister(agent_id)
+
+    def list_agents(self) -> list[AgentInfo]:
+        """Every registered agent, ordered by id."""
+        return self.registry.list()
+
+    def health(self, agent_id: str, *, timeout_s: float = DEFAULT_HEALTH_TIMEOUT_S) -> HealthReport:
+        """Ask a registered agent for its health now.
+
+        Raises:
+            NotFoundError: Nobody registered it.
+        """
+        agent = self.agent(agent_id)
+        return self.transports[agent.protocol].check_health(agent, timeout_s=timeout_s)
+
+    def capabilities_of(self, agent_id: str) -> list[str]:
+        """The agent's registered capabilities, sorted (``[]`` for an unknown agent)."""
+        info = self.registry.get(agent_id)
+        return sorted(info.capabilities) if info is not None else []
+
+    def close(self) -> None:
+        """Close the transports' pooled connections and channels."""
+        for transport in self.transports.values():
+            transport.close()
+
+
+def build_agent_proxy(
+    settings: Settings,
+    redis_client: redis.Redis,
+    *,
+    emit: Emit,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> AgentProxy:
+    """Build the process's proxy: Redis registry, breaker and limiter, pooled transports.
+
+    Args:
+        settings: ``circuit_breaker``, ``rate_limit``, ``key_prefix`` and
+            ``http_max_response_bytes`` are used.
+        redis_client: Shared by registry, breaker and limiter.
+        emit: Receives ``circuit:open`` / ``circuit:close`` events.
+        clock: Wall clock in epoch seconds.
+        sleep: Waits for rate-limit slots.
+    """
+    prefix = settings.key_prefix
+    max_bytes = settings.http_max_response_bytes
+    return AgentProxy(
+        RedisAgentRegistry(redis_client, prefix=prefix),
+        http_transport=HttpTransport(make_http_client(), max_response_bytes=max_bytes),
+        grpc_transport=GrpcTransport(max_response_bytes=max_bytes),
+        breaker=CircuitBreaker.with_redis(
+            redis_client, settings.circuit_breaker, prefix=prefix, emit=emit, clock=clock
+        ),
+        limiter=RateLimiter(
+            RedisLimiterBackend(redis_client, prefix=prefix),
+            settings.rate_limit,
+            clock=clock,
+            sleep=sleep,
+        ),
+        clock=clock,
+        sleep=sleep,
+    )

@@ -1,0 +1,88 @@
+"""Delivery: enqueueing by task name from outside, and surviving a killed worker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from typing import Any
+
+import pytest
+import redis
+
+from taskplane import ExecutionEngine, TaskStatus
+from tests.support import counter, rec
+
+pytestmark = pytest.mark.integration
+
+CLIENT = textwrap.dedent(
+    """
+    import json, sys
+    from celery import Celery
+    broker, backend, plan = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    app = Celery("client", broker=broker, backend=backend)
+    app.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
+    results = app.send_task("taskplane.execute_plan", [plan], queue="taskplane").get(timeout=30)
+    assert "taskplane" not in sys.modules
+    print(json.dumps(results))
+    """
+)
+
+
+def test_send_task_by_name_from_a_process_without_taskplane(cluster: Any, uid: str) -> None:
+    plan = {
+        "id": f"by-name-{uid}",
+        "strategy": "allSettled",
+        "tasks": [
+            {"id": "sum", "type": "function", "target": "add", "payload": {"a": 20, "b": 22}},
+            {"id": "bad", "type": "function", "target": "nope"},
+        ],
+    }
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CLIENT,
+            cluster.settings.broker_url,
+            cluster.state_url,
+            json.dumps(plan),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    results = json.loads(out.stdout)
+    assert [r["taskId"] for r in results] == ["sum", "bad"]
+    assert results[0]["status"] == "success" and results[0]["result"] == 42
+    assert results[1]["status"] == "failure" and results[1]["error"] == "Function nope not found"
+
+
+def test_killed_worker_plan_completes_without_rerunning_recorded_tasks(
+    cluster: Any, engine: ExecutionEngine, uid: str
+) -> None:
+    victim = cluster.start_worker()
+    count = 40
+    tasks = [rec(f"t{i}", cluster, f"{uid}:k{i}", ms=250) for i in range(count)]
+    plan_id = f"kill-{uid}"
+    handle = engine.submit({"id": plan_id, "tasks": tasks, "maxConcurrency": 12, "timeout": 90000})
+    client = redis.Redis.from_url(cluster.state_url, decode_responses=True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        done = client.hlen(f"taskplane:plan:{plan_id}:results")
+        if done >= 8 and victim.log() is not None:
+            break
+        time.sleep(0.05)
+    victim.kill()
+    recorded_at_kill = set(client.hkeys(f"taskplane:plan:{plan_id}:results"))
+    assert 0 < len(recorded_at_kill) < count
+
+    results = handle.wait(80)
+    assert [r.status for r in results] == [TaskStatus.SUCCESS] * count
+    assert len(client.hkeys(f"taskplane:plan:{plan_id}:results")) == count
+    for index in recorded_at_kill:
+        assert counter(cluster, f"{uid}:k{index}") == 1, f"task {index} ran again"
+    assert all(1 <= counter(cluster, f"{uid}:k{i}") <= 2 for i in range(count))
+    client.close()

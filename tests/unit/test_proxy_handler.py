@@ -1,0 +1,185 @@
+"""AgentProxy as a task-runner handler, wired with in-memory parts and a fake clock."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from taskplane.config import CircuitBreakerConfig, RateLimitConfig, RetryConfig
+from taskplane.errors import (
+    CircuitOpenError,
+    NotFoundError,
+    TaskTimeoutError,
+    UpstreamError,
+)
+from taskplane.executor import CallContext, TaskRunner
+from taskplane.models import ExecutionTask, TaskStatus, TaskType
+from taskplane.proxy import AgentProxy, CircuitBreaker, InMemoryAgentRegistry, InMemoryTransport
+from taskplane.proxy.breaker_storage import STATE_CLOSED, STATE_OPEN
+from taskplane.proxy.limiter import RateLimiter
+
+ENDPOINT = "http://agent.test:1"
+
+
+@dataclass
+class FakeTime:
+    now: float = 1_700_000_000.0
+    slept: list[float] = field(default_factory=list)
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+@dataclass
+class Agent:
+    """An in-memory agent that fails on cue and counts its calls."""
+
+    failing: bool = False
+    calls: int = 0
+    payloads: list[dict[str, Any]] = field(default_factory=list)
+
+    def __call__(self, payload: dict[str, Any], call: CallContext) -> dict[str, Any]:
+        self.calls += 1
+        self.payloads.append(payload)
+        if self.failing:
+            raise UpstreamError("agent answered HTTP 503", 503)
+        return {"value": {"seen": payload}, "confidence": 0.85, "reasoning": "because"}
+
+
+@dataclass
+class Rig:
+    proxy: AgentProxy
+    agent: Agent
+    time: FakeTime
+    events: list[tuple[str, dict[str, Any]]]
+
+
+@pytest.fixture
+def rig() -> Rig:
+    time = FakeTime()
+    agent = Agent()
+    events: list[tuple[str, dict[str, Any]]] = []
+    transport = InMemoryTransport({ENDPOINT: agent})
+    proxy = AgentProxy(
+        InMemoryAgentRegistry(),
+        http_transport=transport,
+        grpc_transport=transport,
+        breaker=CircuitBreaker(
+            CircuitBreakerConfig(failure_threshold=2, reset_timeout=10_000),
+            emit=lambda t, d: events.append((t, d)),
+            clock=time.clock,
+        ),
+        limiter=RateLimiter(
+            config=RateLimitConfig(max_requests=2, window_ms=1000),
+            clock=time.clock,
+            sleep=time.sleep,
+        ),
+        clock=time.clock,
+        sleep=time.sleep,
+    )
+    proxy.register("a1", ENDPOINT, capabilities=["z", "a"])
+    return Rig(proxy, agent, time, events)
+
+
+def task(target: str = "a1", payload: dict[str, Any] | None = None) -> ExecutionTask:
+    return ExecutionTask(id="t1", type="agent", target=target, payload=payload or {"q": 1})
+
+
+CALL = CallContext(timeout_s=5.0, idempotency_key="k")
+
+
+def test_a_call_reaches_the_agent_and_says_which(rig: Rig) -> None:
+    outcome = rig.proxy(task(payload={"text": "hi"}), CALL)
+    assert outcome.result == {"seen": {"text": "hi"}} and outcome.confidence == 0.85
+    assert outcome.metadata == {"reasoning": "because", "agentId": "a1", "protocol": "http"}
+
+
+def test_an_unknown_agent_is_not_found(rig: Rig) -> None:
+    with pytest.raises(NotFoundError, match=r"^Agent ghost not found$"):
+        rig.proxy(task("ghost"), CALL)
+
+
+def test_an_open_circuit_fails_fast_without_calling_or_using_a_rate_slot(rig: Rig) -> None:
+    rig.agent.failing = True
+    for _ in range(2):
+        with pytest.raises(UpstreamError):
+            rig.proxy(task(), CALL)
+        rig.time.now += 1  # keep the limiter out of this
+    assert rig.events == [("circuit:open", {"agentId": "a1", "failures": 2})]
+    for _ in range(5):
+        with pytest.raises(CircuitOpenError):
+            rig.proxy(task(), CALL)
+    assert rig.agent.calls == 2 and rig.time.slept == []
+
+
+def test_a_rate_limited_call_waits_for_its_slot(rig: Rig) -> None:
+    for _ in range(3):
+        rig.proxy(task(), CALL)
+    assert rig.agent.calls == 3
+    assert rig.time.slept == [pytest.approx(1.001)]
+
+
+def test_a_rate_limit_wait_past_the_deadline_frees_the_half_open_trial(rig: Rig) -> None:
+    rig.agent.failing = True
+    for _ in range(2):
+        with pytest.raises(UpstreamError):
+            rig.proxy(task(), CALL)
+    rig.time.now += 10
+    rig.proxy.limiter.backend.try_acquire("a1", now_ms=rig.time.now * 1000, limit=2, window_ms=1000)
+    rig.proxy.limiter.backend.try_acquire("a1", now_ms=rig.time.now * 1000, limit=2, window_ms=1000)
+    with pytest.raises(TaskTimeoutError, match="rate limit"):
+        rig.proxy(task(), CallContext(timeout_s=0.5))
+    rig.agent.failing = False
+    rig.time.now += 1.1
+    rig.proxy(task(), CALL)  # this caller became the trial, and closed the circuit
+    assert rig.proxy.breaker.state("a1") == STATE_CLOSED
+
+
+def test_re_registering_keeps_breaker_and_limiter_state(rig: Rig) -> None:
+    rig.agent.failing = True
+    for _ in range(2):
+        with pytest.raises(UpstreamError):
+            rig.proxy(task(), CALL)
+    rig.proxy.register("a1", ENDPOINT, capabilities=["new"])
+    assert rig.proxy.breaker.state("a1") == STATE_OPEN
+    assert rig.proxy.capabilities_of("a1") == ["new"]
+
+
+def test_an_unreachable_agent_is_registered_and_says_so(rig: Rig, caplog: Any) -> None:
+    with caplog.at_level(logging.WARNING):
+        info = rig.proxy.register("down", "http://nowhere.test:9")
+    assert info.healthy is False and "unreachable" in info.health_message
+    assert "health check failed" in caplog.text
+    assert [a.agent_id for a in rig.proxy.list_agents()] == ["a1", "down"]
+    unchecked = rig.proxy.register("later", "http://nowhere.test:9", check_health=False)
+    assert unchecked.healthy is None
+
+
+def test_health_capabilities_and_unregister(rig: Rig) -> None:
+    assert rig.proxy.health("a1").healthy is True
+    assert rig.proxy.capabilities_of("a1") == ["a", "z"]
+    assert rig.proxy.capabilities_of("ghost") == []
+    assert rig.proxy.unregister("a1") is True
+    with pytest.raises(NotFoundError):
+        rig.proxy.health("a1")
+
+
+def test_the_task_runner_retries_what_the_proxy_raises(rig: Rig) -> None:
+    rig.agent.failing = True
+    runner = TaskRunner(
+        {TaskType.AGENT: rig.proxy},
+        retry=RetryConfig(max_retries=1, initial_delay=100),
+        clock=rig.time.clock,
+        sleep=rig.time.sleep,
+    )
+    result = runner.run(task())
+    assert result.status is TaskStatus.FAILURE and result.retries == 1
+    assert rig.agent.calls == 2
+    assert result.metadata["agentId"] == "a1"

@@ -1,0 +1,106 @@
+"""The agent registry: validation, and the same behaviour in memory and in Redis."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from taskplane.errors import ValidationError
+from taskplane.proxy.registry import (
+    AgentInfo,
+    AgentRegistry,
+    InMemoryAgentRegistry,
+    RedisAgentRegistry,
+    make_agent_info,
+)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def registry(request: pytest.FixtureRequest) -> AgentRegistry:
+    if request.param == "memory":
+        return InMemoryAgentRegistry()
+    return RedisAgentRegistry(request.getfixturevalue("redis_client"), prefix="tp-unit")
+
+
+def info(agent_id: str, endpoint: str = "http://127.0.0.1:8080", **kw: object) -> AgentInfo:
+    return make_agent_info(agent_id, endpoint, registered_at=1.0, **kw)  # type: ignore[arg-type]
+
+
+def test_register_get_list_unregister(registry: AgentRegistry) -> None:
+    registry.register(info("b", capabilities=["y", "x"]))
+    registry.register(info("a", "grpc://10.0.0.1:50051", protocol="grpc"))
+    got = registry.get("b")
+    assert got is not None and got.capabilities == ["y", "x"]
+    assert [a.agent_id for a in registry.list()] == ["a", "b"]
+    assert registry.list()[0].endpoint == "10.0.0.1:50051"
+    assert registry.unregister("a") is True
+    assert registry.unregister("a") is False
+    assert registry.get("a") is None
+
+
+def test_registering_again_replaces_the_entry(registry: AgentRegistry) -> None:
+    registry.register(info("a", "http://h:1"))
+    registry.register(info("a", "http://h:2", capabilities=["new"]))
+    got = registry.get("a")
+    assert got is not None and (got.endpoint, got.capabilities) == ("http://h:2", ["new"])
+    assert len(registry.list()) == 1
+
+
+def test_redis_registry_is_seen_by_every_client(redis_url: str, redis_client: redis.Redis) -> None:
+    RedisAgentRegistry(redis_client, prefix="tp-unit").register(info("shared"))
+    other_client = redis.Redis.from_url(redis_url)
+    try:
+        seen = RedisAgentRegistry(other_client, prefix="tp-unit").get("shared")
+    finally:
+        other_client.close()
+    assert seen is not None and seen.endpoint == "http://127.0.0.1:8080"
+    assert redis_client.hexists("tp-unit:agents", "shared")
+
+
+def test_agent_info_json_is_camel_case_and_round_trips() -> None:
+    agent = info("a", capabilities=["x"])
+    data = agent.to_json_dict()
+    assert data["agentId"] == "a" and data["registeredAt"] == 1.0 and "healthMessage" in data
+    assert AgentInfo.model_validate(data) == agent
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "protocol", "expected"),
+    [
+        ("http://127.0.0.1:8080/", "http", "http://127.0.0.1:8080"),
+        ("https://agents.example.com/v1/a1", "http", "https://agents.example.com/v1/a1"),
+        ("127.0.0.1:50051", "grpc", "127.0.0.1:50051"),
+        ("grpc://agent:50051", "grpc", "agent:50051"),
+        ("grpcs://agent.example.com:443", "grpc", "grpcs://agent.example.com:443"),
+        ("[::1]:50051", "grpc", "[::1]:50051"),
+    ],
+)
+def test_endpoints_are_normalised(endpoint: str, protocol: str, expected: str) -> None:
+    assert info("a", endpoint, protocol=protocol).endpoint == expected
+
+
+@pytest.mark.parametrize(
+    ("agent_id", "endpoint", "protocol", "capabilities", "field"),
+    [
+        ("", "http://h:1", "http", [], "agentId"),
+        ("has space", "http://h:1", "http", [], "agentId"),
+        ("a", "http://h:1", "smtp", [], "protocol"),
+        ("a", "", "http", [], "endpoint"),
+        ("a", "ftp://h:21", "http", [], "endpoint"),
+        ("a", "h:8080", "http", [], "endpoint"),
+        ("a", "http://h:99999", "http", [], "endpoint"),
+        ("a", "http://h:1/?q=1", "http", [], "endpoint"),
+        ("a", "http://h:1", "grpc", [], "endpoint"),
+        ("a", "agent", "grpc", [], "endpoint"),
+        ("a", "agent:0", "grpc", [], "endpoint"),
+        ("a", "http://h:1", "http", [""], "capabilities"),
+        ("a", "http://h:1", "http", "xyz", "capabilities"),
+    ],
+)
+def test_bad_registrations_name_the_field(
+    agent_id: str, endpoint: str, protocol: str, capabilities: object, field: str
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        make_agent_info(agent_id, endpoint, protocol, capabilities)  # type: ignore[arg-type]
+    assert caught.value.errors[0]["field"] == field
+    assert field in str(caught.value)
