@@ -33,7 +33,9 @@ from taskplane.models import (
 from taskplane.planstore import TERMINAL, PlanStore
 from taskplane.plans import PlanState
 from taskplane.runtime import redis_client
+from taskplane.proxy import AgentInfo, AgentProxy, build_agent_proxy
 from taskplane.tasks import deliver_results
+from taskplane.tracking import ConfidenceTracker, build_tracker
 from taskplane.tasks.canvas import enqueue_member, submit_plan
 
 #: Extra time a lone task's plan gets beyond its longest possible run, in ms.
@@ -100,6 +102,9 @@ class ExecutionEngine:
         self._coordinator: PlanCoordinator | None = None
         self._events: RedisEventBus | None = None
         self._cache: RedisResultCache | None = None
+        self._tracker: ConfidenceTracker | None = None
+        self._proxy: AgentProxy | None = None
+        self._fast_redis: Any = None
         self._subscriptions: list[tuple[str, EventHandler, Subscription]] = []
 
     # -- plumbing ---------------------------------------------------------
@@ -169,6 +174,58 @@ class ExecutionEngine:
             )
         return self._cache
 
+    @property
+    def proxy(self) -> AgentProxy:
+        """The agent registry, breakers and limiters, as every worker sees them."""
+        if self._proxy is None:
+            self._fast_redis = redis_client(self.settings.redis_url, fast=True)
+            self._proxy = build_agent_proxy(
+                self.settings,
+                self._fast_redis,
+                emit=lambda kind, data: self.events.publish(kind, data),
+                clock=self.clock,
+            )
+        return self._proxy
+
+    def register_agent(
+        self,
+        agent_id: str,
+        endpoint: str,
+        protocol: str = "http",
+        capabilities: list[str] | tuple[str, ...] = (),
+        *,
+        check_health: bool = True,
+    ) -> AgentInfo:
+        """Register (or re-register) an agent for every worker at once.
+
+        The agent's health is checked (bounded by a short timeout); an unhealthy
+        agent is still registered, with ``healthy=False`` and the reason.
+        Breaker and rate-limit state survive re-registration.
+
+        Raises:
+            ValidationError: The id, endpoint, protocol or capabilities are malformed.
+        """
+        return self.proxy.register(
+            agent_id, endpoint, protocol, tuple(capabilities), check_health=check_health
+        )
+
+    def unregister_agent(self, agent_id: str) -> bool:
+        """Remove an agent; True when it was registered."""
+        return self.proxy.unregister(agent_id)
+
+    def list_agents(self) -> list[AgentInfo]:
+        """Every registered agent."""
+        return self.proxy.list_agents()
+
+    @property
+    def tracker(self) -> ConfidenceTracker:
+        """Confidence statistics over the tracking store (``get_agent_stats``, …)."""
+        if self._tracker is None:
+            self._tracker = build_tracker(
+                self.settings, emit=lambda kind, data: self.events.publish(kind, data)
+            )
+        return self._tracker
+
     def on(self, event_type: str, handler: EventHandler) -> Subscription:
         """Call *handler(event)* for every *event_type* event from any worker (``"*"``: all).
 
@@ -200,6 +257,13 @@ class ExecutionEngine:
             self._events.close()
             self._events = None
         self._cache = None
+        if self._tracker is not None:
+            self._tracker.close()
+            self._tracker = None
+        if self._proxy is not None:
+            self._proxy.close()
+            self._fast_redis.close()
+            self._proxy = None
         if self._redis is not None:
             self._redis.close()
             self._redis = None

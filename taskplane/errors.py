@@ -165,11 +165,12 @@ class TaskCancelledError(ExecutionError):
     """Raised when a plan's cancel flag is seen before an attempt."""
 
 
-#: Errors worth another attempt, with backoff.
-RETRYABLE_ERRORS: tuple[type[ExecutionError], ...] = (
+#: Errors worth another attempt, with backoff (a Redis hiccup included).
+RETRYABLE_ERRORS: tuple[type[TaskplaneError], ...] = (
     TransportError,
     TaskTimeoutError,
     UpstreamError,
+    BackendError,
 )
 
 #: Errors that say nothing about an agent's health and never trip its breaker.

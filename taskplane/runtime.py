@@ -15,6 +15,8 @@ from typing import Any
 
 import httpx
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from taskplane.cache import RedisResultCache, RunnerCache
 from taskplane.config import Settings
@@ -26,17 +28,33 @@ from taskplane.hooks import HookChain
 from taskplane.http_task import HttpTaskHandler, UrlGuard
 from taskplane.models import TaskType
 from taskplane.planstore import PlanStore
+from taskplane.proxy import AgentProxy, build_agent_proxy
+from taskplane.tracking import ConfidenceTracker, TrackingRecorder, build_tracker
 
 log = logging.getLogger(__name__)
 
 #: Longest a Redis command may take; blocking waits are sliced well below it.
 SOCKET_TIMEOUT_S = 15.0
+#: Timeout of the clients on every agent call's path (breaker, limiter).
+FAST_TIMEOUT_S = 1.0
 #: Connections one worker process keeps open to HTTP targets.
 HTTP_POOL_SIZE = 64
 
 
-def redis_client(url: str) -> redis.Redis:
-    """A Redis client for taskplane's own keys (strings, not bytes)."""
+def redis_client(url: str, *, fast: bool = False) -> redis.Redis:
+    """A Redis client for taskplane's own keys (strings, not bytes).
+
+    *fast* clients (breakers, limiters: on every agent call) give up within
+    about a second and do not retry, so an outage degrades calls quickly.
+    """
+    if fast:
+        return redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=FAST_TIMEOUT_S,
+            socket_timeout=FAST_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0),
+        )
     return redis.Redis.from_url(
         url,
         decode_responses=True,
@@ -60,6 +78,9 @@ class WorkerRuntime:
     http: httpx.Client
     worker: str
     bus: EventBus | None = None
+    proxy: AgentProxy | None = None
+    tracker: ConfidenceTracker | None = None
+    recorder: TrackingRecorder | None = None
     closers: list[Callable[[], Any]] = field(default_factory=list)
 
     @classmethod
@@ -82,7 +103,10 @@ class WorkerRuntime:
             ),
             timeout=settings.default_timeout / 1000.0,
         )
+        fast = redis_client(settings.redis_url, fast=True)
+        proxy = build_agent_proxy(settings, fast, emit=hooks.emit)
         handlers: dict[TaskType, Handler] = {
+            TaskType.AGENT: proxy,
             TaskType.FUNCTION: registry,
             TaskType.HTTP: HttpTaskHandler(
                 http,
@@ -95,7 +119,7 @@ class WorkerRuntime:
         }
         cache = RunnerCache(
             RedisResultCache(client, settings.cache, prefix=settings.key_prefix),
-            capabilities_of=lambda _agent_id: [],
+            capabilities_of=proxy.capabilities_of,
         )
         runner = TaskRunner(
             handlers,
@@ -106,10 +130,14 @@ class WorkerRuntime:
         )
         store = PlanStore(client, prefix=settings.key_prefix, retention_s=settings.plan_retention_s)
         coordinator = PlanCoordinator(store, runner, enqueue=enqueue, deliver=deliver)
-        runtime = cls(settings, client, store, runner, coordinator, hooks, http, worker, bus)
-        runtime.closers += [client.close, http.close]
+        runtime = cls(settings, client, store, runner, coordinator, hooks, http, worker, bus, proxy)
+        runtime.closers += [client.close, fast.close, http.close, proxy.close]
         if bus is not None:
             runtime.closers.append(bus.close)
+        if settings.tracking_enabled:
+            runtime.tracker = build_tracker(settings, emit=hooks.emit)
+            runtime.recorder = TrackingRecorder(runtime.tracker)
+            runtime.closers += [runtime.tracker.close, runtime.recorder.close]
         return runtime
 
     def task_finished(self, result: dict[str, Any]) -> None:
@@ -117,6 +145,8 @@ class WorkerRuntime:
         if self.bus is not None:
             plan_id = result.get("metadata", {}).get("planId")
             self.bus.publish(*finished_event(result, plan_id=plan_id, worker=self.worker))
+        if self.recorder is not None:
+            self.recorder.add_result(result)
 
     def close(self) -> None:
         """Flush and close everything the runtime opened."""

@@ -44,12 +44,12 @@ import redis
 
 from taskplane.config import CircuitBreakerConfig
 from taskplane.errors import BREAKER_IGNORED_ERRORS, BackendError, CircuitOpenError
+from taskplane.proxy.breaker_redis import RedisBreakerStorage
 from taskplane.proxy.breaker_storage import (
     STATE_CLOSED,
     BreakerPolicy,
     BreakerStorage,
     InMemoryBreakerStorage,
-    RedisBreakerStorage,
     Result,
 )
 

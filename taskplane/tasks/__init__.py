@@ -1,6 +1,7 @@
 """The Celery tasks: thin wrappers that validate, get the runtime and call the domain.
 
 * ``taskplane.run_task`` — one task of a plan (every task runs as one);
+* ``taskplane.check_anomalies`` / ``taskplane.prune_tracking`` — Celery beat jobs;
 * ``taskplane.execute_plan`` — a whole plan sent by name from any service::
 
       app.send_task("taskplane.execute_plan", [plan_json]).get()
@@ -79,6 +80,16 @@ def register_tasks(app: Celery) -> None:
             report = runtime.coordinator.collect(parsed.id)
             return [r.to_json_dict() for r in report.results]
         raise Ignore()
+
+    @app.task(name="taskplane.check_anomalies", shared=False, ignore_result=True)
+    def check_anomalies() -> int:
+        tracker = worker_runtime(app).tracker
+        return 0 if tracker is None else len(tracker.check_anomalies())
+
+    @app.task(name="taskplane.prune_tracking", shared=False, ignore_result=True)
+    def prune_tracking() -> int:
+        tracker = worker_runtime(app).tracker
+        return 0 if tracker is None else tracker.prune()
 
     connect_signals(app)
 

@@ -22,6 +22,7 @@ from taskplane.devtools.cluster import WorkerProcess, start_worker, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 LOG_DIR = ROOT / ".run" / "test-workers"
+TRACKING_DB = ROOT / ".run" / f"test-tracking-{uuid.uuid4().hex[:8]}.db"
 
 
 @dataclass
@@ -58,7 +59,7 @@ def cluster_env(redis_url: str) -> dict[str, str]:
         "TASKPLANE_BROKER_URL": redis_server.with_db(redis_url, broker_db),
         "TASKPLANE_FUNCTION_MODULES": "examples.functions,tests.functions",
         "TASKPLANE_RETRY_CONFIG__INITIAL_DELAY": "50",
-        "TASKPLANE_DATABASE_URL": f"sqlite:///{ROOT / '.run' / 'test-tracking.db'}",
+        "TASKPLANE_DATABASE_URL": f"sqlite:///{TRACKING_DB}",
         "TASKPLANE_VISIBILITY_TIMEOUT_S": "20",
         "TASKPLANE_REDELIVERY_SWEEP_S": "1",
         "TASKPLANE_DEFAULT_TIMEOUT": "5000",
@@ -75,6 +76,8 @@ def cluster(redis_url: str) -> Iterator[Cluster]:
         visibility_timeout_s=20,
         redelivery_sweep_s=1,
         default_timeout=5000,
+        database_url=env["TASKPLANE_DATABASE_URL"],
+        retry_config={"initial_delay": 50},
     )
     engine = ExecutionEngine(settings)
     workers = [
@@ -88,6 +91,8 @@ def cluster(redis_url: str) -> Iterator[Cluster]:
         for worker in workers:
             worker.stop()
         engine.close()
+        for path in TRACKING_DB.parent.glob(TRACKING_DB.name + "*"):
+            path.unlink(missing_ok=True)
 
 
 @pytest.fixture

