@@ -86,7 +86,7 @@ class TaskMetadata(_Wire):
 
     timeout: int | None = Field(None, gt=0, le=24 * 3600 * 1000)
     retries: int | None = Field(None, ge=0, le=100)
-    priority: float = 0
+    priority: float = Field(0, allow_inf_nan=False)
     pattern: str | None = None
     cache: bool | None = None
     idempotency_key: str | None = Field(None, max_length=500)
