@@ -1,40 +1,149 @@
 """The ``taskplane`` command.
 
 Settings come from ``TASKPLANE_*`` environment variables (see README).
-Errors print one line and exit non-zero.
+Errors print one line (``error: …``) on stderr and exit 1: a bad plan file
+names the field, an unreachable Redis names its URL.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
 
+import redis
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
+from typer.core import TyperGroup
 
-from taskplane.config import load_settings
-from taskplane.errors import PlanFailedError, TaskplaneError
+from taskplane.config import Settings, load_settings
+from taskplane.errors import BackendError, PlanFailedError, TaskplaneError, ValidationError
 from taskplane.models import ExecutionResult, parse_plan
 
-app = typer.Typer(help="taskplane: a data plane for AI-agent work on Celery and Redis.")
-agents_app = typer.Typer(help="Register, list and remove agents.")
-cache_app = typer.Typer(help="Look at or clear the result cache.")
-app.add_typer(agents_app, name="agents")
-app.add_typer(cache_app, name="cache")
+if TYPE_CHECKING:
+    from taskplane.engine import ExecutionEngine
+
+#: How far back ``taskplane stats`` looks unless told otherwise.
+DEFAULT_STATS_SINCE = "24h"
+#: Seconds per unit of a duration such as ``30m`` or ``7d``.
+DURATION_UNITS_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 
 console = Console()
 err = Console(stderr=True)
 
 
-def _engine() -> Any:
+def fail(message: str) -> None:
+    """Print *message* as one ``error:`` line on stderr and exit 1."""
+    err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def redact(url: str) -> str:
+    """*url* with any password replaced by ``***`` (safe to print)."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class TaskplaneGroup(TyperGroup):
+    """The command group: turns taskplane and Redis errors into one line and exit code 1."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer's own click Context
+        try:
+            return super().invoke(ctx)
+        except TaskplaneError as exc:
+            fail(str(exc))
+        except redis.RedisError as exc:
+            fail(f"cannot reach Redis at {redact(_redis_url())} (TASKPLANE_REDIS_URL): {exc}")
+
+
+def _redis_url() -> str:
+    try:
+        return load_settings().redis_url
+    except TaskplaneError:
+        return "?"
+
+
+app = typer.Typer(
+    cls=TaskplaneGroup,
+    help="taskplane: a data plane for AI-agent work on Celery and Redis.",
+    no_args_is_help=True,
+)
+agents_app = typer.Typer(help="Register, list, check and remove agents.", no_args_is_help=True)
+cache_app = typer.Typer(help="Look at or clear the result cache.", no_args_is_help=True)
+app.add_typer(agents_app, name="agents")
+app.add_typer(cache_app, name="cache")
+
+
+def check_redis(settings: Settings) -> None:
+    """Ping Redis (and a separate broker, if one is set) once, naming the URL if either is down.
+
+    Raises:
+        BackendError: Redis or the broker does not answer.
+    """
+    from taskplane.runtime import redis_client
+
+    client = redis_client(settings.redis_url, fast=True)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise BackendError(
+            f"cannot reach Redis at {redact(settings.redis_url)} (TASKPLANE_REDIS_URL): {exc}"
+        ) from exc
+    finally:
+        client.close()
+    if settings.broker_url and settings.broker_url != settings.redis_url:
+        from kombu import Connection
+
+        try:
+            with Connection(settings.broker_url, connect_timeout=2) as conn:
+                conn.ensure_connection(max_retries=1)
+        except Exception as exc:  # kombu raises each transport's own errors
+            raise BackendError(
+                f"cannot reach the broker at {redact(settings.broker_url)} "
+                f"(TASKPLANE_BROKER_URL): {exc}"
+            ) from exc
+
+
+@contextmanager
+def _engine(*, needs_redis: bool = True) -> Iterator[ExecutionEngine]:
+    """An engine from the environment, closed afterwards; Redis checked first when needed."""
     from taskplane.engine import ExecutionEngine
 
-    return ExecutionEngine(load_settings())
+    settings = load_settings()
+    if needs_redis:
+        check_redis(settings)
+    engine = ExecutionEngine(settings)
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as ``90s``, ``30m``, ``24h``, ``7d`` or ``2w`` (bare = s).
+
+    Raises:
+        ValidationError: *text* is not such a duration.
+    """
+    match = _DURATION.match(text)
+    if not match or float(match.group(1)) <= 0:
+        raise ValidationError(
+            f"--since: expected a positive duration such as 30m, 24h or 7d, got {text!r}"
+        )
+    return float(match.group(1)) * DURATION_UNITS_S[match.group(2) or "s"]
 
 
 def _results_table(results: list[ExecutionResult]) -> Table:
@@ -44,7 +153,11 @@ def _results_table(results: list[ExecutionResult]) -> Table:
         cached = " (cached)" if r.metadata.get("cached") else ""
         conf = "" if r.confidence is None else f"{r.confidence:.2f}"
         table.add_row(
-            r.task_id, r.status.value + cached, conf, f"{r.execution_time:.0f}", str(r.retries),
+            r.task_id,
+            r.status.value + cached,
+            conf,
+            f"{r.execution_time:.0f}",
+            str(r.retries),
             (shown or "")[:80],
         )
     return table
@@ -92,13 +205,20 @@ def run(
     plan_file: Path,
     wait: bool = typer.Option(True, "--wait/--no-wait"),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
+    plan_id: str = typer.Option(
+        None, "--id", help="Run under this plan id instead of the file's (an id names one run)."
+    ),
 ) -> None:
-    """Run a plan from a JSON file, with live progress."""
+    """Run a plan from a JSON file, with live progress.
+
+    A plan id names one run: running a file whose id already ran returns that
+    run's results; pass --id to run it again under a new id.
+    """
+    data = read_plan_file(plan_file, plan_id=plan_id)
     try:
-        data = json.loads(plan_file.read_text())
-    except (OSError, ValueError) as exc:
-        raise TaskplaneError(f"cannot read plan {plan_file}: {exc}") from exc
-    plan = parse_plan(data)
+        plan = parse_plan(data)
+    except ValidationError as exc:
+        raise ValidationError(f"{plan_file}: {exc}", exc.errors) from exc
     with _engine() as engine:
         if not wait:
             handle = engine.submit(plan)
@@ -110,8 +230,28 @@ def run(
         else:
             console.print(_results_table(results))
         if failure:
-            err.print(f"[red]{failure}[/red]")
-            raise typer.Exit(1)
+            fail(failure)
+
+
+def read_plan_file(path: Path, *, plan_id: str | None = None) -> dict[str, Any]:
+    """The plan object in a JSON file, with its id replaced by *plan_id* when given.
+
+    Raises:
+        ValidationError: The file cannot be read, is not JSON or not an object.
+    """
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise ValidationError(f"cannot read plan file {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise ValidationError(f"plan file {path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValidationError(
+            f"plan file {path}: expected a JSON object, got {type(data).__name__}"
+        )
+    if plan_id:
+        data["id"] = plan_id
+    return data
 
 
 def _run_with_progress(engine: Any, plan: Any, *, quiet: bool) -> tuple[list[ExecutionResult], str]:
@@ -133,8 +273,10 @@ def _run_with_progress(engine: Any, plan: Any, *, quiet: bool) -> tuple[list[Exe
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total} done · {task.fields[failed]} failed · "
-                   "{task.fields[cached]} cached"),
+        TextColumn(
+            "{task.completed}/{task.total} done · {task.fields[failed]} failed · "
+            "{task.fields[cached]} cached"
+        ),
         TimeElapsedColumn(),
         console=err,
         disable=quiet,
@@ -144,8 +286,9 @@ def _run_with_progress(engine: Any, plan: Any, *, quiet: bool) -> tuple[list[Exe
     with progress:
         bar = progress.add_task(f"plan {plan.id}", total=len(plan.tasks), failed=0, cached=0)
         while True:
-            progress.update(bar, completed=counts["done"], failed=counts["failed"],
-                            cached=counts["cached"])
+            progress.update(
+                bar, completed=counts["done"], failed=counts["failed"], cached=counts["cached"]
+            )
             try:
                 results = handle.wait(timeout=0.2)
                 break
@@ -215,6 +358,121 @@ def cache_clear() -> None:
         console.print("cache cleared")
 
 
+@agents_app.command("add")
+def agents_add(
+    agent_id: str,
+    endpoint: str,
+    protocol: str = typer.Option("http", help="http or grpc."),
+    capability: Annotated[
+        list[str] | None,
+        typer.Option("--capability", "-c", help="What the agent can do (repeat for several)."),
+    ] = None,
+) -> None:
+    """Register (or re-register) an agent for every worker; its health is checked first."""
+    with _engine() as engine:
+        info = engine.register_agent(agent_id, endpoint, protocol, capability or [])
+    health = "healthy" if info.healthy else f"NOT healthy ({info.health_message})"
+    console.print(
+        f"registered agent {info.agent_id} at {info.endpoint} ({info.protocol}): {health}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@agents_app.command("list")
+def agents_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Every registered agent, as a table."""
+    with _engine() as engine:
+        agents = engine.list_agents()
+    if as_json:
+        print(json.dumps([a.to_json_dict() for a in agents], indent=2))
+        return
+    if not agents:
+        console.print("no agents registered")
+        return
+    table = Table(
+        Column("agent", no_wrap=True),
+        "protocol",
+        Column("endpoint", no_wrap=True),
+        "capabilities",
+        "health",
+        "registered (UTC)",
+    )
+    for a in agents:
+        health = {True: "healthy", False: "unhealthy", None: "unchecked"}[a.healthy]
+        when = datetime.fromtimestamp(a.registered_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(a.agent_id, a.protocol, a.endpoint, ", ".join(a.capabilities), health, when)
+    console.print(table)
+
+
+@agents_app.command("remove")
+def agents_remove(agent_id: str) -> None:
+    """Unregister an agent (its tasks then fail with "not found")."""
+    with _engine() as engine:
+        removed = engine.unregister_agent(agent_id)
+    if not removed:
+        fail(f"no agent {agent_id} is registered")
+    console.print(f"removed agent {agent_id}", markup=False, highlight=False)
+
+
+@agents_app.command("health")
+def agents_health(
+    agent_id: str,
+    timeout_s: float = typer.Option(2.0, "--timeout", help="Seconds to wait for the agent."),
+) -> None:
+    """Ask a registered agent for its health now; exit 1 unless it is healthy."""
+    with _engine() as engine:
+        report = engine.proxy.health(agent_id, timeout_s=timeout_s)
+    line = f"agent {agent_id}: {report.status}" + (f" ({report.message})" if report.message else "")
+    if not report.healthy:
+        fail(line)
+    console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def stats(
+    agent_id: str,
+    pattern: str = typer.Option(None, "--pattern", "-p", help="Only this pattern's executions."),
+    since: str = typer.Option(DEFAULT_STATS_SINCE, help="How far back: 90s, 30m, 24h, 7d."),
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Also draw confidence over time to a PNG.")
+    ] = None,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Executions, mean confidence, success rate, mean time and trend of an agent."""
+    since_s = parse_duration(since)
+    with _engine(needs_redis=False) as engine:
+        now = time.time()
+        summary = engine.tracker.get_agent_stats(
+            agent_id, time_range=(now - since_s, now), pattern_name=pattern
+        )
+        written = None
+        if plot is not None:
+            from taskplane.tracking.plot import plot_history
+
+            written = plot_history(engine.tracker, agent_id, plot, since_s=since_s)
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        console.print(_stats_table(summary, since=since, pattern=pattern))
+    if written is not None:
+        err.print(f"wrote {written}", markup=False, highlight=False)
+
+
+def _stats_table(summary: dict[str, Any], *, since: str, pattern: str | None) -> Table:
+    scope = f"last {since}" + (f", pattern {pattern}" if pattern else "")
+    table = Table("metric", "value", title=f"{summary['agentId']} ({scope})", title_justify="left")
+    total = summary["totalExecutions"]
+    table.add_row("executions", str(total))
+    if total:
+        table.add_row("mean confidence", f"{summary['avgConfidence']:.3f}")
+        table.add_row("success rate", f"{summary['successRate']:.1%}")
+        table.add_row("mean execution time", f"{summary['avgExecutionTime']:.0f} ms")
+        table.add_row("confidence trend", f"{summary['confidenceTrend']:+.4f} / h")
+    return table
+
+
 @app.command()
 def demo() -> None:
     """Run the whole data plane on this machine: Redis, workers, agents, plans."""
@@ -224,16 +482,11 @@ def demo() -> None:
 
 
 def main() -> None:
-    """Entry point: run the CLI, turning taskplane errors into one line and exit code 1."""
-    import redis
-
+    """Entry point of the ``taskplane`` command."""
     try:
         app()
-    except TaskplaneError as exc:
-        err.print(f"error: {exc}")
-        sys.exit(1)
-    except redis.ConnectionError as exc:
-        err.print(f"error: cannot reach Redis ({load_settings().redis_url}): {exc}")
+    except TaskplaneError as exc:  # raised outside a command (e.g. by the demo's setup)
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(1)
 
 

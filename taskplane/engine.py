@@ -14,12 +14,19 @@ from typing import Any
 
 from celery import Celery
 
-from taskplane.cache import RedisResultCache
+from taskplane.cache import RedisResultCache, RunnerCache
 from taskplane.celery_app import create_app
 from taskplane.config import Settings, load_settings
 from taskplane.coordinator import PlanCoordinator
 from taskplane.errors import PlanFailedError, ValidationError, WaitTimeoutError
-from taskplane.events import EventHandler, RedisEventBus, Subscription
+from taskplane.events import (
+    EventHandler,
+    EventHooks,
+    RedisEventBus,
+    Subscription,
+    finished_event,
+)
+from taskplane.executor import RunContext, cacheable, cached_result
 from taskplane.models import (
     ExecutionPlan,
     ExecutionResult,
@@ -38,6 +45,8 @@ from taskplane.tasks import deliver_results
 from taskplane.tracking import ConfidenceTracker, build_tracker
 from taskplane.tasks.canvas import enqueue_member, submit_plan
 
+#: ``metadata.worker`` of a lone task answered from the cache by the client itself.
+CLIENT_WORKER = "engine"
 #: Extra time a lone task's plan gets beyond its longest possible run, in ms.
 TASK_DEADLINE_MARGIN_MS = 2000
 
@@ -104,6 +113,7 @@ class ExecutionEngine:
         self._cache: RedisResultCache | None = None
         self._tracker: ConfidenceTracker | None = None
         self._proxy: AgentProxy | None = None
+        self._runner_cache: RunnerCache | None = None
         self._fast_redis: Any = None
         self._subscriptions: list[tuple[str, EventHandler, Subscription]] = []
 
@@ -257,6 +267,7 @@ class ExecutionEngine:
             self._events.close()
             self._events = None
         self._cache = None
+        self._runner_cache = None
         if self._tracker is not None:
             self._tracker.close()
             self._tracker = None
@@ -318,6 +329,9 @@ class ExecutionEngine:
         returns the first run's result.
         """
         parsed = parse_task(task)
+        hit = self._client_cache_hit(parsed)
+        if hit is not None:
+            return hit
         key = parsed.metadata.idempotency_key
         plan_id = f"task:{key}" if key else f"task:{uuid.uuid4().hex}"
         timeout_ms = parsed.metadata.timeout or self.settings.default_timeout
@@ -336,6 +350,25 @@ class ExecutionEngine:
             return handle.wait()[0]
         except PlanFailedError as exc:
             return exc.results[0]  # type: ignore[no-any-return]
+
+    def _client_cache_hit(self, task: ExecutionTask) -> ExecutionResult | None:
+        """Answer a lone task from the cache without a trip through the broker.
+
+        The hit is announced like a worker's (``task:started``, ``task:cache-hit``,
+        ``task:completed``), with ``metadata.worker`` naming this client.
+        """
+        if not (self.settings.cache.enabled and cacheable(task)):
+            return None
+        if self._runner_cache is None:
+            self._runner_cache = RunnerCache(self.cache, capabilities_of=self.proxy.capabilities_of)
+        ctx = RunContext(worker=CLIENT_WORKER)
+        hit = cached_result(self._runner_cache, task, ctx)
+        if hit is not None and self.settings.events_enabled:
+            hooks = EventHooks(self.events, worker=CLIENT_WORKER)
+            hooks.on_started(task, ctx)
+            hooks.on_cache_hit(task, ctx, hit)
+            self.events.publish(*finished_event(hit, plan_id=None, worker=CLIENT_WORKER))
+        return hit
 
     def _wait(self, plan_id: str, timeout: float | None) -> list[ExecutionResult]:
         store = self.store

@@ -107,6 +107,34 @@ def target_metadata(task: ExecutionTask) -> dict[str, Any]:
     return meta
 
 
+def cacheable(task: ExecutionTask) -> bool:
+    """Agent and pattern tasks are cached unless opted out; others only if opted in."""
+    if task.metadata.cache is False:
+        return False
+    if task.type in (TaskType.AGENT, TaskType.PATTERN):
+        return True
+    return task.metadata.cache is True
+
+
+def cached_result(cache: TaskCache, task: ExecutionTask, ctx: RunContext) -> ExecutionResult | None:
+    """*task*'s cached envelope, re-addressed to this task and run; None on a miss.
+
+    A cache that fails is logged and counts as a miss.
+    """
+    try:
+        hit = cache.lookup(task)
+    except Exception:
+        log.warning("cache lookup failed for task %s; treating as a miss", task.id, exc_info=True)
+        return None
+    if hit is None:
+        return None
+    meta = {**hit.metadata, **target_metadata(task), "cached": True, "attempts": 0}
+    meta["worker"] = ctx.worker
+    if ctx.plan_id:
+        meta["planId"] = ctx.plan_id
+    return hit.model_copy(update={"task_id": task.id, "metadata": meta, "retries": 0})
+
+
 def envelope(
     task: ExecutionTask,
     status: TaskStatus,
@@ -163,17 +191,16 @@ class TaskRunner:
         self.retry = retry or RetryConfig()
         self.default_timeout_ms = default_timeout_ms
         self.cache = cache
-        self.hooks = hooks if hooks is not None else HookChain()
+        # Always through a chain, so a raising listener never breaks the task.
+        self.hooks: ExecutionHooks = HookChain([] if hooks is None else [hooks])
+        if isinstance(hooks, HookChain):
+            self.hooks = hooks
         self.clock = clock
         self.sleep = sleep
 
     def uses_cache(self, task: ExecutionTask) -> bool:
-        """Agent and pattern tasks are cached unless opted out; others only if opted in."""
-        if self.cache is None or task.metadata.cache is False:
-            return False
-        if task.type in (TaskType.AGENT, TaskType.PATTERN):
-            return True
-        return task.metadata.cache is True
+        """Whether this runner consults its cache for *task* (see :func:`cacheable`)."""
+        return self.cache is not None and cacheable(task)
 
     def run(self, task: ExecutionTask, ctx: RunContext | None = None) -> ExecutionResult:
         """Run *task* to its final envelope; never raises for the task's outcome."""
@@ -197,18 +224,7 @@ class TaskRunner:
 
     def _cached(self, task: ExecutionTask, ctx: RunContext) -> ExecutionResult | None:
         assert self.cache is not None
-        try:
-            hit = self.cache.lookup(task)
-        except Exception:
-            log.warning("cache lookup failed for task %s; treating as a miss", task.id, exc_info=True)
-            return None
-        if hit is None:
-            return None
-        meta = {**hit.metadata, **target_metadata(task), "cached": True, "attempts": 0}
-        meta["worker"] = ctx.worker
-        if ctx.plan_id:
-            meta["planId"] = ctx.plan_id
-        return hit.model_copy(update={"task_id": task.id, "metadata": meta, "retries": 0})
+        return cached_result(self.cache, task, ctx)
 
     def _attempts(self, task: ExecutionTask, ctx: RunContext, started: float) -> ExecutionResult:
         handler = self.handlers.get(task.type)

@@ -118,7 +118,9 @@ def plan_outcome(
         return False, done, "weighted: no task succeeded"
     if rule == "allSettled" or (rule == "sequential" and continue_on_error):
         return True, done, ""
-    bad = next((r for r in done if not r.ok), None)
+    # Name the task that failed, not a sibling cancelled because of it.
+    failed = (r for r in done if not r.ok and r.status is not TaskStatus.CANCELLED)
+    bad = next(failed, None) or next((r for r in done if not r.ok), None)
     if bad is None and len(done) == len(results):
         return True, done, ""
     if bad is None:

@@ -6,6 +6,7 @@ Routes (all on 127.0.0.1, random port, TCP_NODELAY):
 * ``/flaky/<key>/<n>`` 500 for the first *n* calls per key, then 200 ``{"ok": true}``
 * ``/status/<code>``  that status, with ``Retry-After: 0`` for 429
 * ``/hang``           sleeps 30 s before answering
+* ``/sleep/<ms>``     answers after *ms* milliseconds
 * ``/redirect?to=URL`` 302 to URL
 """
 
@@ -80,6 +81,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif segments[0] == "status":
             code = int(segments[1])
             self._send(code, {"status": code}, {"Retry-After": "0"} if code == 429 else None)
+        elif segments[0] == "sleep":
+            time.sleep(int(segments[1]) / 1000.0)
+            self._send(200, {"slept": int(segments[1])})
         elif segments[0] == "hang":
             time.sleep(30)
             self._send(200, {"late": True})

@@ -76,13 +76,14 @@ def start_worker(
     root: Path | None = None,
     loglevel: str = "WARNING",
     extra_args: tuple[str, ...] = (),
+    app_module: str = "taskplane.celery_app",
 ) -> WorkerProcess:
-    """Start one ``celery worker`` process on a threads pool."""
+    """Start one ``celery worker`` process of *app_module* on a threads pool."""
     name = name or f"w{uuid.uuid4().hex[:6]}"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     cmd = [
-        sys.executable, "-m", "celery", "-A", "taskplane.celery_app", "worker",
+        sys.executable, "-m", "celery", "-A", app_module, "worker",
         "-P", "threads", "-c", str(concurrency), "-n", f"{name}@%h",
         "--without-gossip", "--without-mingle", "--loglevel", loglevel,
         *extra_args,

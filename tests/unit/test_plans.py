@@ -1,0 +1,259 @@
+"""Plan semantics without a broker: layout, weighted order and how each rule ends a plan."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from taskplane.models import (
+    ExecutionResult,
+    ExecutionTask,
+    ParallelExecutionPlan,
+    SequentialExecutionPlan,
+    Strategy,
+    TaskStatus,
+    TaskType,
+)
+from taskplane.plans import Mode, PlanLayout, layout, plan_outcome, weighted_order
+
+
+def task(task_id: str, priority: float = 0) -> ExecutionTask:
+    return ExecutionTask(
+        id=task_id, type=TaskType.AGENT, target="a1", metadata={"priority": priority}
+    )
+
+
+def tasks(count: int) -> list[ExecutionTask]:
+    return [task(f"t{i}") for i in range(count)]
+
+
+def res(
+    task_id: str, status: TaskStatus = TaskStatus.SUCCESS, **extra: Any
+) -> ExecutionResult:
+    error = None if status is TaskStatus.SUCCESS else f"{task_id} went {status.value}"
+    return ExecutionResult(task_id=task_id, status=status, error=error, **extra)
+
+
+OK, FAIL, TIMEOUT, CANCELLED = (
+    TaskStatus.SUCCESS,
+    TaskStatus.FAILURE,
+    TaskStatus.TIMEOUT,
+    TaskStatus.CANCELLED,
+)
+
+
+# --- layout --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", [Strategy.ALL, Strategy.ALL_SETTLED, Strategy.RACE])
+def test_parallel_layout(strategy: Strategy) -> None:
+    plan = ParallelExecutionPlan(id="p", tasks=tasks(5), strategy=strategy, max_concurrency=2)
+    assert layout(plan, default_max_concurrency=10) == PlanLayout(
+        strategy.value, Mode.WINDOW, (0, 1, 2, 3, 4), 2
+    )
+
+
+def test_window_defaults_to_settings() -> None:
+    plan = ParallelExecutionPlan(id="p", tasks=tasks(20))
+    assert layout(plan, default_max_concurrency=7).window == 7
+
+
+def test_window_never_exceeds_task_count() -> None:
+    plan = ParallelExecutionPlan(id="p", tasks=tasks(3), max_concurrency=50)
+    assert layout(plan, default_max_concurrency=10).window == 3
+
+
+def test_empty_plan_window_is_one() -> None:
+    plan = ParallelExecutionPlan(id="p", tasks=[])
+    found = layout(plan, default_max_concurrency=10)
+    assert (found.order, found.window) == ((), 1)
+
+
+def test_weighted_layout_is_a_chain_by_priority() -> None:
+    plan = ParallelExecutionPlan(
+        id="p",
+        tasks=[task("low", 1), task("high", 9), task("mid", 5)],
+        strategy=Strategy.WEIGHTED,
+        max_concurrency=5,
+    )
+    assert layout(plan, default_max_concurrency=10) == PlanLayout(
+        "weighted", Mode.CHAIN, (1, 2, 0), 1
+    )
+
+
+@pytest.mark.parametrize("continue_on_error", [False, True])
+def test_sequential_layout(continue_on_error: bool) -> None:
+    plan = SequentialExecutionPlan(id="p", tasks=tasks(3), continue_on_error=continue_on_error)
+    assert layout(plan, default_max_concurrency=10) == PlanLayout(
+        "sequential", Mode.CHAIN, (0, 1, 2), 1, continue_on_error=continue_on_error
+    )
+
+
+# --- weighted order ------------------------------------------------------------------------
+
+
+def test_weighted_order_highest_first() -> None:
+    assert weighted_order([task("a", 0.1), task("b", 0.9), task("c", 0.5)]) == (1, 2, 0)
+
+
+def test_weighted_order_ties_keep_plan_order() -> None:
+    ordered = weighted_order([task("a", 1), task("b", 2), task("c", 1), task("d", 2), task("e")])
+    assert ordered == (1, 3, 0, 2, 4)
+
+
+def test_weighted_order_negative_and_default_priorities() -> None:
+    assert weighted_order([task("a", -1), task("b"), task("c", -0.5)]) == (1, 2, 0)
+
+
+def test_weighted_order_empty() -> None:
+    assert weighted_order([]) == ()
+
+
+# --- all -----------------------------------------------------------------------------------
+
+
+def test_all_succeeds_when_every_task_did() -> None:
+    results = [res("t0"), res("t1")]
+    assert plan_outcome("all", list(results)) == (True, results, "")
+
+
+def test_all_fails_naming_the_task() -> None:
+    results = [res("t0"), res("t1", FAIL), res("t2", CANCELLED)]
+    ok, returned, reason = plan_outcome("all", list(results))
+    assert not ok
+    assert returned == results
+    assert reason == "task t1 ended failure: t1 went failure"
+
+
+def test_all_fails_on_timeout() -> None:
+    ok, _, reason = plan_outcome("all", [res("t0", TIMEOUT), res("t1")])
+    assert not ok
+    assert reason.startswith("task t0 ended timeout")
+
+
+def test_all_reason_names_the_failure_not_a_cancelled_sibling() -> None:
+    # t2 failed first; t0 and t1 were cancelled because of it.
+    results = [res("t0", CANCELLED), res("t1", CANCELLED), res("t2", FAIL)]
+    ok, _, reason = plan_outcome("all", results)
+    assert not ok
+    assert reason.startswith("task t2 ended failure")
+
+
+def test_all_with_unfinished_task() -> None:
+    ok, returned, reason = plan_outcome("all", [res("t0"), None])
+    assert not ok
+    assert [r.task_id for r in returned] == ["t0"]
+    assert reason == "plan ended before every task finished"
+
+
+def test_all_empty() -> None:
+    assert plan_outcome("all", []) == (True, [], "")
+
+
+# --- allSettled ----------------------------------------------------------------------------
+
+
+def test_all_settled_returns_everything_in_task_order() -> None:
+    results = [res("t0", FAIL), res("t1"), res("t2", TIMEOUT), res("t3", CANCELLED)]
+    assert plan_outcome("allSettled", list(results)) == (True, results, "")
+
+
+def test_all_settled_skips_missing() -> None:
+    ok, returned, _ = plan_outcome("allSettled", [None, res("t1", FAIL)])
+    assert ok
+    assert [r.task_id for r in returned] == ["t1"]
+
+
+# --- race ----------------------------------------------------------------------------------
+
+
+def test_race_recorded_winner_wins() -> None:
+    results = [res("t0"), res("t1"), res("t2", CANCELLED)]
+    ok, returned, _ = plan_outcome("race", results, winner=1)
+    assert ok
+    assert returned == [results[1]]
+
+
+def test_race_without_winner_takes_first_success() -> None:
+    results = [res("t0", FAIL), res("t1", CANCELLED), res("t2")]
+    assert plan_outcome("race", results) == (True, [results[2]], "")
+
+
+def test_race_failed_winner_falls_back_to_a_success() -> None:
+    results = [res("t0", FAIL), res("t1")]
+    assert plan_outcome("race", results, winner=0)[1] == [results[1]]
+
+
+def test_race_missing_winner_falls_back() -> None:
+    results = [None, res("t1")]
+    assert plan_outcome("race", results, winner=0)[1] == [results[1]]
+
+
+def test_race_all_failed() -> None:
+    results = [res("t0", FAIL), res("t1", TIMEOUT), None]
+    ok, returned, reason = plan_outcome("race", results)
+    assert not ok
+    assert returned == results[:2]
+    assert reason == "race: no task succeeded"
+
+
+# --- weighted ------------------------------------------------------------------------------
+
+
+def test_weighted_returns_what_ran_in_execution_order() -> None:
+    # dispatch order 2, 0, 1; t2 was not confident enough, t0 was, so t1 never ran.
+    results = [res("t0", confidence=0.9), res("t1", CANCELLED), res("t2", confidence=0.5)]
+    ok, returned, reason = plan_outcome("weighted", results, order=(2, 0, 1))
+    assert (ok, reason) == (True, "")
+    assert [r.task_id for r in returned] == ["t2", "t0"]
+
+
+def test_weighted_keeps_failures_that_ran() -> None:
+    results = [res("t0", FAIL), res("t1", confidence=0.95)]
+    ok, returned, _ = plan_outcome("weighted", results, order=(0, 1))
+    assert ok
+    assert [r.status for r in returned] == [FAIL, OK]
+
+
+def test_weighted_without_order_uses_task_order() -> None:
+    results = [res("t0", confidence=0.5), res("t1", confidence=0.6)]
+    assert [r.task_id for r in plan_outcome("weighted", results)[1]] == ["t0", "t1"]
+
+
+def test_weighted_nothing_succeeded() -> None:
+    results = [res("t0", FAIL), res("t1", TIMEOUT)]
+    ok, returned, reason = plan_outcome("weighted", results, order=(1, 0))
+    assert not ok
+    assert returned == results  # failures come back in task order
+    assert reason == "weighted: no task succeeded"
+
+
+# --- sequential ----------------------------------------------------------------------------
+
+
+def test_sequential_all_ok() -> None:
+    results = [res("t0"), res("t1")]
+    assert plan_outcome("sequential", list(results)) == (True, results, "")
+
+
+def test_sequential_stops_on_error() -> None:
+    results = [res("t0"), res("t1", FAIL), res("t2", CANCELLED)]
+    ok, returned, reason = plan_outcome("sequential", list(results))
+    assert not ok
+    assert returned == results
+    assert reason.startswith("task t1 ended failure")
+
+
+def test_sequential_continue_on_error_succeeds_with_every_result() -> None:
+    results = [res("t0"), res("t1", FAIL), res("t2")]
+    assert plan_outcome("sequential", list(results), continue_on_error=True) == (
+        True,
+        results,
+        "",
+    )
+
+
+def test_continue_on_error_is_ignored_by_all() -> None:
+    ok, _, _ = plan_outcome("all", [res("t0", FAIL)], continue_on_error=True)
+    assert not ok
