@@ -190,11 +190,23 @@ def beat(loglevel: str = typer.Option("INFO")) -> None:
 
 
 @app.command()
-def flower(port: int = typer.Option(5555), basic_auth: str = typer.Option(None)) -> None:
-    """Start Flower against taskplane's app (set --basic-auth user:pass beyond localhost)."""
+def flower(
+    port: int = typer.Option(5555),
+    address: str = typer.Option(
+        "127.0.0.1", help="Interface to listen on (0.0.0.0 in a container)."
+    ),
+    basic_auth: str = typer.Option(
+        None, envvar="FLOWER_BASIC_AUTH", help="user:password; required beyond localhost."
+    ),
+) -> None:
+    """Start Flower against taskplane's app (every task, its arguments and its worker)."""
     from taskplane.celery_app import app as celery
 
-    argv = ["flower", f"--port={port}", "--address=127.0.0.1"]
+    if address not in ("127.0.0.1", "localhost", "::1") and not basic_auth:
+        raise ValidationError(
+            f"--basic-auth (or FLOWER_BASIC_AUTH) is required when Flower listens on {address}"
+        )
+    argv = ["flower", f"--port={port}", f"--address={address}"]
     if basic_auth:
         argv.append(f"--basic-auth={basic_auth}")
     celery.start(argv)

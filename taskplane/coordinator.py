@@ -7,16 +7,25 @@ window on the broker) and ``deliver`` (store a plan's results for a waiting
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from taskplane.executor import RunContext, TaskRunner, envelope
-from taskplane.models import ExecutionResult, ExecutionTask, TaskStatus
+from taskplane.errors import ExecutionError
+from taskplane.executor import (
+    RunContext,
+    TaskRunner,
+    cached_result,
+    envelope,
+    target_metadata,
+)
+from taskplane.models import ExecutionPlan, ExecutionResult, ExecutionTask, TaskStatus, TaskType
+from taskplane.patterns import FilePatternEngine, check_nesting, pattern_result
 from taskplane.planstore import TERMINAL, PlanStore
-from taskplane.plans import PlanState, plan_outcome
+from taskplane.plans import Mode, PlanLayout, PlanState, plan_outcome
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +33,10 @@ log = logging.getLogger(__name__)
 Enqueue = Callable[[str, int, dict[str, Any], float | None], None]
 #: Stores a finished plan's results (JSON) as the result of a waiting Celery task id.
 Deliver = Callable[[str, list[dict[str, Any]]], None]
+#: Records and enqueues a nested pattern's plan: (plan, deadline, extra meta) → created.
+Submit = Callable[[ExecutionPlan, float | None, dict[str, str]], bool]
+#: Told of every envelope finished outside a Celery task's return (nested patterns).
+OnResult = Callable[[ExecutionResult], None]
 
 _FILL = {
     PlanState.TIMEOUT.value: (TaskStatus.TIMEOUT, "plan deadline passed"),
@@ -60,6 +73,9 @@ class PlanCoordinator:
         runner: Runs one task to its envelope (None for a client that only collects).
         enqueue: Puts the next task of a window on the broker.
         deliver: Hands results to ``execute_plan`` callers waiting on a run.
+        patterns: Pattern definitions; ``pattern`` tasks expand into their plans.
+        submit: Records and enqueues a nested pattern's plan.
+        on_result: Told of pattern results, which finish outside any Celery task.
         clock: Epoch seconds.
     """
 
@@ -70,12 +86,18 @@ class PlanCoordinator:
         *,
         enqueue: Enqueue,
         deliver: Deliver | None = None,
+        patterns: FilePatternEngine | None = None,
+        submit: Submit | None = None,
+        on_result: OnResult | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.runner = runner
         self.enqueue = enqueue
         self.deliver = deliver
+        self.patterns = patterns
+        self.submit = submit
+        self.on_result = on_result
         self.clock = clock
 
     def run_member(
@@ -128,6 +150,8 @@ class PlanCoordinator:
             task = task.model_copy(
                 update={"payload": {**task.payload, "previous": previous_view(decision.previous)}}
             )
+        if task.type is TaskType.PATTERN and self.patterns is not None:
+            return self._expand(plan_id, index, task, ctx)
         assert self.runner is not None, "a collecting-only coordinator cannot run tasks"
         result = self.runner.run(task, ctx)
         fresh = self._finish(plan_id, index, result, ran=True, deadline=deadline)
@@ -149,6 +173,94 @@ class PlanCoordinator:
             self._settle(plan_id)
         return outcome.recorded
 
+    # -- nested patterns --------------------------------------------------------
+
+    def _expand(
+        self, plan_id: str, index: int, task: ExecutionTask, ctx: RunContext
+    ) -> ExecutionResult | None:
+        """Start a pattern task's plan as a child run; its end finishes this task.
+
+        Returns the task's envelope when it ends at once (cache hit, bad
+        pattern), else None: nothing waits, no worker slot is held.
+        """
+        assert self.runner is not None and self.patterns is not None and self.submit is not None
+        self.runner.hooks.on_started(task, ctx)
+        if self.runner.cache is not None and self.runner.uses_cache(task):
+            hit = cached_result(self.runner.cache, task, ctx)
+            if hit is not None:
+                self.runner.hooks.on_cache_hit(task, ctx, hit)
+                fresh = self._finish(plan_id, index, hit, ran=True, deadline=ctx.deadline)
+                return hit if fresh else None
+        name = task.metadata.pattern or task.target
+        child_id = f"{plan_id}/{task.id}"
+        try:
+            lineage = tuple(p for p in self.store.meta(plan_id).get("lineage", "").split(",") if p)
+            chain = check_nesting(lineage, name)
+            plan = self.patterns.get(name).plan_for(task.payload, child_id)
+        except ExecutionError as exc:
+            result = envelope(task, TaskStatus.FAILURE, error=str(exc), attempts=1, ctx=ctx)
+            fresh = self._finish(plan_id, index, result, ran=True, deadline=ctx.deadline)
+            return result if fresh else None
+        parent = {
+            "planId": plan_id,
+            "index": index,
+            "task": task.to_json_dict(),
+            "deadline": ctx.deadline,
+            "started": self.clock(),
+            "worker": ctx.worker,
+        }
+        extra = {"parent": json.dumps(parent), "lineage": ",".join(chain), "pattern": name}
+        self.store.add_child(plan_id, child_id)
+        if not plan.tasks:
+            self.store.create(child_id, [], layout_for_empty(), self.clock(), extra_meta=extra)
+            self.end(child_id, PlanState.COMPLETED)
+            return None
+        self.submit(plan, ctx.deadline, extra)
+        return None
+
+    def _resume_parent(self, meta: dict[str, str], report: PlanReport) -> None:
+        """A nested pattern's plan ended: finish the pattern task that started it."""
+        parent = json.loads(meta["parent"])
+        task = ExecutionTask.model_validate(parent["task"])
+        name = meta.get("pattern", task.target)
+        if report.state in (PlanState.TIMEOUT.value, PlanState.CANCELLED.value):
+            status = TaskStatus(report.state)
+            value, confidence, error = None, None, f"pattern {name}: {report.reason}"
+        elif self.patterns is None:
+            status, value, confidence, error = TaskStatus.FAILURE, None, None, report.reason
+        else:
+            status, value, confidence, error = pattern_result(
+                self.patterns.get(name), report.results, ok=report.ok, reason=report.reason
+            )
+        meta_out = target_metadata(task)
+        meta_out.update(
+            cached=False,
+            attempts=1,
+            worker=parent.get("worker", ""),
+            planId=parent["planId"],
+            childPlanId=report.plan_id,
+        )
+        result = ExecutionResult(
+            task_id=task.id,
+            status=status,
+            result=value,
+            error=error,
+            confidence=confidence,
+            execution_time=(self.clock() - float(parent["started"])) * 1000.0,
+            metadata=meta_out,
+        )
+        runner = self.runner
+        if result.ok and runner is not None and runner.cache is not None and runner.uses_cache(task):
+            try:
+                runner.cache.store(task, result)
+            except Exception:
+                log.warning("cache store failed for pattern task %s", task.id, exc_info=True)
+        fresh = self._finish(
+            parent["planId"], int(parent["index"]), result, ran=True, deadline=parent["deadline"]
+        )
+        if fresh and self.on_result is not None:
+            self.on_result(result)
+
     def lease_s(self, task: ExecutionTask, deadline: float | None) -> int:
         """How long one run of *task* can take, in whole seconds, plus a margin."""
         runner = self.runner
@@ -169,7 +281,10 @@ class PlanCoordinator:
 
     def _settle(self, plan_id: str) -> None:
         """The plan has ended: record outcomes for unfinished tasks, answer waiting callers."""
+        meta = self.store.meta(plan_id)
         report = self.collect(plan_id)
+        if meta.get("parent"):
+            self._resume_parent(meta, report)
         if self.deliver is None:
             return
         for celery_id in self.store.take_replies(plan_id):
@@ -184,7 +299,9 @@ class PlanCoordinator:
         return len(orphans)
 
     def end(self, plan_id: str, state: PlanState) -> None:
-        """End a running plan as *state* (deadline passed, cancelled by the user)."""
+        """End a running plan as *state* (deadline passed, cancelled), its nested runs too."""
+        for child in self.store.children(plan_id):
+            self.end(child, state)
         if self.store.end(plan_id, state) is not None:
             self._settle(plan_id)
 
@@ -222,3 +339,8 @@ def previous_view(result: ExecutionResult) -> dict[str, Any]:
         "confidence": result.confidence,
         "error": result.error,
     }
+
+
+def layout_for_empty() -> PlanLayout:
+    """The layout of a plan with no tasks (a pattern whose template has none)."""
+    return PlanLayout("allSettled", Mode.WINDOW, (), 0)

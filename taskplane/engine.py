@@ -26,7 +26,8 @@ from taskplane.events import (
     Subscription,
     finished_event,
 )
-from taskplane.executor import RunContext, cacheable, cached_result
+from taskplane.executor import Handler, RunContext, TaskRunner, cacheable, cached_result
+from taskplane.hooks import HookChain
 from taskplane.models import (
     ExecutionPlan,
     ExecutionResult,
@@ -34,9 +35,11 @@ from taskplane.models import (
     ParallelExecutionPlan,
     SequentialExecutionPlan,
     Strategy,
+    TaskType,
     parse_plan,
     parse_task,
 )
+from taskplane.patterns import PatternExecutionResult, PatternExecutor, PatternHandler
 from taskplane.planstore import TERMINAL, PlanStore
 from taskplane.plans import PlanState
 from taskplane.runtime import redis_client
@@ -114,6 +117,7 @@ class ExecutionEngine:
         self._tracker: ConfidenceTracker | None = None
         self._proxy: AgentProxy | None = None
         self._runner_cache: RunnerCache | None = None
+        self._pattern_executor: PatternExecutor | None = None
         self._fast_redis: Any = None
         self._subscriptions: list[tuple[str, EventHandler, Subscription]] = []
 
@@ -329,6 +333,8 @@ class ExecutionEngine:
         returns the first run's result.
         """
         parsed = parse_task(task)
+        if parsed.type is TaskType.PATTERN and self._pattern_executor is not None:
+            return self._run_here(parsed, PatternHandler(self._pattern_executor))
         hit = self._client_cache_hit(parsed)
         if hit is not None:
             return hit
@@ -351,6 +357,45 @@ class ExecutionEngine:
         except PlanFailedError as exc:
             return exc.results[0]  # type: ignore[no-any-return]
 
+    # -- nested patterns and the control plane ------------------------------
+
+    def set_pattern_executor(self, executor: PatternExecutor) -> None:
+        """Run ``pattern`` tasks given to :meth:`execute_task` through *executor*.
+
+        Typically a control plane's engine wrapped in
+        :class:`~taskplane.patterns.PatternExecutorAdapter`. The pattern runs
+        in this process (the caller waits, no worker slot does), with the
+        cache, retries and events of any task. Pattern tasks inside plans run
+        on workers, from the pattern files in ``Settings.patterns_dir``.
+        """
+        self._pattern_executor = executor
+
+    @property
+    def pattern_executor(self) -> PatternExecutor:
+        """What runs patterns for this engine: the one set, else the cluster's file patterns."""
+        return self._pattern_executor or EnginePatternExecutor(self)
+
+    def _run_here(self, task: ExecutionTask, handler: Handler) -> ExecutionResult:
+        hooks = HookChain()
+        if self.settings.events_enabled:
+            hooks.add(EventHooks(self.events, worker=CLIENT_WORKER))
+        runner = TaskRunner(
+            {task.type: handler},
+            retry=self.settings.retry_config,
+            default_timeout_ms=self.settings.default_timeout,
+            cache=self._cache_for_runner() if self.settings.cache.enabled else None,
+            hooks=hooks,
+        )
+        result = runner.run(task, RunContext(worker=CLIENT_WORKER))
+        if self.settings.events_enabled:
+            self.events.publish(*finished_event(result, plan_id=None, worker=CLIENT_WORKER))
+        return result
+
+    def _cache_for_runner(self) -> RunnerCache:
+        if self._runner_cache is None:
+            self._runner_cache = RunnerCache(self.cache, capabilities_of=self.proxy.capabilities_of)
+        return self._runner_cache
+
     def _client_cache_hit(self, task: ExecutionTask) -> ExecutionResult | None:
         """Answer a lone task from the cache without a trip through the broker.
 
@@ -359,10 +404,8 @@ class ExecutionEngine:
         """
         if not (self.settings.cache.enabled and cacheable(task)):
             return None
-        if self._runner_cache is None:
-            self._runner_cache = RunnerCache(self.cache, capabilities_of=self.proxy.capabilities_of)
         ctx = RunContext(worker=CLIENT_WORKER)
-        hit = cached_result(self._runner_cache, task, ctx)
+        hit = cached_result(self._cache_for_runner(), task, ctx)
         if hit is not None and self.settings.events_enabled:
             hooks = EventHooks(self.events, worker=CLIENT_WORKER)
             hooks.on_started(task, ctx)
@@ -401,3 +444,41 @@ class ExecutionEngine:
                 f"plan {plan_id} {report.state}: {report.reason}", report.results, plan_id
             )
         return report.returned
+
+
+class EnginePatternExecutor:
+    """A :class:`~taskplane.patterns.PatternExecutor` that runs patterns on the cluster.
+
+    Lets a control plane hand nested patterns to taskplane's workers.
+    """
+
+    def __init__(self, engine: ExecutionEngine) -> None:
+        self.engine = engine
+
+    def execute(
+        self,
+        pattern_name: str,
+        input: Any,
+        *,
+        timeout: float | None = None,
+        execution_id: str | None = None,
+        parent_task_id: str | None = None,
+    ) -> PatternExecutionResult:
+        task: dict[str, Any] = {
+            "id": parent_task_id or f"pattern-{uuid.uuid4().hex[:8]}",
+            "type": "pattern",
+            "target": pattern_name,
+            "payload": input if isinstance(input, dict) else {"input": input},
+        }
+        if timeout:
+            task["metadata"] = {"timeout": int(timeout)}
+        result = self.engine.execute_task(task)
+        return PatternExecutionResult(
+            id=str(result.metadata.get("childPlanId") or execution_id or result.task_id),
+            pattern_name=pattern_name,
+            status="completed" if result.ok else "failed",
+            result=result.result,
+            error=result.error,
+            confidence=result.confidence,
+            execution_time=result.execution_time,
+        )

@@ -130,6 +130,7 @@ def cached_result(cache: TaskCache, task: ExecutionTask, ctx: RunContext) -> Exe
         return None
     meta = {**hit.metadata, **target_metadata(task), "cached": True, "attempts": 0}
     meta["worker"] = ctx.worker
+    meta.pop("planId", None)  # the run that stored it, not this one
     if ctx.plan_id:
         meta["planId"] = ctx.plan_id
     return hit.model_copy(update={"task_id": task.id, "metadata": meta, "retries": 0})

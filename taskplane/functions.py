@@ -60,7 +60,7 @@ class FunctionRegistry:
         with self._lock:
             existing = self._functions.get(name)
             if existing is not None and existing is not func:
-                same = getattr(existing, "__qualname__", None) == getattr(func, "__qualname__", "")
+                same = _origin(existing) == _origin(func)  # the same def, module reloaded
                 if not same:
                     raise ValidationError(f"invalid function: name: {name!r} is already registered")
             self._functions[name] = func
@@ -92,7 +92,9 @@ class FunctionRegistry:
         try:
             value = func(**task.payload)
         except Exception as exc:
-            raise FunctionError(f"function {task.target} raised {type(exc).__name__}: {exc}") from exc
+            raise FunctionError(
+                f"function {task.target} raised {type(exc).__name__}: {exc}"
+            ) from exc
         confidence = None
         if isinstance(value, FunctionResult):
             value, confidence = value.value, value.confidence
@@ -101,6 +103,10 @@ class FunctionRegistry:
         except (TypeError, ValueError) as exc:
             raise FunctionError(f"function {task.target} returned a non-JSON value: {exc}") from exc
         return Outcome(result=value, confidence=confidence)
+
+
+def _origin(func: Callable[..., Any]) -> tuple[str | None, str | None]:
+    return getattr(func, "__module__", None), getattr(func, "__qualname__", None)
 
 
 #: The registry the decorator fills; workers use it for ``function`` tasks.

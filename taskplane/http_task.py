@@ -137,7 +137,8 @@ class UrlGuard:
 
 def _request_args(task: ExecutionTask) -> dict[str, Any]:
     payload = task.payload
-    unknown = set(payload) - {"method", "headers", "params", "json", "data"}
+    # ``previous`` is what a sequential plan adds for the task before; a request ignores it.
+    unknown = set(payload) - {"method", "headers", "params", "json", "data", "previous"}
     if unknown:
         raise InvalidPayloadError(f"http task: unknown payload fields {sorted(unknown)}")
     method = str(payload.get("method", "GET")).upper()

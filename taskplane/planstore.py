@@ -203,11 +203,21 @@ class PlanStore:
             raise BackendError(f"plan store: {what} failed: {exc}") from exc
 
     def create(
-        self, plan_id: str, tasks: Sequence[ExecutionTask], plan_layout: PlanLayout, deadline: float
+        self,
+        plan_id: str,
+        tasks: Sequence[ExecutionTask],
+        plan_layout: PlanLayout,
+        deadline: float,
+        *,
+        extra_meta: dict[str, str] | None = None,
     ) -> bool:
-        """Record a new run; False when *plan_id* already names one (attach instead)."""
+        """Record a new run; False when *plan_id* already names one (attach instead).
+
+        *extra_meta* adds fields to the run's meta hash (a nested pattern's parent).
+        """
         keys = self._keys(plan_id)
         meta = {
+            **(extra_meta or {}),
             "state": PlanState.RUNNING.value,
             "rule": plan_layout.rule,
             "mode": plan_layout.mode.value,
@@ -391,6 +401,19 @@ class PlanStore:
             result.metadata["planId"] = plan_id
             pipe.hsetnx(keys["results"], str(index), result.model_dump_json(by_alias=True))
         self._call("fill", pipe.execute)
+
+    def add_child(self, plan_id: str, child_id: str) -> None:
+        """Remember that *child_id* runs a nested pattern of *plan_id*."""
+        key = f"{self.prefix}:plan:{plan_id}:children"
+        pipe = self.client.pipeline(transaction=False)
+        pipe.sadd(key, child_id)
+        pipe.expire(key, self.retention_s)
+        self._call("children", pipe.execute)
+
+    def children(self, plan_id: str) -> list[str]:
+        """Runs of nested patterns started by *plan_id*'s tasks."""
+        key = f"{self.prefix}:plan:{plan_id}:children"
+        return sorted(self._call("children", lambda: self.client.smembers(key)))
 
     def add_reply(self, plan_id: str, celery_task_id: str) -> None:
         """Remember a Celery task id that waits for this run's results."""

@@ -20,13 +20,14 @@ from redis.retry import Retry
 
 from taskplane.cache import RedisResultCache, RunnerCache
 from taskplane.config import Settings
-from taskplane.coordinator import Deliver, Enqueue, PlanCoordinator
+from taskplane.coordinator import Deliver, Enqueue, PlanCoordinator, Submit
 from taskplane.events import EventBus, EventHooks, RedisEventBus, finished_event
 from taskplane.executor import Handler, TaskRunner
 from taskplane.functions import import_function_modules, registry
 from taskplane.hooks import HookChain
 from taskplane.http_task import HttpTaskHandler, UrlGuard
-from taskplane.models import TaskType
+from taskplane.models import ExecutionResult, TaskType
+from taskplane.patterns import FilePatternEngine
 from taskplane.planstore import PlanStore
 from taskplane.proxy import AgentProxy, build_agent_proxy
 from taskplane.tracking import ConfidenceTracker, TrackingRecorder, build_tracker
@@ -85,9 +86,15 @@ class WorkerRuntime:
 
     @classmethod
     def build(
-        cls, settings: Settings, *, enqueue: Enqueue, deliver: Deliver, worker: str = ""
+        cls,
+        settings: Settings,
+        *,
+        enqueue: Enqueue,
+        deliver: Deliver,
+        submit: Submit,
+        worker: str = "",
     ) -> WorkerRuntime:
-        """Build the runtime for *settings*; ``enqueue``/``deliver`` come from the Celery edge."""
+        """Build the runtime for *settings*; ``enqueue``, ``deliver``, ``submit`` come from Celery."""
         import_function_modules(settings.function_modules)
         client = redis_client(settings.redis_url)
         bus: EventBus | None = None
@@ -129,16 +136,28 @@ class WorkerRuntime:
             hooks=hooks,
         )
         store = PlanStore(client, prefix=settings.key_prefix, retention_s=settings.plan_retention_s)
-        coordinator = PlanCoordinator(store, runner, enqueue=enqueue, deliver=deliver)
+        coordinator = PlanCoordinator(
+            store,
+            runner,
+            enqueue=enqueue,
+            deliver=deliver,
+            patterns=FilePatternEngine(settings.patterns_dir),
+            submit=submit,
+        )
         runtime = cls(settings, client, store, runner, coordinator, hooks, http, worker, bus, proxy)
         runtime.closers += [client.close, fast.close, http.close, proxy.close]
         if bus is not None:
             runtime.closers.append(bus.close)
+        coordinator.on_result = runtime.result_finished
         if settings.tracking_enabled:
             runtime.tracker = build_tracker(settings, emit=hooks.emit)
             runtime.recorder = TrackingRecorder(runtime.tracker)
             runtime.closers += [runtime.tracker.close, runtime.recorder.close]
         return runtime
+
+    def result_finished(self, result: ExecutionResult) -> None:
+        """A result finished outside a Celery task's return (a nested pattern's task)."""
+        self.task_finished(result.to_json_dict())
 
     def task_finished(self, result: dict[str, Any]) -> None:
         """A task of this worker has its final envelope (called from a Celery signal)."""

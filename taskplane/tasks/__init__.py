@@ -19,7 +19,7 @@ from celery import Celery, Task
 from celery.exceptions import Ignore
 from celery.signals import task_postrun, worker_shutdown
 
-from taskplane.models import parse_plan
+from taskplane.models import ExecutionPlan, parse_plan
 from taskplane.planstore import TERMINAL
 from taskplane.runtime import WorkerRuntime, close_runtimes, runtime_for
 from taskplane.tasks.canvas import RUN_TASK, enqueue_member, submit_plan
@@ -28,6 +28,16 @@ from taskplane.tasks.canvas import RUN_TASK, enqueue_member, submit_plan
 def deliver_results(app: Celery, celery_task_id: str, results: list[dict[str, Any]]) -> None:
     """Store a plan's results as the result of the ``execute_plan`` call *celery_task_id*."""
     app.backend.mark_as_done(celery_task_id, results)
+
+
+def submit_child(
+    app: Celery, plan: ExecutionPlan, deadline: float | None, extra_meta: dict[str, str]
+) -> bool:
+    """Record and enqueue a nested pattern's plan from inside a worker."""
+    runtime = worker_runtime(app)
+    return submit_plan(
+        app, runtime.store, plan, runtime.settings, deadline=deadline, extra_meta=extra_meta
+    )
 
 
 def worker_runtime(app: Celery, worker: str = "") -> WorkerRuntime:
@@ -40,6 +50,7 @@ def worker_runtime(app: Celery, worker: str = "") -> WorkerRuntime:
             settings_of(app),
             enqueue=partial(enqueue_member, app),
             deliver=partial(deliver_results, app),
+            submit=partial(submit_child, app),
             worker=worker,
         ),
     )

@@ -75,17 +75,25 @@ def submit_plan(
     *,
     reply_to: str | None = None,
     clock: Any = time.time,
+    deadline: float | None = None,
+    extra_meta: dict[str, str] | None = None,
 ) -> bool:
     """Record *plan* and enqueue it; False when its id already names a run (attach to it).
 
     Either the whole plan is enqueued or nothing is: if the broker refuses,
     the run's record is removed again and :class:`BackendError` raised.
+
+    Args:
+        deadline: Epoch seconds; the plan's own ``timeout`` from now when None,
+            and never later than that.
+        extra_meta: Fields for the run's record (a nested pattern's parent).
     """
     plan_layout = layout(plan, default_max_concurrency=settings.max_concurrency)
-    deadline = clock() + plan.timeout / 1000.0
+    own_deadline = clock() + plan.timeout / 1000.0
+    deadline = own_deadline if deadline is None else min(deadline, own_deadline)
     if reply_to is not None:
         store.add_reply(plan.id, reply_to)
-    if not store.create(plan.id, plan.tasks, plan_layout, deadline):
+    if not store.create(plan.id, plan.tasks, plan_layout, deadline, extra_meta=extra_meta):
         return False
     try:
         canvas(app, plan, plan_layout, deadline).apply_async()

@@ -63,6 +63,7 @@ def cluster_env(redis_url: str) -> dict[str, str]:
         "TASKPLANE_VISIBILITY_TIMEOUT_S": "20",
         "TASKPLANE_REDELIVERY_SWEEP_S": "1",
         "TASKPLANE_DEFAULT_TIMEOUT": "5000",
+        "TASKPLANE_PATTERNS_DIR": str(ROOT / "tests" / "patterns"),
     }
 
 
@@ -78,6 +79,7 @@ def cluster(redis_url: str) -> Iterator[Cluster]:
         default_timeout=5000,
         database_url=env["TASKPLANE_DATABASE_URL"],
         retry_config={"initial_delay": 50},
+        patterns_dir=env["TASKPLANE_PATTERNS_DIR"],
     )
     engine = ExecutionEngine(settings)
     workers = [

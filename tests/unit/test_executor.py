@@ -30,6 +30,8 @@ from taskplane.executor import (
     Outcome,
     RunContext,
     TaskRunner,
+    cacheable,
+    cached_result,
     envelope,
     target_metadata,
 )
@@ -595,3 +597,79 @@ def test_raising_hook_passed_alone_is_contained(clock: FakeClock) -> None:
     result = runner.run(make_task())
     assert result.ok
     assert result.retries == 1
+
+
+def test_hook_chain_add_and_emit_contain_failures(caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    class Listener(ExecutionHooks):
+        def emit(self, event_type: str, data: dict[str, Any]) -> None:
+            seen.append((event_type, data))
+
+    class Broken(ExecutionHooks):
+        def emit(self, event_type: str, data: dict[str, Any]) -> None:
+            raise RuntimeError("listener broke")
+
+    chain = HookChain([Broken()])
+    chain.add(Listener())
+    with caplog.at_level(logging.ERROR, logger="taskplane.hooks"):
+        chain.emit("circuit:open", {"agentId": "a1", "failures": 5})
+    assert seen == [("circuit:open", {"agentId": "a1", "failures": 5})]
+    assert "Broken.emit" in caplog.text
+
+
+def test_base_hooks_are_no_ops(clock: FakeClock) -> None:
+    hooks = ExecutionHooks()
+    task, ctx = make_task(), RunContext()
+    result = envelope(task, TaskStatus.SUCCESS)
+    hooks.on_started(task, ctx)
+    hooks.on_retrying(task, ctx, attempt=1, delay_ms=1.0, error="x")
+    hooks.on_cache_hit(task, ctx, result)
+    hooks.on_finished(task, ctx, result)
+    hooks.emit("anomaly:detected", {})
+    assert make_runner(clock, Scripted(clock, OK), hooks=hooks).run(task).ok
+
+
+# --- cache helpers used by the engine ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("task_type", "flag", "expected"),
+    [
+        (TaskType.AGENT, None, True),
+        (TaskType.PATTERN, None, True),
+        (TaskType.AGENT, False, False),
+        (TaskType.FUNCTION, None, False),
+        (TaskType.HTTP, None, False),
+        (TaskType.FUNCTION, True, True),
+        (TaskType.HTTP, True, True),
+    ],
+)
+def test_cacheable(task_type: TaskType, flag: bool | None, expected: bool) -> None:
+    assert cacheable(make_task(task_type, "x", cache=flag)) is expected
+
+
+def test_cached_result_readdresses_the_hit() -> None:
+    cache = DictCache()
+    stored = ExecutionResult(
+        task_id="old",
+        status=TaskStatus.SUCCESS,
+        result=1,
+        confidence=0.9,
+        retries=2,
+        metadata={"agentId": "a1", "worker": "w-old", "planId": "p-old", "attempts": 3},
+    )
+    cache.entries[("agent", "a1")] = stored
+    hit = cached_result(cache, make_task(task_id="new"), RunContext(worker="w-new"))
+    assert hit is not None
+    assert (hit.task_id, hit.retries, hit.result) == ("new", 0, 1)
+    assert hit.metadata["cached"] is True
+    assert hit.metadata["worker"] == "w-new"
+    assert hit.metadata["attempts"] == 0
+    assert "planId" not in hit.metadata  # a lone task: the storing plan's id does not leak
+    assert stored.task_id == "old"  # the cached envelope itself is untouched
+
+
+def test_cached_result_miss_and_broken_cache() -> None:
+    assert cached_result(DictCache(), make_task(), RunContext()) is None
+    assert cached_result(BrokenCache(), make_task(), RunContext()) is None

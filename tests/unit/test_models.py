@@ -289,9 +289,14 @@ _keys = st.sampled_from(
         "bogus",
     ]
 )
+_metadata_junk = st.dictionaries(
+    st.sampled_from(["timeout", "retries", "priority", "pattern", "cache", "idempotencyKey", "x"]),
+    _junk,
+    max_size=4,
+)
 _task_junk = st.dictionaries(
     st.sampled_from(["id", "type", "target", "payload", "metadata", "extra"]),
-    st.one_of(_junk, st.sampled_from(["agent", "http", "t1", "x"])),
+    st.one_of(_junk, _metadata_junk, st.sampled_from(["agent", "http", "t1", "x"])),
     max_size=6,
 )
 _plan_junk = st.dictionaries(

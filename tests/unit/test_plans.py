@@ -28,9 +28,7 @@ def tasks(count: int) -> list[ExecutionTask]:
     return [task(f"t{i}") for i in range(count)]
 
 
-def res(
-    task_id: str, status: TaskStatus = TaskStatus.SUCCESS, **extra: Any
-) -> ExecutionResult:
+def res(task_id: str, status: TaskStatus = TaskStatus.SUCCESS, **extra: Any) -> ExecutionResult:
     error = None if status is TaskStatus.SUCCESS else f"{task_id} went {status.value}"
     return ExecutionResult(task_id=task_id, status=status, error=error, **extra)
 
@@ -114,12 +112,12 @@ def test_weighted_order_empty() -> None:
 
 
 def test_all_succeeds_when_every_task_did() -> None:
-    results = [res("t0"), res("t1")]
+    results: list[ExecutionResult | None] = [res("t0"), res("t1")]
     assert plan_outcome("all", list(results)) == (True, results, "")
 
 
 def test_all_fails_naming_the_task() -> None:
-    results = [res("t0"), res("t1", FAIL), res("t2", CANCELLED)]
+    results: list[ExecutionResult | None] = [res("t0"), res("t1", FAIL), res("t2", CANCELLED)]
     ok, returned, reason = plan_outcome("all", list(results))
     assert not ok
     assert returned == results
@@ -134,7 +132,11 @@ def test_all_fails_on_timeout() -> None:
 
 def test_all_reason_names_the_failure_not_a_cancelled_sibling() -> None:
     # t2 failed first; t0 and t1 were cancelled because of it.
-    results = [res("t0", CANCELLED), res("t1", CANCELLED), res("t2", FAIL)]
+    results: list[ExecutionResult | None] = [
+        res("t0", CANCELLED),
+        res("t1", CANCELLED),
+        res("t2", FAIL),
+    ]
     ok, _, reason = plan_outcome("all", results)
     assert not ok
     assert reason.startswith("task t2 ended failure")
@@ -155,7 +157,12 @@ def test_all_empty() -> None:
 
 
 def test_all_settled_returns_everything_in_task_order() -> None:
-    results = [res("t0", FAIL), res("t1"), res("t2", TIMEOUT), res("t3", CANCELLED)]
+    results: list[ExecutionResult | None] = [
+        res("t0", FAIL),
+        res("t1"),
+        res("t2", TIMEOUT),
+        res("t3", CANCELLED),
+    ]
     assert plan_outcome("allSettled", list(results)) == (True, results, "")
 
 
@@ -169,29 +176,29 @@ def test_all_settled_skips_missing() -> None:
 
 
 def test_race_recorded_winner_wins() -> None:
-    results = [res("t0"), res("t1"), res("t2", CANCELLED)]
+    results: list[ExecutionResult | None] = [res("t0"), res("t1"), res("t2", CANCELLED)]
     ok, returned, _ = plan_outcome("race", results, winner=1)
     assert ok
     assert returned == [results[1]]
 
 
 def test_race_without_winner_takes_first_success() -> None:
-    results = [res("t0", FAIL), res("t1", CANCELLED), res("t2")]
+    results: list[ExecutionResult | None] = [res("t0", FAIL), res("t1", CANCELLED), res("t2")]
     assert plan_outcome("race", results) == (True, [results[2]], "")
 
 
 def test_race_failed_winner_falls_back_to_a_success() -> None:
-    results = [res("t0", FAIL), res("t1")]
+    results: list[ExecutionResult | None] = [res("t0", FAIL), res("t1")]
     assert plan_outcome("race", results, winner=0)[1] == [results[1]]
 
 
 def test_race_missing_winner_falls_back() -> None:
-    results = [None, res("t1")]
+    results: list[ExecutionResult | None] = [None, res("t1")]
     assert plan_outcome("race", results, winner=0)[1] == [results[1]]
 
 
 def test_race_all_failed() -> None:
-    results = [res("t0", FAIL), res("t1", TIMEOUT), None]
+    results: list[ExecutionResult | None] = [res("t0", FAIL), res("t1", TIMEOUT), None]
     ok, returned, reason = plan_outcome("race", results)
     assert not ok
     assert returned == results[:2]
@@ -203,26 +210,30 @@ def test_race_all_failed() -> None:
 
 def test_weighted_returns_what_ran_in_execution_order() -> None:
     # dispatch order 2, 0, 1; t2 was not confident enough, t0 was, so t1 never ran.
-    results = [res("t0", confidence=0.9), res("t1", CANCELLED), res("t2", confidence=0.5)]
+    results: list[ExecutionResult | None] = [
+        res("t0", confidence=0.9),
+        res("t1", CANCELLED),
+        res("t2", confidence=0.5),
+    ]
     ok, returned, reason = plan_outcome("weighted", results, order=(2, 0, 1))
     assert (ok, reason) == (True, "")
     assert [r.task_id for r in returned] == ["t2", "t0"]
 
 
 def test_weighted_keeps_failures_that_ran() -> None:
-    results = [res("t0", FAIL), res("t1", confidence=0.95)]
+    results: list[ExecutionResult | None] = [res("t0", FAIL), res("t1", confidence=0.95)]
     ok, returned, _ = plan_outcome("weighted", results, order=(0, 1))
     assert ok
     assert [r.status for r in returned] == [FAIL, OK]
 
 
 def test_weighted_without_order_uses_task_order() -> None:
-    results = [res("t0", confidence=0.5), res("t1", confidence=0.6)]
+    results: list[ExecutionResult | None] = [res("t0", confidence=0.5), res("t1", confidence=0.6)]
     assert [r.task_id for r in plan_outcome("weighted", results)[1]] == ["t0", "t1"]
 
 
 def test_weighted_nothing_succeeded() -> None:
-    results = [res("t0", FAIL), res("t1", TIMEOUT)]
+    results: list[ExecutionResult | None] = [res("t0", FAIL), res("t1", TIMEOUT)]
     ok, returned, reason = plan_outcome("weighted", results, order=(1, 0))
     assert not ok
     assert returned == results  # failures come back in task order
@@ -233,12 +244,12 @@ def test_weighted_nothing_succeeded() -> None:
 
 
 def test_sequential_all_ok() -> None:
-    results = [res("t0"), res("t1")]
+    results: list[ExecutionResult | None] = [res("t0"), res("t1")]
     assert plan_outcome("sequential", list(results)) == (True, results, "")
 
 
 def test_sequential_stops_on_error() -> None:
-    results = [res("t0"), res("t1", FAIL), res("t2", CANCELLED)]
+    results: list[ExecutionResult | None] = [res("t0"), res("t1", FAIL), res("t2", CANCELLED)]
     ok, returned, reason = plan_outcome("sequential", list(results))
     assert not ok
     assert returned == results
@@ -246,7 +257,7 @@ def test_sequential_stops_on_error() -> None:
 
 
 def test_sequential_continue_on_error_succeeds_with_every_result() -> None:
-    results = [res("t0"), res("t1", FAIL), res("t2")]
+    results: list[ExecutionResult | None] = [res("t0"), res("t1", FAIL), res("t2")]
     assert plan_outcome("sequential", list(results), continue_on_error=True) == (
         True,
         results,

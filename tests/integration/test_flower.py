@@ -1,0 +1,133 @@
+"""Flower against the test cluster: every task of a plan shows up, with readable arguments."""
+
+from __future__ import annotations
+
+import ast
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from taskplane.devtools.cluster import worker_env
+from taskplane.devtools.redis_server import free_port
+from tests.integration.conftest import LOG_DIR, ROOT, Cluster
+
+pytestmark = pytest.mark.integration
+
+#: Seconds Flower gets to start answering, and a plan's tasks to show up in it.
+STARTUP_TIMEOUT_S = 30.0
+EVENTS_TIMEOUT_S = 20.0
+AUTH = ("tp", "flower-test")
+
+
+@dataclass
+class Flower:
+    url: str
+    process: subprocess.Popen[bytes]
+
+    def get(self, path: str, **params: Any) -> Any:
+        reply = httpx.get(f"{self.url}{path}", params=params, auth=AUTH, timeout=5)
+        reply.raise_for_status()
+        return reply.json()
+
+
+@pytest.fixture
+def flower(cluster: Cluster) -> Iterator[Flower]:
+    port = free_port()
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable, "-m", "celery", "-A", "taskplane.celery_app", "flower",
+        f"--port={port}", "--address=127.0.0.1", f"--basic-auth={AUTH[0]}:{AUTH[1]}",
+    ]  # fmt: skip
+    with (LOG_DIR / "flower.log").open("wb") as log:
+        proc = subprocess.Popen(
+            cmd,
+            env=worker_env(cluster.env, root=ROOT),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    flower = Flower(f"http://127.0.0.1:{port}", proc)
+    try:
+        _wait_until_up(flower)
+        yield flower
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    assert proc.poll() is not None
+
+
+def _wait_until_up(flower: Flower) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if flower.process.poll() is not None:
+            log = (LOG_DIR / "flower.log").read_text(errors="replace")
+            raise RuntimeError(f"flower exited:\n{log[-3000:]}")
+        try:
+            flower.get("/api/workers", refresh="1")
+            return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise RuntimeError(f"flower not answering after {STARTUP_TIMEOUT_S}s")
+
+
+def _wait_until_listening(flower: Flower, cluster: Cluster, uid: str) -> None:
+    """Run one-task plans until Flower lists one: its event receiver is then connected."""
+    deadline = time.monotonic() + EVENTS_TIMEOUT_S
+    attempt = 0
+    while time.monotonic() < deadline:
+        plan_id = f"flower-warmup-{uid}-{attempt}"
+        task = {"id": "w", "type": "function", "target": "noop", "payload": {}}
+        cluster.engine.execute_parallel({"id": plan_id, "tasks": [task]})
+        for _ in range(10):
+            if _plan_tasks(flower, plan_id):
+                return
+            time.sleep(0.2)
+        attempt += 1
+    raise RuntimeError(f"flower received no task events within {EVENTS_TIMEOUT_S}s")
+
+
+def _plan_tasks(flower: Flower, plan_id: str) -> list[dict[str, Any]]:
+    tasks = flower.get("/api/tasks", taskname="taskplane.run_task", limit="1000")
+    return [t for t in tasks.values() if plan_id in (t.get("kwargs") or "")]
+
+
+def test_flower_lists_a_plans_tasks_with_readable_kwargs(
+    cluster: Cluster, flower: Flower, uid: str
+) -> None:
+    _wait_until_listening(flower, cluster, uid)
+    plan_id = f"flower-{uid}"
+    tasks = [
+        {"id": f"t{i}", "type": "function", "target": "add", "payload": {"a": i, "b": 1}}
+        for i in range(3)
+    ]
+    results = cluster.engine.execute_parallel({"id": plan_id, "tasks": tasks})
+    assert [r.result for r in results] == [1, 2, 3]
+
+    seen: list[dict[str, Any]] = []
+    deadline = time.monotonic() + EVENTS_TIMEOUT_S
+    while time.monotonic() < deadline:
+        seen = _plan_tasks(flower, plan_id)
+        if len(seen) == 3 and all(t["state"] == "SUCCESS" for t in seen):
+            break
+        time.sleep(0.3)
+    assert len(seen) == 3, seen
+    assert {t["name"] for t in seen} == {"taskplane.run_task"}
+    assert all(t["state"] == "SUCCESS" for t in seen), [t["state"] for t in seen]
+    assert {t["worker"].split("@")[0] for t in seen} <= {w.name for w in cluster.workers}
+    kwargs = [ast.literal_eval(t["kwargs"]) for t in seen]  # plain data, never pickled bytes
+    assert {k["plan_id"] for k in kwargs} == {plan_id}
+    assert sorted(k["index"] for k in kwargs) == [0, 1, 2]
+    assert {k["task"]["target"] for k in kwargs} == {"add"}
+    assert sorted(k["task"]["payload"]["a"] for k in kwargs) == [0, 1, 2]

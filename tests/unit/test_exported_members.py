@@ -1,0 +1,128 @@
+"""The package root: ``__all__`` covers the public contract, and importing connects to nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import taskplane
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: The names users, other services and acceptance checks import from ``taskplane``.
+CONTRACT = {
+    "ExecutionEngine",
+    "ExecutionTask",
+    "ParallelExecutionPlan",
+    "SequentialExecutionPlan",
+    "ExecutionResult",
+    "PlanFailedError",
+    "Settings",
+    "function",
+}
+
+#: What the contract calls on an engine and on a plan handle.
+ENGINE_MEMBERS = {
+    "register_agent",
+    "execute_task",
+    "execute_parallel",
+    "execute_sequential",
+    "submit",
+    "close",
+    "on",
+    "tracker",
+    "cache",
+}
+HANDLE_MEMBERS = {"wait", "cancel", "status"}
+RESULT_FIELDS = {
+    "task_id",
+    "status",
+    "result",
+    "error",
+    "confidence",
+    "execution_time",
+    "retries",
+    "metadata",
+}
+
+
+def test_all_covers_the_contract() -> None:
+    assert set(taskplane.__all__) >= CONTRACT
+
+
+def test_every_exported_name_exists() -> None:
+    missing = [name for name in taskplane.__all__ if not hasattr(taskplane, name)]
+    assert missing == []
+
+
+def test_all_has_no_duplicates() -> None:
+    assert len(taskplane.__all__) == len(set(taskplane.__all__))
+
+
+def test_star_import_gives_the_contract() -> None:
+    namespace: dict[str, object] = {}
+    exec("from taskplane import *", namespace)
+    assert set(namespace) >= CONTRACT
+
+
+def test_exported_classes_say_they_are_taskplane_s() -> None:
+    for name in taskplane.__all__:
+        member = getattr(taskplane, name)
+        module = getattr(member, "__module__", None)
+        if module is not None and isinstance(member, type):
+            assert module.startswith("taskplane."), name
+
+
+def test_engine_and_handle_members() -> None:
+    assert set(dir(taskplane.ExecutionEngine)) >= ENGINE_MEMBERS
+    assert set(dir(taskplane.PlanHandle)) >= HANDLE_MEMBERS
+
+
+def test_result_fields() -> None:
+    assert set(taskplane.ExecutionResult.model_fields) >= RESULT_FIELDS
+
+
+def test_plan_failed_error_carries_results() -> None:
+    error = taskplane.PlanFailedError("failed", ["r"], "p1")
+    assert error.results == ["r"]
+    assert isinstance(error, taskplane.TaskplaneError)
+
+
+_NO_NETWORK = """
+import json, socket
+
+attempts = []
+
+def refuse(self, address, *args, **kwargs):
+    attempts.append(repr(address))
+    raise OSError(f"test forbids connecting to {address!r}")
+
+socket.socket.connect = refuse
+socket.socket.connect_ex = refuse
+
+import taskplane
+
+engine = taskplane.ExecutionEngine()
+engine.close()
+print(json.dumps(attempts))
+"""
+
+
+def test_import_and_engine_construction_open_no_socket(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKPLANE_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    done = subprocess.run(
+        [sys.executable, "-c", _NO_NETWORK],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+    assert list(tmp_path.iterdir()) == []  # and it wrote nothing (no SQLite file, no state)
