@@ -78,7 +78,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or load_settings()
     app = Celery("taskplane")
     app.conf.update(celery_config(settings))
-    app.taskplane_settings = settings  # type: ignore[attr-defined]
+    app.taskplane_settings = settings
     from taskplane.tasks import register_tasks
 
     register_tasks(app)
@@ -90,8 +90,8 @@ def settings_of(app: Celery) -> Settings:
     settings = getattr(app, "taskplane_settings", None)
     if settings is None:
         settings = load_settings()
-        app.taskplane_settings = settings  # type: ignore[attr-defined]
-    return settings  # type: ignore[no-any-return]
+        app.taskplane_settings = settings
+    return settings
 
 
 app = create_app()

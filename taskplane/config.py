@@ -153,7 +153,6 @@ class Settings(BaseSettings):
         """Upper bound of one task's run time with every retry and backoff, in seconds."""
         return self.retry_config.longest_run_ms(self.default_timeout) / 1000.0
 
-
     @property
     def effective_visibility_timeout_s(self) -> int:
         """Redis visibility timeout: longer than the longest task, with a margin."""

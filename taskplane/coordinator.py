@@ -24,8 +24,8 @@ from taskplane.executor import (
 )
 from taskplane.models import ExecutionPlan, ExecutionResult, ExecutionTask, TaskStatus, TaskType
 from taskplane.patterns import FilePatternEngine, check_nesting, pattern_result
-from taskplane.planstore import TERMINAL, PlanStore
 from taskplane.plans import Mode, PlanLayout, PlanState, plan_outcome
+from taskplane.planstore import TERMINAL, PlanStore
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +223,7 @@ class PlanCoordinator:
         parent = json.loads(meta["parent"])
         task = ExecutionTask.model_validate(parent["task"])
         name = meta.get("pattern", task.target)
+        error: str | None
         if report.state in (PlanState.TIMEOUT.value, PlanState.CANCELLED.value):
             status = TaskStatus(report.state)
             value, confidence, error = None, None, f"pattern {name}: {report.reason}"
@@ -250,7 +251,12 @@ class PlanCoordinator:
             metadata=meta_out,
         )
         runner = self.runner
-        if result.ok and runner is not None and runner.cache is not None and runner.uses_cache(task):
+        if (
+            result.ok
+            and runner is not None
+            and runner.cache is not None
+            and runner.uses_cache(task)
+        ):
             try:
                 runner.cache.store(task, result)
             except Exception:

@@ -44,8 +44,12 @@ def _table(title: str, results: list[ExecutionResult]) -> Table:
         status = r.status.value + (" (cached)" if r.metadata.get("cached") else "")
         conf = "" if r.confidence is None else f"{r.confidence:.2f}"
         table.add_row(
-            r.task_id, str(r.metadata.get("target", "")), status, conf,
-            f"{r.execution_time:.0f}", str(r.metadata.get("worker", "")).split("@")[0],
+            r.task_id,
+            str(r.metadata.get("target", "")),
+            status,
+            conf,
+            f"{r.execution_time:.0f}",
+            str(r.metadata.get("worker", "")).split("@")[0],
             shown,
         )
     return table
@@ -56,7 +60,10 @@ def _start_agent(module: str, port: int, root: Path, log_dir: Path) -> subproces
     with (log_dir / f"{module.rsplit('.', 1)[-1]}.log").open("wb") as log:
         return subprocess.Popen(
             [sys.executable, "-m", module, "--port", str(port)],
-            cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=root,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
             env={**os.environ, "PYTHONPATH": str(root)},
         )
 
@@ -104,7 +111,9 @@ def run_demo(console: Console) -> None:
             proc = _start_agent(module, port, root, STATE_DIR / "logs")
             stack.callback(_stop, proc)
         workers = [
-            start_worker(env, concurrency=16, name=f"demo{i}", log_dir=STATE_DIR / "logs", root=root)
+            start_worker(
+                env, concurrency=16, name=f"demo{i}", log_dir=STATE_DIR / "logs", root=root
+            )
             for i in range(2)
         ]
         for w in workers:
@@ -149,8 +158,12 @@ def run_demo(console: Console) -> None:
             "maxConcurrency": 4,
             "tasks": [
                 {"id": "architect", "type": "agent", "target": "architect", "payload": code},
-                {"id": "engineer", "type": "agent", "target": "engineer",
-                 "payload": {"task": "implement", "data": code}},
+                {
+                    "id": "engineer",
+                    "type": "agent",
+                    "target": "engineer",
+                    "payload": {"task": "implement", "data": code},
+                },
                 {"id": "sum", "type": "function", "target": "add", "payload": {"a": 2, "b": 40}},
                 {"id": "health", "type": "http", "target": f"http://127.0.0.1:{http_port}/health"},
             ],
@@ -162,10 +175,18 @@ def run_demo(console: Console) -> None:
             "id": f"demo-sequential-{int(time.time())}",
             "tasks": [
                 {"id": "design", "type": "agent", "target": "architect", "payload": code},
-                {"id": "build", "type": "agent", "target": "engineer",
-                 "payload": {"task": "implement", "data": code}},
-                {"id": "review", "type": "agent", "target": "reviewer",
-                 "payload": {"task": "review", "confidenceHint": 0.93}},
+                {
+                    "id": "build",
+                    "type": "agent",
+                    "target": "engineer",
+                    "payload": {"task": "implement", "data": code},
+                },
+                {
+                    "id": "review",
+                    "type": "agent",
+                    "target": "reviewer",
+                    "payload": {"task": "review", "confidenceHint": 0.93},
+                },
             ],
         }
         console.rule("sequential plan (each task sees the previous result)")
@@ -175,22 +196,35 @@ def run_demo(console: Console) -> None:
 
         console.rule("cache: the same confident task again")
         again = engine.execute_task(
-            {"id": "review-again", "type": "agent", "target": "reviewer",
-             "payload": {"task": "review", "confidenceHint": 0.93}}
+            {
+                "id": "review-again",
+                "type": "agent",
+                "target": "reviewer",
+                "payload": {"task": "review", "confidenceHint": 0.93},
+            }
         )
         console.print(_table("results", [again]))
         console.print(f"cache stats: {engine.cache.stats()}")
 
         console.rule("circuit breaker: an agent that is down")
         broken = [
-            {"id": f"b{i}", "type": "agent", "target": broken_id, "payload": {"i": i},
-             "metadata": {"retries": 0, "cache": False}}
+            {
+                "id": f"b{i}",
+                "type": "agent",
+                "target": broken_id,
+                "payload": {"i": i},
+                "metadata": {"retries": 0, "cache": False},
+            }
             for i in range(7)
         ]
         try:
             outcome = engine.execute_parallel(
-                {"id": f"demo-breaker-{int(time.time())}", "strategy": "allSettled",
-                 "maxConcurrency": 1, "tasks": broken}
+                {
+                    "id": f"demo-breaker-{int(time.time())}",
+                    "strategy": "allSettled",
+                    "maxConcurrency": 1,
+                    "tasks": broken,
+                }
             )
         except PlanFailedError as exc:
             outcome = list(exc.results)
@@ -205,8 +239,11 @@ def run_demo(console: Console) -> None:
         for agent_id in ("architect", "engineer", "reviewer"):
             s = engine.tracker.get_agent_stats(agent_id)
             stats.add_row(
-                agent_id, str(s["totalExecutions"]), f"{s['avgConfidence']:.2f}",
-                f"{s['successRate']:.2f}", f"{s['avgExecutionTime']:.1f}",
+                agent_id,
+                str(s["totalExecutions"]),
+                f"{s['avgConfidence']:.2f}",
+                f"{s['successRate']:.2f}",
+                f"{s['avgExecutionTime']:.1f}",
             )
         console.print(stats)
 

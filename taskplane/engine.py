@@ -40,13 +40,13 @@ from taskplane.models import (
     parse_task,
 )
 from taskplane.patterns import PatternExecutionResult, PatternExecutor, PatternHandler
-from taskplane.planstore import TERMINAL, PlanStore
 from taskplane.plans import PlanState
-from taskplane.runtime import redis_client
+from taskplane.planstore import TERMINAL, PlanStore
 from taskplane.proxy import AgentInfo, AgentProxy, build_agent_proxy
+from taskplane.runtime import redis_client
 from taskplane.tasks import deliver_results
-from taskplane.tracking import ConfidenceTracker, build_tracker
 from taskplane.tasks.canvas import enqueue_member, submit_plan
+from taskplane.tracking import ConfidenceTracker, build_tracker
 
 #: ``metadata.worker`` of a lone task answered from the cache by the client itself.
 CLIENT_WORKER = "engine"
@@ -80,8 +80,14 @@ class PlanHandle:
     def status(self) -> dict[str, Any]:
         """``{id, state, total, pending, running, done}``."""
         if self._empty:
-            return {"id": self.id, "state": "completed", "total": 0, "pending": 0, "running": 0,
-                    "done": 0}
+            return {
+                "id": self.id,
+                "state": "completed",
+                "total": 0,
+                "pending": 0,
+                "running": 0,
+                "done": 0,
+            }
         return self._engine.store.status(self.id)
 
     def cancel(self) -> None:
@@ -355,7 +361,7 @@ class ExecutionEngine:
         try:
             return handle.wait()[0]
         except PlanFailedError as exc:
-            return exc.results[0]  # type: ignore[no-any-return]
+            return exc.results[0]
 
     # -- nested patterns and the control plane ------------------------------
 

@@ -11,7 +11,7 @@
     └── ExecutionError              one attempt at a task went wrong (caught inside the worker)
         ├── TransportError          the target could not be reached (connection refused, reset)
         ├── TaskTimeoutError        the target did not answer within the call's timeout
-        ├── UpstreamError           the target answered with a server error (5xx, 429, gRPC UNAVAILABLE)
+        ├── UpstreamError           the target answered with a retryable error (5xx, 429)
         ├── ClientError             the target refused the request as malformed (4xx)
         ├── InvalidReplyError       the target's reply could not be understood
         ├── NotFoundError           no such agent, function or pattern
@@ -84,7 +84,7 @@ class PlanFailedError(TaskplaneError):
 
 
 class WaitTimeoutError(TaskplaneError, TimeoutError):
-    """Raised when ``PlanHandle.wait(timeout)`` gives up before the plan ended (it keeps running)."""
+    """Raised when ``PlanHandle.wait(timeout)`` gives up first (the plan keeps running)."""
 
 
 class ExecutionError(TaskplaneError):

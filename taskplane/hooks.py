@@ -36,7 +36,7 @@ class ExecutionHooks:
         """Called once the task has its final envelope (any status)."""
 
     def emit(self, event_type: str, data: dict[str, Any]) -> None:
-        """Called for events that are not about one task (``circuit:open``, ``anomaly:detected``)."""
+        """Called for events not about one task (``circuit:open``, ``anomaly:detected``)."""
 
 
 class HookChain(ExecutionHooks):

@@ -109,7 +109,7 @@ class ExecutionTask(_Wire):
     @field_validator("payload")
     @classmethod
     def _payload_is_json(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return _check_json(value)  # type: ignore[no-any-return]
+        return _check_json(value)
 
 
 class ExecutionResult(_Wire):
@@ -254,7 +254,7 @@ def parse_plan(data: ExecutionPlan | dict[str, Any], kind: str | None = None) ->
     if "kind" in data and data["kind"] != wanted:
         raise ValidationError(f"invalid plan: kind: expected a {wanted} plan, got {data['kind']}")
     try:
-        return model.model_validate(data)  # type: ignore[return-value]
+        return model.model_validate(data)
     except pydantic.ValidationError as exc:
         _raise_validation(exc, "plan")
         raise AssertionError("unreachable") from None

@@ -350,9 +350,7 @@ def check_nesting(lineage: tuple[str, ...], name: str) -> tuple[str, ...]:
     if name in lineage:
         raise PatternError(f"pattern cycle: {' -> '.join(chain)}")
     if len(chain) > MAX_PATTERN_DEPTH:
-        raise PatternError(
-            f"patterns nest deeper than {MAX_PATTERN_DEPTH}: {' -> '.join(chain)}"
-        )
+        raise PatternError(f"patterns nest deeper than {MAX_PATTERN_DEPTH}: {' -> '.join(chain)}")
     return chain
 
 

@@ -91,7 +91,8 @@ if state == 'running' then
       else ending = 'failed' end
     end
   elseif rule == 'sequential' then
-    if (not ok) and m[4] ~= '1' then ending = 'failed' elseif ndone >= n then ending = 'completed' end
+    if (not ok) and m[4] ~= '1' then ending = 'failed'
+    elseif ndone >= n then ending = 'completed' end
   elseif ndone >= n then ending = 'completed' end
 end
 if ending then
@@ -349,15 +350,13 @@ class PlanStore:
     def end(self, plan_id: str, state: PlanState) -> str | None:
         """End a running run as *state* (timeout, cancelled); returns the run's final state."""
         keys = self._keys(plan_id)
-        return self._call(  # type: ignore[no-any-return]
+        return self._call(
             "end", lambda: self._end(keys=[keys["meta"], keys["done"]], args=[state.value])
         )
 
     def meta(self, plan_id: str) -> dict[str, str]:
         """The run's meta hash ({} when there is no such run)."""
-        return self._call(  # type: ignore[no-any-return]
-            "meta", lambda: self.client.hgetall(self._keys(plan_id)["meta"])
-        )
+        return self._call("meta", lambda: self.client.hgetall(self._keys(plan_id)["meta"]))
 
     def is_cancelled(self, plan_id: str) -> bool:
         """The run's cancel flag."""
@@ -373,7 +372,8 @@ class PlanStore:
         if timeout_s <= 0:
             return bool(self._call("wait", lambda: self.client.llen(done)))
         token = self._call(
-            "wait", lambda: self.client.blmove(done, done, timeout_s, "RIGHT", "LEFT")
+            "wait",
+            lambda: self.client.blmove(done, done, timeout_s, "RIGHT", "LEFT"),  # type: ignore[arg-type]
         )
         return token is not None
 

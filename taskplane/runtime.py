@@ -94,7 +94,7 @@ class WorkerRuntime:
         submit: Submit,
         worker: str = "",
     ) -> WorkerRuntime:
-        """Build the runtime for *settings*; ``enqueue``, ``deliver``, ``submit`` come from Celery."""
+        """Build the runtime for *settings*; ``enqueue``/``deliver``/``submit`` are Celery's."""
         import_function_modules(settings.function_modules)
         client = redis_client(settings.redis_url)
         bus: EventBus | None = None

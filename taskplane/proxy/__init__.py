@@ -35,7 +35,7 @@ from taskplane.proxy.registry import (
 )
 from taskplane.proxy.transport import AgentTransport, HealthReport, InMemoryTransport
 
-__all__ = [  # noqa: RUF022 - grouped by topic, as a table of contents
+__all__ = [
     # The handler and its factory
     "AgentProxy",
     "build_agent_proxy",

@@ -109,9 +109,9 @@ def connect_signals(app: Celery) -> None:
     """Feed finished tasks to events (and tracking), and close the runtime at shutdown."""
 
     def finished(sender: Any = None, retval: Any = None, **_: Any) -> None:
-        if getattr(sender, "name", "") == RUN_TASK and getattr(sender, "app", None) is app:
-            if isinstance(retval, dict):
-                worker_runtime(app).task_finished(retval)
+        mine = getattr(sender, "name", "") == RUN_TASK and getattr(sender, "app", None) is app
+        if mine and isinstance(retval, dict):
+            worker_runtime(app).task_finished(retval)
 
     def shutdown(**_: Any) -> None:
         close_runtimes()

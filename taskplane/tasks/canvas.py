@@ -18,8 +18,8 @@ from celery.canvas import Signature
 from taskplane.config import Settings
 from taskplane.errors import BackendError
 from taskplane.models import ExecutionPlan
-from taskplane.planstore import PlanStore
 from taskplane.plans import Mode, PlanLayout, layout
+from taskplane.planstore import PlanStore
 
 #: Name of the Celery task that runs one task of a plan.
 RUN_TASK = "taskplane.run_task"

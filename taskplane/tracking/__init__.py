@@ -24,7 +24,7 @@ from taskplane.tracking.sql import SqlTrackingStore
 from taskplane.tracking.store import Anomaly, TrackingStore
 from taskplane.tracking.tracker import RAW_RETENTION_S, ConfidenceTracker
 
-__all__ = [  # noqa: RUF022 - grouped by topic
+__all__ = [
     # Tracking
     "ConfidenceTracker",
     "TrackingRecorder",
