@@ -8,6 +8,7 @@ are unique per test, so nothing needs flushing here.
 
 from __future__ import annotations
 
+import os
 import uuid
 from urllib.parse import urlsplit
 from collections.abc import Iterator
@@ -45,7 +46,12 @@ class Cluster:
 
 
 def cluster_dbs(redis_url: str) -> tuple[int, int]:
-    """Broker and state databases, derived from the test database so suites can run side by side."""
+    """Broker and state databases: ``TASKPLANE_TEST_CLUSTER_DBS=broker,state`` if set, else
+    derived from the test database, so suites can run side by side."""
+    explicit = os.environ.get("TASKPLANE_TEST_CLUSTER_DBS")
+    if explicit:
+        broker, state = (int(part) for part in explicit.split(","))
+        return broker, state
     test_db = int(urlsplit(redis_url).path.strip("/") or 0)
     if test_db == 15:
         return 13, 14
