@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from taskplane.celery_app import create_app
+from taskplane.tasks.app import create_app
 
 app = create_app()
 

@@ -16,82 +16,9 @@ tasks run again within about 112 s.
 
 from __future__ import annotations
 
-from typing import Any
+from taskplane.tasks.app import DEFAULT_QUEUE, celery_config, create_app, settings_of
 
-from celery import Celery
+__all__ = ["DEFAULT_QUEUE", "app", "celery_config", "create_app", "settings_of"]
 
-from taskplane.config import Settings, load_settings
-
-#: Queue every taskplane task goes to unless routed elsewhere.
-DEFAULT_QUEUE = "taskplane"
-
-
-def celery_config(settings: Settings) -> dict[str, Any]:
-    """The Celery configuration taskplane needs, from *settings*."""
-    visibility = settings.effective_visibility_timeout_s
-    transport = {
-        "visibility_timeout": visibility,
-        "unacked_restore_interval": settings.redelivery_sweep_s,
-        "unacked_restore_throttle": 1,
-        # a worker killed during its sweep must not hold the sweep lock for kombu's 300 s
-        "unacked_mutex_expire": max(2 * settings.redelivery_sweep_s, 10),
-    }
-    return {
-        "broker_url": settings.effective_broker_url,
-        "result_backend": settings.redis_url,
-        "task_serializer": "json",
-        "result_serializer": "json",
-        "accept_content": ["json"],
-        "result_accept_content": ["json"],
-        "event_serializer": "json",
-        "task_acks_late": True,
-        "task_reject_on_worker_lost": True,
-        "worker_prefetch_multiplier": 1,
-        "worker_concurrency": settings.worker_concurrency,
-        "worker_pool": "threads",
-        "task_default_queue": DEFAULT_QUEUE,
-        "broker_transport_options": transport,
-        "result_backend_transport_options": {"visibility_timeout": visibility},
-        "result_expires": settings.plan_retention_s,
-        "broker_connection_retry_on_startup": True,
-        "task_track_started": False,
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
-        "worker_hijack_root_logger": False,
-        "timezone": "UTC",
-        "enable_utc": True,
-        "beat_schedule": {
-            "taskplane-check-anomalies": {
-                "task": "taskplane.check_anomalies",
-                "schedule": settings.anomaly_detection.check_interval_ms / 1000.0,
-            },
-            "taskplane-prune-tracking": {
-                "task": "taskplane.prune_tracking",
-                "schedule": 3600.0,
-            },
-        },
-    }
-
-
-def create_app(settings: Settings | None = None) -> Celery:
-    """A Celery app configured from *settings* (the environment when None), tasks registered."""
-    settings = settings or load_settings()
-    app = Celery("taskplane")
-    app.conf.update(celery_config(settings))
-    app.taskplane_settings = settings
-    from taskplane.tasks import register_tasks
-
-    register_tasks(app)
-    return app
-
-
-def settings_of(app: Celery) -> Settings:
-    """The taskplane settings an app was created with."""
-    settings = getattr(app, "taskplane_settings", None)
-    if settings is None:
-        settings = load_settings()
-        app.taskplane_settings = settings
-    return settings
-
-
+#: The app for the environment's settings (``celery -A taskplane.celery_app worker``).
 app = create_app()

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -42,7 +42,7 @@ console = Console()
 err = Console(stderr=True)
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """Print *message* as one ``error:`` line on stderr and exit 1."""
     err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(1)
@@ -87,8 +87,8 @@ app.add_typer(agents_app, name="agents")
 app.add_typer(cache_app, name="cache")
 
 
-def check_redis(settings: Settings) -> None:
-    """Ping Redis (and a separate broker, if one is set) once, naming the URL if either is down.
+def check_backends(settings: Settings, *, broker: bool = False) -> None:
+    """Ping Redis (and, with *broker*, a separate broker) once, naming the URL if one is down.
 
     Raises:
         BackendError: Redis or the broker does not answer.
@@ -104,7 +104,7 @@ def check_redis(settings: Settings) -> None:
         ) from exc
     finally:
         client.close()
-    if settings.broker_url and settings.broker_url != settings.redis_url:
+    if broker and settings.broker_url and settings.broker_url != settings.redis_url:
         from kombu import Connection
 
         try:
@@ -118,13 +118,13 @@ def check_redis(settings: Settings) -> None:
 
 
 @contextmanager
-def _engine(*, needs_redis: bool = True) -> Iterator[ExecutionEngine]:
-    """An engine from the environment, closed afterwards; Redis checked first when needed."""
+def _engine(*, needs_redis: bool = True, needs_broker: bool = False) -> Iterator[ExecutionEngine]:
+    """An engine from the environment, closed afterwards; backends checked first when needed."""
     from taskplane.engine import ExecutionEngine
 
     settings = load_settings()
     if needs_redis:
-        check_redis(settings)
+        check_backends(settings, broker=needs_broker)
     engine = ExecutionEngine(settings)
     try:
         yield engine
@@ -231,7 +231,7 @@ def run(
         plan = parse_plan(data)
     except ValidationError as exc:
         raise ValidationError(f"{plan_file}: {exc}", exc.errors) from exc
-    with _engine() as engine:
+    with _engine(needs_broker=True) as engine:
         if not wait:
             handle = engine.submit(plan)
             console.print(f"submitted plan {handle.id} ({len(plan.tasks)} tasks)")

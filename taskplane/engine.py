@@ -15,7 +15,6 @@ from typing import Any
 from celery import Celery
 
 from taskplane.cache import RedisResultCache, RunnerCache
-from taskplane.celery_app import create_app
 from taskplane.config import Settings, load_settings
 from taskplane.coordinator import PlanCoordinator
 from taskplane.errors import PlanFailedError, ValidationError, WaitTimeoutError
@@ -45,6 +44,7 @@ from taskplane.planstore import TERMINAL, PlanStore
 from taskplane.proxy import AgentInfo, AgentProxy, build_agent_proxy
 from taskplane.runtime import redis_client
 from taskplane.tasks import deliver_results
+from taskplane.tasks.app import create_app
 from taskplane.tasks.canvas import enqueue_member, submit_plan
 from taskplane.tracking import ConfidenceTracker, build_tracker
 

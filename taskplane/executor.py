@@ -28,6 +28,9 @@ from taskplane.models import ExecutionResult, ExecutionTask, TaskStatus, TaskTyp
 
 log = logging.getLogger(__name__)
 
+#: Longest wait a target's ``Retry-After`` can ask for, in seconds.
+MAX_RETRY_AFTER_S = 60.0
+
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]
 
@@ -276,7 +279,8 @@ class TaskRunner:
                     return finish(TaskStatus.TIMEOUT if timed_out else TaskStatus.FAILURE, error)
                 delay_ms = self.retry.delay_ms(attempt)
                 if isinstance(exc, UpstreamError) and exc.retry_after_s is not None:
-                    delay_ms = max(delay_ms, exc.retry_after_s * 1000.0)
+                    hinted_ms = min(exc.retry_after_s, MAX_RETRY_AFTER_S) * 1000.0
+                    delay_ms = max(delay_ms, hinted_ms)
                 if ctx.deadline is not None and self.clock() + delay_ms / 1000.0 >= ctx.deadline:
                     return finish(TaskStatus.TIMEOUT, f"{error} (no time left to retry)")
                 self.hooks.on_retrying(task, ctx, attempt=attempt, delay_ms=delay_ms, error=error)

@@ -13,6 +13,9 @@ names it. Register with the decorator in a module listed in
 A task ``{"type": "function", "target": "add", "payload": {"a": 1, "b": 2}}``
 calls ``add(a=1, b=2)``; the return value (JSON-serialisable) is the result.
 To report a confidence with the value, return a :class:`FunctionResult`.
+In a sequential plan the payload also carries ``previous`` (the previous
+task's result); it is passed only to functions that take a ``previous``
+argument or ``**kwargs``.
 """
 
 from __future__ import annotations
@@ -83,14 +86,17 @@ class FunctionRegistry:
     def __call__(self, task: ExecutionTask, call: CallContext) -> Outcome:
         """Handler for ``function`` tasks: call the function with the payload as keywords."""
         func = self.get(task.target)
+        kwargs = task.payload
+        if "previous" in kwargs and not _accepts(func, "previous"):
+            kwargs = {k: v for k, v in kwargs.items() if k != "previous"}
         try:
-            inspect.signature(func).bind(**task.payload)
+            inspect.signature(func).bind(**kwargs)
         except TypeError as exc:
             raise InvalidPayloadError(f"function {task.target}: {exc}") from exc
         except ValueError:  # builtins without a signature: let the call decide
             pass
         try:
-            value = func(**task.payload)
+            value = func(**kwargs)
         except Exception as exc:
             raise FunctionError(
                 f"function {task.target} raised {type(exc).__name__}: {exc}"
@@ -107,6 +113,15 @@ class FunctionRegistry:
 
 def _origin(func: Callable[..., Any]) -> tuple[str | None, str | None]:
     return getattr(func, "__module__", None), getattr(func, "__qualname__", None)
+
+
+def _accepts(func: Callable[..., Any], name: str) -> bool:
+    """Whether *func* takes a keyword argument *name* (or any keyword arguments)."""
+    try:
+        params = inspect.signature(func).parameters.values()
+    except ValueError:
+        return True
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 #: The registry the decorator fills; workers use it for ``function`` tasks.

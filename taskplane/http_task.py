@@ -63,9 +63,19 @@ def resolve(host: str) -> list[str]:
     return sorted({str(info[4][0]) for info in infos})
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_SHARED = ipaddress.ip_network("100.64.0.0/10")
+
+
 def _unmapped(address: IPAddress) -> IPAddress:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+    """The IPv4 address inside IPv4-mapped, IPv4-compatible and NAT64 IPv6 forms."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return address
+    if address.ipv4_mapped is not None:
         return address.ipv4_mapped
+    packed = int(address)
+    if address in _NAT64 or (packed >> 32 == 0 and packed > 1):
+        return ipaddress.IPv4Address(packed & 0xFFFFFFFF)
     return address
 
 
@@ -75,7 +85,12 @@ def address_refusal(address: str, *, block_private: bool) -> str | None:
     if any(ip in net for net in _ALWAYS_BLOCKED if net.version == ip.version):
         return f"{address} is a link-local or metadata address"
     if block_private and (
-        ip.is_private or ip.is_loopback or ip.is_reserved or ip.is_unspecified or ip.is_multicast
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_reserved
+        or ip.is_unspecified
+        or ip.is_multicast
+        or (ip.version == 4 and ip in _SHARED)
     ):
         return f"{address} is a private, loopback or reserved address"
     return None

@@ -42,7 +42,7 @@ def submit_child(
 
 def worker_runtime(app: Celery, worker: str = "") -> WorkerRuntime:
     """The runtime of this worker process for *app*."""
-    from taskplane.celery_app import settings_of
+    from taskplane.tasks.app import settings_of
 
     return runtime_for(
         id(app),

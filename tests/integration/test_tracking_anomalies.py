@@ -9,8 +9,8 @@ import threading
 from typing import Any
 
 import pytest
-import test_tracking_support as support
-from test_tracking_support import NOW, FakeClock, StoreFactory, point
+import tests.integration.test_tracking_support as support
+from tests.integration.test_tracking_support import NOW, FakeClock, StoreFactory, point
 
 from taskplane.config import AnomalyDetectionConfig
 from taskplane.tracking import Anomaly, ConfidenceTracker, TrackingStore

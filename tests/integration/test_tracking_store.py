@@ -7,8 +7,8 @@ import random
 from datetime import UTC, datetime
 
 import pytest
-import test_tracking_support as support
-from test_tracking_support import NOW, FakeClock, StoreFactory, point
+import tests.integration.test_tracking_support as support
+from tests.integration.test_tracking_support import NOW, FakeClock, StoreFactory, point
 
 from taskplane.tracking import ConfidenceTracker, DataPoint, Granularity, TrackingStore
 
