@@ -9,6 +9,7 @@ weighted plans are a Celery chain.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -42,7 +43,9 @@ def member(
     }
     if previous_index is not None:
         kwargs["previous_index"] = previous_index
-    return app.signature(RUN_TASK, kwargs=kwargs, immutable=True)
+    signature = app.signature(RUN_TASK, kwargs=kwargs, immutable=True)
+    # Flower and worker logs show the arguments as JSON, not as a Python repr
+    return signature.set(kwargsrepr=json.dumps(kwargs, separators=(",", ":")))
 
 
 def enqueue_member(

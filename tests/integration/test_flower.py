@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import ast
+import json
 import os
 import signal
 import subprocess
@@ -126,7 +126,7 @@ def test_flower_lists_a_plans_tasks_with_readable_kwargs(
     assert {t["name"] for t in seen} == {"taskplane.run_task"}
     assert all(t["state"] == "SUCCESS" for t in seen), [t["state"] for t in seen]
     assert {t["worker"].split("@")[0] for t in seen} <= {w.name for w in cluster.workers}
-    kwargs = [ast.literal_eval(t["kwargs"]) for t in seen]  # plain data, never pickled bytes
+    kwargs = [json.loads(t["kwargs"]) for t in seen]  # JSON, never pickled bytes
     assert {k["plan_id"] for k in kwargs} == {plan_id}
     assert sorted(k["index"] for k in kwargs) == [0, 1, 2]
     assert {k["task"]["target"] for k in kwargs} == {"add"}

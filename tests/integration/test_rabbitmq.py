@@ -49,10 +49,15 @@ def require_rabbitmq(url: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def rabbit(redis_url: str) -> Iterator[RabbitCluster]:
+def rabbit(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitCluster]:
     broker = rabbitmq_url()
     require_rabbitmq(broker)
-    env = {**cluster_env(redis_url), "TASKPLANE_BROKER_URL": broker}
+    tracking = tmp_path_factory.mktemp("rabbitmq") / "tracking.db"
+    env = {
+        **cluster_env(redis_url),
+        "TASKPLANE_BROKER_URL": broker,
+        "TASKPLANE_DATABASE_URL": f"sqlite:///{tracking}",
+    }
     settings = Settings(
         redis_url=env["TASKPLANE_REDIS_URL"],
         broker_url=broker,

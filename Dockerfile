@@ -1,0 +1,27 @@
+# One image for every taskplane process: worker, beat, Flower, the CLI and the example agents.
+#   docker build -t taskplane .
+#   docker run --rm -e TASKPLANE_REDIS_URL=redis://redis:6379/0 taskplane taskplane worker
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# The package first (cached until its sources change), PostgreSQL driver included.
+COPY pyproject.toml README.md ./
+COPY taskplane ./taskplane
+RUN pip install ".[postgres]"
+
+# The example agents, functions, plans and patterns (importable from /app).
+COPY examples ./examples
+ENV PYTHONPATH=/app
+
+RUN useradd --create-home --uid 10001 taskplane \
+    && mkdir -p /app/.run \
+    && chown taskplane /app/.run
+USER taskplane
+
+CMD ["taskplane", "worker"]
