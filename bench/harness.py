@@ -36,6 +36,8 @@ def configure(**extra: str) -> dict[str, str]:
         "TASKPLANE_BROKER_URL": redis_server.with_db(base, BROKER_DB),
         "TASKPLANE_FUNCTION_MODULES": "examples.functions",
         "TASKPLANE_DATABASE_URL": f"sqlite:///{STATE / 'tracking.db'}",
+        # benchmarks measure the data plane, not the default 100-per-minute agent limit
+        "TASKPLANE_RATE_LIMIT__MAX_REQUESTS": "100000000",
         **extra,
     }
     os.environ.update(env)

@@ -226,7 +226,7 @@ class ExecutionEngine:
             ValidationError: The id, endpoint, protocol or capabilities are malformed.
         """
         return self.proxy.register(
-            agent_id, endpoint, protocol, tuple(capabilities), check_health=check_health
+            agent_id, endpoint, protocol, capabilities, check_health=check_health
         )
 
     def unregister_agent(self, agent_id: str) -> bool:

@@ -26,6 +26,9 @@ Identifier = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\s\
 MAX_PAYLOAD_BYTES = 1024 * 1024
 #: Most tasks one plan may carry.
 MAX_PLAN_TASKS = 10_000
+#: Deepest nesting of objects and arrays accepted in a payload or metadata: JSON
+#: decoders (the workers', the agents') give up on documents much deeper than this.
+MAX_JSON_DEPTH = 100
 
 
 class TaskType(StrEnum):
@@ -69,11 +72,32 @@ class _Wire(BaseModel):
         return self.model_dump(mode="json", by_alias=True)
 
 
+def _nested_deeper_than(value: Any, limit: int) -> bool:
+    """True when *value* nests objects/arrays more than *limit* levels (no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def _check_json(value: Any, *, limit: int = MAX_PAYLOAD_BYTES) -> Any:
+    if _nested_deeper_than(value, MAX_JSON_DEPTH):
+        raise ValueError(f"nests objects and arrays more than {MAX_JSON_DEPTH} levels deep")
     try:
         text = json.dumps(value, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"must be JSON-serialisable ({exc})") from exc
+    except RecursionError:
+        raise ValueError("is nested too deeply to encode as JSON") from None
     if len(text) > limit:
         raise ValueError(f"is {len(text)} bytes as JSON, more than the {limit} allowed")
     return value

@@ -67,7 +67,10 @@ return {'run', prev}
 """
 
 _FINISH = """
+local left = redis.call('TTL', KEYS[1])
+if left == -2 then return {0, false, false, false} end
 if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return {0, false, false, false} end
+if left > 0 then redis.call('EXPIRE', KEYS[2], left) end
 if ARGV[5] == '1' then redis.call('HINCRBY', KEYS[1], 'running', -1) end
 local m = redis.call('HMGET', KEYS[1], 'state', 'rule', 'n', 'cont', 'mode', 'target', 'ttl')
 local state, rule, n = m[1], m[2], tonumber(m[3])
@@ -98,7 +101,7 @@ end
 if ending then
   redis.call('HSET', KEYS[1], 'state', ending, 'cancel', '1')
   redis.call('RPUSH', KEYS[4], ending)
-  redis.call('EXPIRE', KEYS[4], tonumber(m[7]))
+  redis.call('EXPIRE', KEYS[4], left > 0 and left or tonumber(m[7]))
   return {1, ending, false, false}
 end
 if state == 'running' and m[5] == 'window' then
@@ -117,7 +120,8 @@ if not m[1] then return false end
 if m[1] ~= 'running' then return m[1] end
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'cancel', '1')
 redis.call('RPUSH', KEYS[2], ARGV[1])
-redis.call('EXPIRE', KEYS[2], tonumber(m[2]))
+local left = redis.call('TTL', KEYS[1])
+redis.call('EXPIRE', KEYS[2], left > 0 and left or tonumber(m[2]))
 return ARGV[1]
 """
 
@@ -395,11 +399,14 @@ class PlanStore:
         missing = [(i, t) for i, t in enumerate(tasks) if str(i) not in have]
         if not missing:
             return
+        left = self._call("ttl", lambda: self.client.ttl(keys["meta"]))
         pipe = self.client.pipeline(transaction=False)
         for index, task in missing:
             result = envelope(task, status, error=error)
             result.metadata["planId"] = plan_id
             pipe.hsetnx(keys["results"], str(index), result.model_dump_json(by_alias=True))
+        # the results hash expires with the run (it may be created here, after submission)
+        pipe.expire(keys["results"], left if left > 0 else self.retention_s)
         self._call("fill", pipe.execute)
 
     def add_child(self, plan_id: str, child_id: str) -> None:

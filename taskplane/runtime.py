@@ -101,7 +101,10 @@ class WorkerRuntime:
         hooks = HookChain()
         if settings.events_enabled:
             bus = RedisEventBus(
-                client, prefix=settings.key_prefix, stream_maxlen=settings.events_stream_maxlen
+                client,
+                prefix=settings.key_prefix,
+                stream_maxlen=settings.events_stream_maxlen,
+                background=True,
             )
             hooks.add(EventHooks(bus, worker=worker))
         http = httpx.Client(

@@ -15,6 +15,7 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from typing import Any
 
 import redis
@@ -60,6 +61,14 @@ def _parse(payload: str | bytes) -> Event | None:
     return event
 
 
+#: Events a background sender holds at most; beyond, the oldest are dropped.
+MAX_QUEUED_EVENTS = 100_000
+#: Events sent in one round trip at most.
+MAX_BATCH = 500
+#: How long closing waits for queued events to go out, in seconds.
+SENDER_STOP_TIMEOUT_S = 5.0
+
+
 class RedisEventBus(EventBus):
     """Events through Redis, seen by every process that subscribes.
 
@@ -68,6 +77,9 @@ class RedisEventBus(EventBus):
         prefix: Namespace of the channel and the stream.
         stream_maxlen: About how many events the stream keeps (``MAXLEN ~``).
         clock: Epoch seconds, stamped on each event.
+        background: Publish from a background thread, many events per round
+            trip, so publishing costs the caller no Redis round trip (workers
+            use this; order is kept; ``close()`` sends what is queued).
     """
 
     def __init__(
@@ -77,6 +89,7 @@ class RedisEventBus(EventBus):
         prefix: str = DEFAULT_PREFIX,
         stream_maxlen: int = DEFAULT_MAXLEN,
         clock: Clock = time.time,
+        background: bool = False,
     ) -> None:
         super().__init__(clock=clock)
         self.redis = redis_client
@@ -86,6 +99,7 @@ class RedisEventBus(EventBus):
         self._throttle = LogThrottle()
         self._listener: _Listener | None = None
         self._listener_lock = threading.Lock()
+        self._sender = _Sender(self) if background else None
 
     def publish(self, event_type: str, data: dict[str, Any]) -> None:
         try:
@@ -94,15 +108,32 @@ class RedisEventBus(EventBus):
                 separators=(",", ":"),
                 default=str,
             )
+        except ValueError as exc:
+            self._dropped(event_type, exc)
+            return
+        if self._sender is not None:
+            self._sender.put(event_type, payload)
+        else:
+            self._send([(event_type, payload)])
+
+    def _send(self, batch: list[tuple[str, str]]) -> None:
+        """Publish *batch* in one round trip; failures are logged and the events dropped."""
+        try:
             pipe = self.redis.pipeline(transaction=False)
-            pipe.publish(self.channel, payload)
-            pipe.xadd(self.stream, {"event": payload}, maxlen=self.stream_maxlen, approximate=True)
+            for _event_type, payload in batch:
+                pipe.publish(self.channel, payload)
+                pipe.xadd(
+                    self.stream, {"event": payload}, maxlen=self.stream_maxlen, approximate=True
+                )
             pipe.execute()
         except (redis.RedisError, OSError, ValueError) as exc:
-            if self._throttle.due():
-                log.warning("dropping event %s: %s (repeats are logged at debug)", event_type, exc)
-            else:
-                log.debug("dropping event %s: %s", event_type, exc)
+            self._dropped(batch[0][0] if len(batch) == 1 else f"{len(batch)} events", exc)
+
+    def _dropped(self, what: str, exc: Exception) -> None:
+        if self._throttle.due():
+            log.warning("dropping event %s: %s (repeats are logged at debug)", what, exc)
+        else:
+            log.debug("dropping event %s: %s", what, exc)
 
     def recent(
         self, count: int = DEFAULT_RECENT_COUNT, event_type: str | None = None
@@ -143,6 +174,8 @@ class RedisEventBus(EventBus):
     def close(self) -> None:
         super().close()
         self._stop_listener()
+        if self._sender is not None:
+            self._sender.stop()
 
     def _started_subscription(self) -> None:
         with self._listener_lock:
@@ -205,3 +238,48 @@ class _Listener(threading.Thread):
             finally:
                 with contextlib.suppress(redis.RedisError, OSError):
                     pubsub.close()
+
+
+class _Sender(threading.Thread):
+    """Sends a bus's queued events, as many per round trip as have queued up."""
+
+    def __init__(self, bus: RedisEventBus) -> None:
+        super().__init__(name="taskplane-event-sender", daemon=True)
+        self.bus = bus
+        self.queue: deque[tuple[str, str]] = deque()
+        self.ready = threading.Condition()
+        self.stopping = False
+        self.started_once = False
+
+    def put(self, event_type: str, payload: str) -> None:
+        with self.ready:
+            if len(self.queue) >= MAX_QUEUED_EVENTS:
+                self.queue.popleft()
+                self.bus._dropped("the oldest queued event", OverflowError("queue full"))
+            self.queue.append((event_type, payload))
+            if not self.started_once:
+                self.started_once = True
+                self.start()
+            self.ready.notify()
+
+    def _take(self) -> list[tuple[str, str]]:
+        with self.ready:
+            while not self.queue and not self.stopping:
+                self.ready.wait()
+            count = min(len(self.queue), MAX_BATCH)
+            return [self.queue.popleft() for _ in range(count)]
+
+    def run(self) -> None:
+        while True:
+            batch = self._take()
+            if not batch:
+                return
+            self.bus._send(batch)
+
+    def stop(self) -> None:
+        """Send what is queued, then stop."""
+        with self.ready:
+            self.stopping = True
+            self.ready.notify()
+        if self.started_once:
+            self.join(timeout=SENDER_STOP_TIMEOUT_S)

@@ -125,13 +125,16 @@ def make_agent_info(
     """
     if not isinstance(agent_id, str) or not agent_id.strip():
         raise _problem("agentId", "must not be empty")
-    if len(agent_id) > MAX_AGENT_ID_LENGTH or not _AGENT_ID.match(agent_id):
+    if len(agent_id) > MAX_AGENT_ID_LENGTH or not _AGENT_ID.fullmatch(agent_id):
         raise _problem("agentId", f"must be 1-{MAX_AGENT_ID_LENGTH} printable chars, no spaces")
     if protocol not in ("http", "grpc"):
         raise _problem("protocol", f"must be 'http' or 'grpc', got {protocol!r}")
     if isinstance(capabilities, str):
         raise _problem("capabilities", "must be a list of strings, not one string")
-    caps = list(capabilities)
+    try:
+        caps = list(capabilities)
+    except TypeError:
+        raise _problem("capabilities", "must be a list of strings") from None
     if not all(isinstance(cap, str) and cap.strip() for cap in caps):
         raise _problem("capabilities", "must be non-empty strings")
     return AgentInfo(

@@ -62,7 +62,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 def create_app(settings: Settings | None = None) -> Celery:
     """A Celery app configured from *settings* (the environment when None), tasks registered."""
     settings = settings or load_settings()
-    app = Celery("taskplane")
+    app = Celery("taskplane", task_cls="taskplane.tasks.guard:GuardedTask")
     app.conf.update(celery_config(settings))
     app.taskplane_settings = settings
     from taskplane.tasks import register_tasks
