@@ -60,21 +60,23 @@ def finished_event(
         plan_id: The plan's id (None for a lone task).
         worker: The worker that ran the task.
     """
-    result = parse_result(result)
-    if result.status is TaskStatus.SUCCESS:
+    wire = result.to_json_dict() if isinstance(result, ExecutionResult) else result
+    if "taskId" not in wire or "status" not in wire:  # not camelCase JSON: let the model say
+        wire = parse_result(wire).to_json_dict()
+    if wire["status"] == TaskStatus.SUCCESS.value:
         return TASK_COMPLETED, {
-            "taskId": result.task_id,
-            "result": result.result,
-            "confidence": result.confidence,
-            "executionTime": result.execution_time,
+            "taskId": wire["taskId"],
+            "result": wire.get("result"),
+            "confidence": wire.get("confidence"),
+            "executionTime": wire.get("executionTime", 0.0),
             "planId": plan_id,
             "worker": worker,
         }
     return TASK_FAILED, {
-        "taskId": result.task_id,
-        "error": result.error,
-        "retries": result.retries,
-        "status": result.status.value,
+        "taskId": wire["taskId"],
+        "error": wire.get("error"),
+        "retries": wire.get("retries", 0),
+        "status": wire["status"],
         "planId": plan_id,
         "worker": worker,
     }

@@ -63,6 +63,8 @@ def _parse(payload: str | bytes) -> Event | None:
 
 #: Events a background sender holds at most; beyond, the oldest are dropped.
 MAX_QUEUED_EVENTS = 100_000
+#: How long the sender lets events gather before a round trip, in seconds.
+LINGER_S = 0.002
 #: Events sent in one round trip at most.
 MAX_BATCH = 500
 #: How long closing waits for queued events to go out, in seconds.
@@ -260,12 +262,15 @@ class _Sender(threading.Thread):
             if not self.started_once:
                 self.started_once = True
                 self.start()
-            self.ready.notify()
+            if len(self.queue) == 1:
+                self.ready.notify()
 
     def _take(self) -> list[tuple[str, str]]:
         with self.ready:
             while not self.queue and not self.stopping:
                 self.ready.wait()
+            if not self.stopping:
+                self.ready.wait(LINGER_S)  # let a burst gather into one round trip
             count = min(len(self.queue), MAX_BATCH)
             return [self.queue.popleft() for _ in range(count)]
 

@@ -113,6 +113,12 @@ def point_from_result(result: ExecutionResult | dict[str, Any], *, now: float) -
         result: The envelope, as a model or its JSON dict.
         now: When the task finished, UTC epoch seconds.
     """
+    if isinstance(result, dict):  # cheap checks first: most envelopes are not tracked
+        raw_meta = result.get("metadata") or {}
+        if result.get("confidence") is None or raw_meta.get("cached"):
+            return None
+        if raw_meta.get("taskType") not in (TaskType.AGENT.value, TaskType.PATTERN.value):
+            return None
     try:
         envelope = ExecutionResult.model_validate(result) if isinstance(result, dict) else result
     except pydantic.ValidationError:
