@@ -8,7 +8,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install test test-unit demo check lint format typecheck bench worker flower clean
+.PHONY: install test test-unit demo check lint format typecheck bench worker flower clean \
+	reliability reliability-short
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +44,13 @@ check: lint typecheck test
 
 bench: $(STAMP)
 	$(PY) -m bench.run
+
+# fault, security, bad-input and load scenarios with real processes (a few minutes)
+reliability: $(STAMP)
+	TASKPLANE_RELIABILITY=1 $(PY) -m pytest tests/reliability -q --durations=10 $(PYTEST_ARGS)
+
+reliability-short: $(STAMP)
+	TASKPLANE_RELIABILITY=1 TASKPLANE_RELIABILITY_SHORT=1 $(PY) -m pytest tests/reliability -q $(PYTEST_ARGS)
 
 worker: $(STAMP)
 	$(PY) -m taskplane.cli worker

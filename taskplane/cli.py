@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import typer
@@ -27,7 +26,7 @@ from typer.core import TyperGroup
 
 from taskplane.config import Settings, load_settings
 from taskplane.errors import BackendError, PlanFailedError, TaskplaneError, ValidationError
-from taskplane.models import ExecutionResult, parse_plan
+from taskplane.models import ExecutionResult, parse_plan, redact_credentials
 
 if TYPE_CHECKING:
     from taskplane.engine import ExecutionEngine
@@ -50,11 +49,7 @@ def fail(message: str) -> NoReturn:
 
 def redact(url: str) -> str:
     """*url* with any password replaced by ``***`` (safe to print)."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    return redact_credentials(url)
 
 
 class TaskplaneGroup(TyperGroup):

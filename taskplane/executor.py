@@ -24,7 +24,13 @@ from taskplane.errors import (
     UpstreamError,
 )
 from taskplane.hooks import ExecutionHooks, HookChain
-from taskplane.models import ExecutionResult, ExecutionTask, TaskStatus, TaskType
+from taskplane.models import (
+    ExecutionResult,
+    ExecutionTask,
+    TaskStatus,
+    TaskType,
+    redact_credentials,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +106,10 @@ class RunContext:
 
 def target_metadata(task: ExecutionTask) -> dict[str, Any]:
     """The metadata every envelope of *task* carries, whatever its outcome."""
-    meta: dict[str, Any] = {"target": task.target, "taskType": task.type.value}
+    meta: dict[str, Any] = {
+        "target": redact_credentials(task.target),
+        "taskType": task.type.value,
+    }
     if task.type is TaskType.AGENT:
         meta["agentId"] = task.target
     if task.type is TaskType.PATTERN:
@@ -308,7 +317,7 @@ class TaskRunner:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc)
+    text = redact_credentials(str(exc))
     if isinstance(exc, NotFoundError):
         return text
     return text or type(exc).__name__

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -282,6 +283,14 @@ def parse_plan(data: ExecutionPlan | dict[str, Any], kind: str | None = None) ->
     except pydantic.ValidationError as exc:
         _raise_validation(exc, "plan")
         raise AssertionError("unreachable") from None
+
+
+_CREDENTIALS = re.compile(r"(?<=://)([^/@\s:]*):([^/@\s]*)@")
+
+
+def redact_credentials(text: str) -> str:
+    """*text* with the password of any ``scheme://user:password@host`` replaced by ``***``."""
+    return _CREDENTIALS.sub(lambda m: f"{m.group(1)}:***@", text)
 
 
 def parse_result(data: ExecutionResult | dict[str, Any]) -> ExecutionResult:

@@ -20,7 +20,14 @@ from taskplane.events.names import (
     TASK_STARTED,
 )
 from taskplane.hooks import ExecutionHooks
-from taskplane.models import ExecutionResult, ExecutionTask, TaskStatus, parse_result, parse_task
+from taskplane.models import (
+    ExecutionResult,
+    ExecutionTask,
+    TaskStatus,
+    parse_result,
+    parse_task,
+    redact_credentials,
+)
 
 if TYPE_CHECKING:
     from taskplane.executor import RunContext
@@ -41,7 +48,7 @@ def started_event(
     return TASK_STARTED, {
         "taskId": task.id,
         "type": task.type.value,
-        "target": task.target,
+        "target": redact_credentials(task.target),
         "planId": plan_id,
         "worker": worker,
     }
