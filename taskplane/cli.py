@@ -485,7 +485,7 @@ def demo() -> None:
     """Run the whole data plane on this machine: Redis, workers, agents, plans."""
     from taskplane.demo import run_demo
 
-    run_demo(console)
+    run_demo(console if console.is_terminal else Console(width=140))
 
 
 def main() -> None:

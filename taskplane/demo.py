@@ -94,11 +94,13 @@ def run_demo(console: Console) -> None:
             "TASKPLANE_FUNCTION_MODULES": "examples.functions",
             "TASKPLANE_DATABASE_URL": f"sqlite:///{(STATE_DIR / 'tracking.db').resolve()}",
             "TASKPLANE_RETRY_CONFIG__INITIAL_DELAY": "200",
+            "TASKPLANE_PATTERNS_DIR": str(root / "examples" / "patterns"),
         }
         settings = Settings(
             redis_url=url,
             database_url=env["TASKPLANE_DATABASE_URL"],
             retry_config={"initial_delay": 200},
+            patterns_dir=env["TASKPLANE_PATTERNS_DIR"],
         )
         console.rule("[bold]taskplane demo")
         console.print(f"Redis: {url}")
@@ -193,6 +195,22 @@ def run_demo(console: Console) -> None:
         results = engine.execute_sequential(sequential)
         console.print(_table("results", results))
         console.print(f"review saw previous = {results[-1].result.get('fields')}")
+
+        console.rule("nested pattern: code-review (architect → engineer → reviewer)")
+        review = engine.execute_parallel(
+            {
+                "id": f"demo-pattern-{int(time.time())}",
+                "tasks": [
+                    {"id": "code-review", "type": "pattern", "target": "code-review",
+                     "payload": {**code, "code": code["code"] + "  # v2"},
+                     "metadata": {"cache": False}},
+                    {"id": "consensus", "type": "pattern", "target": "consensus",
+                     "payload": {"question": "is add() correct?"}, "metadata": {"cache": False}},
+                ],
+            }
+        )
+        console.print(_table("results", review))
+        console.print(f"each pattern ran as a child plan: {review[0].metadata.get('childPlanId')}")
 
         console.rule("cache: the same confident task again")
         again = engine.execute_task(
