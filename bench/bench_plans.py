@@ -36,7 +36,6 @@ def run(rounds: int) -> list[dict[str, Any]]:
     with HttpTestServer() as server, cluster(env) as (engine, _workers):
         noop = baseline.noop
         http_get = baseline.http_get
-        url = f"{server.url}/echo"
 
         def tp_parallel_1000() -> None:
             engine.execute_parallel(
@@ -77,14 +76,16 @@ def run(rounds: int) -> list[dict[str, Any]]:
         tp, raw = median_of(tp_http_100, rounds), median_of(raw_chord_100, rounds)
         ideal = math.ceil(100 / 32) * 0.1
         rows.append(row("100 × 100 ms HTTP calls, maxConcurrency 100", tp, raw, "bare chord", 1.05))
-        rows.append(row("100 × 100 ms HTTP calls vs ideal ceil(100/32)×0.1 s", tp, ideal, "ideal", 1.25))
+        rows.append(
+            row("100 × 100 ms HTTP calls vs ideal ceil(100/32)×0.1 s", tp, ideal, "ideal", 1.25)
+        )
 
         task = {"id": "one", "type": "function", "target": "noop"}
         engine.execute_task(task)
         tp_samples = [timed(lambda: engine.execute_task(task)) for _ in range(200)]
         raw_samples = [timed(lambda: noop.apply_async().get(timeout=10)) for _ in range(200)]
-        tp, raw = percentile(tp_samples, 0.5), percentile(raw_samples, 0.5)
-        rows.append(row("one task round trip, p50", tp, raw, "apply_async().get()", 1.5))
+        tp, round_trip = percentile(tp_samples, 0.5), percentile(raw_samples, 0.5)
+        rows.append(row("one task round trip, p50", tp, round_trip, "apply_async().get()", 1.5))
 
         def tp_sequential_10() -> None:
             engine.execute_sequential(
@@ -102,19 +103,27 @@ def run(rounds: int) -> list[dict[str, Any]]:
         tp, raw = median_of(tp_sequential_10, rounds * 4), median_of(raw_chain_10, rounds * 4)
         rows.append(row("sequential plan of 10 tasks", tp, raw, "bare chain", 1.5))
 
-        cached = {"id": "hit", "type": "function", "target": "add", "payload": {"a": 1, "b": 2},
-                  "metadata": {"cache": True}}
+        cached = {
+            "id": "hit",
+            "type": "function",
+            "target": "add",
+            "payload": {"a": 1, "b": 2},
+            "metadata": {"cache": True},
+        }
         engine.execute_task(cached)
         tp_samples = [timed(lambda: engine.execute_task(cached)) for _ in range(200)]
         assert engine.execute_task(cached).metadata["cached"] is True
         tp = percentile(tp_samples, 0.5)
-        rows.append(row("cache hit through the task path, p50", tp, raw_p50(raw_samples),
-                        "raw no-op round trip p50", 1.3))
+        rows.append(
+            row(
+                "cache hit through the task path, p50",
+                tp,
+                round_trip,
+                "raw no-op round trip p50",
+                1.3,
+            )
+        )
     return rows
-
-
-def raw_p50(samples: list[float]) -> float:
-    return percentile(samples, 0.5)
 
 
 def row(name: str, value_s: float, baseline_s: float, baseline: str, goal: float) -> dict[str, Any]:

@@ -43,8 +43,13 @@ def noop_tasks(count: int) -> list[dict[str, Any]]:
 
 def agent_tasks(count: int, agent_id: str) -> list[dict[str, Any]]:
     return [
-        {"id": f"a{i}", "type": "agent", "target": agent_id, "payload": {"i": i},
-         "metadata": {"cache": False}}
+        {
+            "id": f"a{i}",
+            "type": "agent",
+            "target": agent_id,
+            "payload": {"i": i},
+            "metadata": {"cache": False},
+        }
         for i in range(count)
     ]
 
@@ -62,9 +67,11 @@ def events_cost(env: dict[str, str], count: int, rounds: int) -> dict[str, float
             )
             if enabled == "true":
                 figures["bare group"] = median_of(
-                    lambda: group(baseline.noop.s() for _ in range(count))
-                    .apply_async()
-                    .get(timeout=300),
+                    lambda: (
+                        group(baseline.noop.s() for _ in range(count))
+                        .apply_async()
+                        .get(timeout=300)
+                    ),
                     rounds,
                 )
     return figures
@@ -74,7 +81,9 @@ def tracking_cost(env: dict[str, str], count: int, rounds: int) -> dict[str, flo
     port = redis_server.free_port()
     agent = subprocess.Popen(
         [sys.executable, "-m", "examples.agents.http_agent", "--port", str(port)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     figures = {}
     try:

@@ -82,7 +82,10 @@ def main() -> None:
         print(output, flush=True)
         parts += [f"## {title}", "", note, "", output, ""]
         if done.returncode:
-            parts += [f"(exited with {done.returncode} after {time.monotonic() - started:.0f} s)", ""]
+            parts += [
+                f"(exited with {done.returncode} after {time.monotonic() - started:.0f} s)",
+                "",
+            ]
     args.output.write_text("\n".join(parts))
     print(f"wrote {args.output}")
 

@@ -201,11 +201,20 @@ def run_demo(console: Console) -> None:
             {
                 "id": f"demo-pattern-{int(time.time())}",
                 "tasks": [
-                    {"id": "code-review", "type": "pattern", "target": "code-review",
-                     "payload": {**code, "code": code["code"] + "  # v2"},
-                     "metadata": {"cache": False}},
-                    {"id": "consensus", "type": "pattern", "target": "consensus",
-                     "payload": {"question": "is add() correct?"}, "metadata": {"cache": False}},
+                    {
+                        "id": "code-review",
+                        "type": "pattern",
+                        "target": "code-review",
+                        "payload": {**code, "code": code["code"] + "  # v2"},
+                        "metadata": {"cache": False},
+                    },
+                    {
+                        "id": "consensus",
+                        "type": "pattern",
+                        "target": "consensus",
+                        "payload": {"question": "is add() correct?"},
+                        "metadata": {"cache": False},
+                    },
                 ],
             }
         )

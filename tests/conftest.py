@@ -19,6 +19,9 @@ import redis
 from taskplane.devtools import redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# The reliability scenarios take minutes: `make reliability` (TASKPLANE_RELIABILITY=1) runs them.
+collect_ignore_glob = [] if os.environ.get("TASKPLANE_RELIABILITY") == "1" else ["reliability/*"]
 STATE_DIR = ROOT / ".run" / "test-redis"
 TEST_DB = 15
 

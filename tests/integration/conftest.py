@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 import uuid
-from urllib.parse import urlsplit
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 

@@ -10,7 +10,6 @@ import pytest
 from taskplane import ExecutionEngine, Settings, TaskStatus
 from taskplane.devtools import redis_server
 from taskplane.devtools.cluster import start_worker, wait_ready
-
 from tests.integration.conftest import LOG_DIR, ROOT
 
 pytestmark = pytest.mark.integration
@@ -37,7 +36,9 @@ def small_engine(cluster: Any) -> Iterator[ExecutionEngine]:
         engine.close()
 
 
-def test_patterns_three_deep_in_a_plan_on_two_threads(small_engine: ExecutionEngine, uid: str) -> None:
+def test_patterns_three_deep_in_a_plan_on_two_threads(
+    small_engine: ExecutionEngine, uid: str
+) -> None:
     results = small_engine.execute_parallel(
         {
             "id": f"nest-{uid}",
@@ -57,8 +58,12 @@ def test_patterns_three_deep_in_a_plan_on_two_threads(small_engine: ExecutionEng
     assert results[1].result == 3
 
 
-def test_sequential_pattern_sees_previous_and_best_confidence(engine: ExecutionEngine, uid: str) -> None:
-    leaf = engine.execute_task({**pattern_task("l", "t-leaf", word=uid), "metadata": {"cache": False}})
+def test_sequential_pattern_sees_previous_and_best_confidence(
+    engine: ExecutionEngine, uid: str
+) -> None:
+    leaf = engine.execute_task(
+        {**pattern_task("l", "t-leaf", word=uid), "metadata": {"cache": False}}
+    )
     assert leaf.status is TaskStatus.SUCCESS
     assert leaf.result == f"{uid}-high" and leaf.confidence == 0.9
 
@@ -145,3 +150,30 @@ def test_engine_as_pattern_executor(engine: ExecutionEngine, uid: str) -> None:
     outcome = engine.pattern_executor.execute("t-leaf", {"word": f"ex-{uid}"})
     assert outcome.status == "completed"
     assert outcome.result == f"ex-{uid}-high" and outcome.confidence == 0.9
+
+
+def test_cancel_reaches_a_running_pattern(engine: ExecutionEngine, cluster: Any, uid: str) -> None:
+    import time
+
+    from tests.support import counter
+
+    key = f"{uid}:slow"
+    handle = engine.submit(
+        {
+            "id": f"cancel-nested-{uid}",
+            "tasks": [
+                {
+                    **pattern_task("slow", "t-slow", url=cluster.state_url, key=key),
+                    "metadata": {"cache": False},
+                }
+            ],
+        }
+    )
+    time.sleep(0.4)
+    handle.cancel()
+    with pytest.raises(Exception, match="cancelled"):
+        handle.wait(5)
+    child = engine.store.status(f"cancel-nested-{uid}/slow")
+    assert child["state"] == "cancelled"
+    time.sleep(1.0)
+    assert counter(cluster, key) <= 2  # the rest of the child's tasks never ran

@@ -9,11 +9,11 @@ import threading
 from typing import Any
 
 import pytest
-import tests.integration.test_tracking_support as support
-from tests.integration.test_tracking_support import NOW, FakeClock, StoreFactory, point
 
+import tests.integration.test_tracking_support as support
 from taskplane.config import AnomalyDetectionConfig
 from taskplane.tracking import Anomaly, ConfidenceTracker, TrackingStore
+from tests.integration.test_tracking_support import NOW, FakeClock, StoreFactory, point
 
 pytestmark = pytest.mark.integration
 

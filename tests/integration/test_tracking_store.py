@@ -7,10 +7,10 @@ import random
 from datetime import UTC, datetime
 
 import pytest
-import tests.integration.test_tracking_support as support
-from tests.integration.test_tracking_support import NOW, FakeClock, StoreFactory, point
 
+import tests.integration.test_tracking_support as support
 from taskplane.tracking import ConfidenceTracker, DataPoint, Granularity, TrackingStore
+from tests.integration.test_tracking_support import NOW, FakeClock, StoreFactory, point
 
 pytestmark = pytest.mark.integration
 

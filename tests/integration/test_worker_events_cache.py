@@ -74,7 +74,9 @@ def test_handler_that_raises_does_not_stop_delivery(engine: ExecutionEngine, uid
     assert got == ["task:completed"]
 
 
-def test_opted_in_function_result_is_cached(engine: ExecutionEngine, cluster: Any, uid: str) -> None:
+def test_opted_in_function_result_is_cached(
+    engine: ExecutionEngine, cluster: Any, uid: str
+) -> None:
     key = f"{uid}:cached"
     task = {**rec("c", cluster, key, confidence=0.9), "metadata": {"cache": True}}
     first = engine.execute_task(task)

@@ -1,7 +1,7 @@
 """The reliability suite: real Redis servers, real workers, faults on purpose.
 
-It runs only when ``TASKPLANE_RELIABILITY=1`` (``make reliability``); in a
-plain ``make test`` its tests are collected and skipped with that reason.
+It runs only when ``TASKPLANE_RELIABILITY=1`` (``make reliability``); a
+plain ``make test`` does not collect it (see ``tests/conftest.py``).
 ``TASKPLANE_RELIABILITY_SHORT=1`` runs a smaller load and fewer generated
 inputs, for CI.
 

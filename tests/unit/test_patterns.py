@@ -107,20 +107,24 @@ def test_file_engine_reads_json_and_yaml(tmp_path: Path) -> None:
 
 def test_bad_pattern_file_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "broken.yaml").write_text("name: broken\ntasks:\n  - {id: t, type: teleport}\n")
-    with pytest.raises(PatternError, match="broken.yaml"):
+    with pytest.raises(PatternError, match=r"broken\.yaml"):
         FilePatternEngine(tmp_path).names()
 
 
 class CamelCaseEngine:
-    def executePattern(self, name: str, input: Any, options: dict[str, Any]) -> Any:  # noqa: N802
+    def executePattern(self, name: str, input: Any, options: dict[str, Any]) -> Any:
         if name == "explode":
             raise RuntimeError("control plane down")
-        return {"id": "e1", "status": "failed", "error": "nope"} if name == "bad" else {
-            "id": "e2",
-            "status": "completed",
-            "result": {"echo": input},
-            "metrics": {"confidence": 0.7, "executionTime": 5},
-        }
+        return (
+            {"id": "e1", "status": "failed", "error": "nope"}
+            if name == "bad"
+            else {
+                "id": "e2",
+                "status": "completed",
+                "result": {"echo": input},
+                "metrics": {"confidence": 0.7, "executionTime": 5},
+            }
+        )
 
 
 def test_adapter_maps_results_and_errors() -> None:
