@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from kombu import Connection
 
 from taskplane import ExecutionEngine, Settings
 from taskplane.devtools import redis_server
@@ -112,3 +113,48 @@ def engine(cluster: Cluster) -> ExecutionEngine:
 def uid() -> str:
     """A fresh id for plan ids and counter keys."""
     return uuid.uuid4().hex[:10]
+
+
+DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+def rabbitmq_url() -> str:
+    """RabbitMQ for the broker tests: ``TASKPLANE_TEST_RABBITMQ_URL``, else guest on 5672."""
+    return os.environ.get("TASKPLANE_TEST_RABBITMQ_URL", DEFAULT_RABBITMQ_URL)
+
+
+def require_rabbitmq(url: str) -> None:
+    """Fail (in CI) or skip (elsewhere, with the reason) unless RabbitMQ answers at *url*."""
+    try:
+        with Connection(url, connect_timeout=2) as conn:
+            conn.ensure_connection(max_retries=1)
+    except Exception as exc:  # kombu raises the transport's own errors
+        reason = f"RabbitMQ is not reachable at {url} (TASKPLANE_TEST_RABBITMQ_URL): {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def rabbit_cluster(cluster: Cluster) -> Iterator[Cluster]:
+    """The same cluster with RabbitMQ as its broker: two more workers, another engine.
+
+    Redis stays the result backend and holds plan state, cache, limits and events.
+    """
+    broker = rabbitmq_url()
+    require_rabbitmq(broker)
+    env = {**cluster.env, "TASKPLANE_BROKER_URL": broker}
+    settings = cluster.settings.model_copy(update={"broker_url": broker})
+    engine = ExecutionEngine(settings)
+    engine.app.control.purge()  # the taskplane queue on this RabbitMQ is the tests' alone
+    workers = [
+        start_worker(env, concurrency=8, name=f"rw{i}", log_dir=LOG_DIR, root=ROOT)
+        for i in range(2)
+    ]
+    try:
+        wait_ready(workers, engine.app.control.ping)
+        yield Cluster(env, settings, engine, workers, cluster.state_url)
+    finally:
+        for worker in workers:
+            worker.stop()
+        engine.close()
