@@ -124,6 +124,11 @@ class Settings(BaseSettings):
 
     function_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
     patterns_dir: str = "patterns"
+    pattern_executor: str | None = Field(
+        None,
+        description="module:name of a PatternExecutor (or a factory of one) workers use "
+        "for pattern tasks instead of the pattern files",
+    )
     http_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     http_block_private: bool = False
     http_max_response_bytes: int = Field(10 * 1024 * 1024, ge=1024)

@@ -26,6 +26,7 @@ bridges an object shaped like Parallax's ``PatternEngine`` to it.
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import statistics
@@ -40,7 +41,7 @@ from typing import Any, Protocol, runtime_checkable
 import yaml
 from pydantic import Field
 
-from taskplane.errors import NotFoundError, PatternError, ValidationError
+from taskplane.errors import ConfigurationError, NotFoundError, PatternError, ValidationError
 from taskplane.executor import CallContext, Outcome
 from taskplane.models import (
     ExecutionPlan,
@@ -177,6 +178,30 @@ class PatternHandler:
             confidence=outcome.confidence,
             metadata={"patternExecutionId": outcome.id},
         )
+
+
+def load_pattern_executor(spec: str) -> PatternExecutor:
+    """Import ``module:name`` — a :class:`PatternExecutor`, or a callable returning one.
+
+    Raises:
+        ConfigurationError: It cannot be imported or is no pattern executor; the
+            message names ``TASKPLANE_PATTERN_EXECUTOR``.
+    """
+    module_name, _, attribute = spec.partition(":")
+    try:
+        found = getattr(importlib.import_module(module_name), attribute or "pattern_executor")
+        ready = isinstance(found, PatternExecutor) and not isinstance(found, type)
+        executor = found if ready else found()
+    except Exception as exc:
+        raise ConfigurationError(
+            f"TASKPLANE_PATTERN_EXECUTOR: cannot load {spec!r}: {exc}"
+        ) from exc
+    if not isinstance(executor, PatternExecutor):
+        raise ConfigurationError(
+            f"TASKPLANE_PATTERN_EXECUTOR: {spec!r} gave {type(executor).__name__}, "
+            "which has no execute(pattern_name, input, ...)"
+        )
+    return executor
 
 
 def substitute(template: Any, input: Any) -> Any:

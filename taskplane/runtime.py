@@ -27,7 +27,7 @@ from taskplane.functions import import_function_modules, registry
 from taskplane.hooks import HookChain
 from taskplane.http_task import HttpTaskHandler, UrlGuard
 from taskplane.models import ExecutionResult, TaskType
-from taskplane.patterns import FilePatternEngine
+from taskplane.patterns import FilePatternEngine, PatternHandler, load_pattern_executor
 from taskplane.planstore import PlanStore
 from taskplane.proxy import AgentProxy, build_agent_proxy
 from taskplane.tracking import ConfidenceTracker, TrackingRecorder, build_tracker
@@ -127,6 +127,12 @@ class WorkerRuntime:
                 max_response_bytes=settings.http_max_response_bytes,
             ),
         }
+        patterns: FilePatternEngine | None = FilePatternEngine(settings.patterns_dir)
+        if settings.pattern_executor:  # a control plane runs patterns; the call waits for it
+            handlers[TaskType.PATTERN] = PatternHandler(
+                load_pattern_executor(settings.pattern_executor)
+            )
+            patterns = None
         cache = RunnerCache(
             RedisResultCache(client, settings.cache, prefix=settings.key_prefix),
             capabilities_of=proxy.capabilities_of,
@@ -144,7 +150,7 @@ class WorkerRuntime:
             runner,
             enqueue=enqueue,
             deliver=deliver,
-            patterns=FilePatternEngine(settings.patterns_dir),
+            patterns=patterns,
             submit=submit,
         )
         runtime = cls(settings, client, store, runner, coordinator, hooks, http, worker, bus, proxy)

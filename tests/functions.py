@@ -51,3 +51,31 @@ def record(
     if confidence is not None:
         return taskplane.FunctionResult(value=key, confidence=confidence)
     return key
+
+
+class ControlPlaneStandIn:
+    """A pattern executor as a control plane would provide (see TASKPLANE_PATTERN_EXECUTOR)."""
+
+    def execute(
+        self,
+        pattern_name: str,
+        input: Any,
+        *,
+        timeout: float | None = None,
+        execution_id: str | None = None,
+        parent_task_id: str | None = None,
+    ) -> Any:
+        from taskplane.patterns import PatternExecutionResult
+
+        return PatternExecutionResult(
+            id=f"cp-{parent_task_id}",
+            pattern_name=pattern_name,
+            status="completed",
+            result={"pattern": pattern_name, "input": input, "plan": execution_id},
+            confidence=0.88,
+        )
+
+
+def make_pattern_executor() -> ControlPlaneStandIn:
+    """Factory named by TASKPLANE_PATTERN_EXECUTOR in the tests."""
+    return ControlPlaneStandIn()

@@ -177,3 +177,27 @@ def test_cancel_reaches_a_running_pattern(engine: ExecutionEngine, cluster: Any,
     assert child["state"] == "cancelled"
     time.sleep(1.0)
     assert counter(cluster, key) <= 2  # the rest of the child's tasks never ran
+
+
+def test_workers_can_hand_patterns_to_a_control_plane(cluster: Any, uid: str) -> None:
+    broker_db = (int(cluster.settings.broker_url.rsplit("/", 1)[1]) - 2) % 16
+    broker = redis_server.with_db(cluster.settings.broker_url, broker_db)
+    env = {
+        **cluster.env,
+        "TASKPLANE_BROKER_URL": broker,
+        "TASKPLANE_PATTERN_EXECUTOR": "tests.functions:make_pattern_executor",
+    }
+    engine = ExecutionEngine(Settings(**{**cluster.settings.model_dump(), "broker_url": broker}))
+    worker = start_worker(env, concurrency=2, name="cp", log_dir=LOG_DIR, root=ROOT)
+    try:
+        wait_ready([worker], engine.app.control.ping)
+        result = engine.execute_task(
+            {**pattern_task(f"cp-{uid}", "code-review", code="x"), "metadata": {"cache": False}}
+        )
+    finally:
+        worker.stop()
+        engine.close()
+    assert result.status is TaskStatus.SUCCESS, result.error
+    assert result.result["pattern"] == "code-review" and result.result["input"] == {"code": "x"}
+    assert result.confidence == 0.88
+    assert result.metadata["patternExecutionId"] == f"cp-cp-{uid}"

@@ -141,3 +141,16 @@ def test_adapter_maps_results_and_errors() -> None:
     assert exploded.status == "failed" and "control plane down" in (exploded.error or "")
     with pytest.raises(Exception, match="execute_pattern"):
         PatternExecutorAdapter(object())
+
+
+def test_load_pattern_executor_from_instance_factory_or_class() -> None:
+    from taskplane.errors import ConfigurationError
+    from taskplane.patterns import load_pattern_executor
+
+    for spec in ("tests.functions:make_pattern_executor", "tests.functions:ControlPlaneStandIn"):
+        executor = load_pattern_executor(spec)
+        assert executor.execute("p", {}).status == "completed"
+    with pytest.raises(ConfigurationError, match="TASKPLANE_PATTERN_EXECUTOR"):
+        load_pattern_executor("tests.functions:nothing_here")
+    with pytest.raises(ConfigurationError, match="no execute"):
+        load_pattern_executor("builtins:dict")
