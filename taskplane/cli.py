@@ -8,67 +8,35 @@ names the field, an unreachable Redis names its URL.
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
-import redis
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
-from typer.core import TyperGroup
 
-from taskplane.config import Settings, load_settings
-from taskplane.errors import BackendError, PlanFailedError, TaskplaneError, ValidationError
-from taskplane.models import ExecutionResult, parse_plan, redact_credentials
+from taskplane.cli_support import (
+    DEFAULT_STATS_SINCE,
+    TaskplaneGroup,
+    console,
+    engine_session,
+    err,
+    fail,
+    parse_duration,
+    read_plan_file,
+    results_table,
+    stats_table,
+)
+from taskplane.config import load_settings
+from taskplane.errors import PlanFailedError, TaskplaneError, ValidationError
+from taskplane.models import ExecutionResult, parse_plan
 
 if TYPE_CHECKING:
-    from taskplane.engine import ExecutionEngine
-
-#: How far back ``taskplane stats`` looks unless told otherwise.
-DEFAULT_STATS_SINCE = "24h"
-#: Seconds per unit of a duration such as ``30m`` or ``7d``.
-DURATION_UNITS_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-
-console = Console()
-err = Console(stderr=True)
-
-
-def fail(message: str) -> NoReturn:
-    """Print *message* as one ``error:`` line on stderr and exit 1."""
-    err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
-
-
-def redact(url: str) -> str:
-    """*url* with any password replaced by ``***`` (safe to print)."""
-    return redact_credentials(url)
-
-
-class TaskplaneGroup(TyperGroup):
-    """The command group: turns taskplane and Redis errors into one line and exit code 1."""
-
-    def invoke(self, ctx: Any) -> Any:  # typer's own click Context
-        try:
-            return super().invoke(ctx)
-        except TaskplaneError as exc:
-            fail(str(exc))
-        except redis.RedisError as exc:
-            fail(f"cannot reach Redis at {redact(_redis_url())} (TASKPLANE_REDIS_URL): {exc}")
-
-
-def _redis_url() -> str:
-    try:
-        return load_settings().redis_url
-    except TaskplaneError:
-        return "?"
+    pass
 
 
 app = typer.Typer(
@@ -80,82 +48,6 @@ agents_app = typer.Typer(help="Register, list, check and remove agents.", no_arg
 cache_app = typer.Typer(help="Look at or clear the result cache.", no_args_is_help=True)
 app.add_typer(agents_app, name="agents")
 app.add_typer(cache_app, name="cache")
-
-
-def check_backends(settings: Settings, *, broker: bool = False) -> None:
-    """Ping Redis (and, with *broker*, a separate broker) once, naming the URL if one is down.
-
-    Raises:
-        BackendError: Redis or the broker does not answer.
-    """
-    from taskplane.runtime import redis_client
-
-    client = redis_client(settings.redis_url, fast=True)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        raise BackendError(
-            f"cannot reach Redis at {redact(settings.redis_url)} (TASKPLANE_REDIS_URL): {exc}"
-        ) from exc
-    finally:
-        client.close()
-    if broker and settings.broker_url and settings.broker_url != settings.redis_url:
-        from kombu import Connection
-
-        try:
-            with Connection(settings.broker_url, connect_timeout=2) as conn:
-                conn.ensure_connection(max_retries=1)
-        except Exception as exc:  # kombu raises each transport's own errors
-            raise BackendError(
-                f"cannot reach the broker at {redact(settings.broker_url)} "
-                f"(TASKPLANE_BROKER_URL): {exc}"
-            ) from exc
-
-
-@contextmanager
-def _engine(*, needs_redis: bool = True, needs_broker: bool = False) -> Iterator[ExecutionEngine]:
-    """An engine from the environment, closed afterwards; backends checked first when needed."""
-    from taskplane.engine import ExecutionEngine
-
-    settings = load_settings()
-    if needs_redis:
-        check_backends(settings, broker=needs_broker)
-    engine = ExecutionEngine(settings)
-    try:
-        yield engine
-    finally:
-        engine.close()
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a duration such as ``90s``, ``30m``, ``24h``, ``7d`` or ``2w`` (bare = s).
-
-    Raises:
-        ValidationError: *text* is not such a duration.
-    """
-    match = _DURATION.match(text)
-    if not match or float(match.group(1)) <= 0:
-        raise ValidationError(
-            f"--since: expected a positive duration such as 30m, 24h or 7d, got {text!r}"
-        )
-    return float(match.group(1)) * DURATION_UNITS_S[match.group(2) or "s"]
-
-
-def _results_table(results: list[ExecutionResult]) -> Table:
-    table = Table("task", "status", "confidence", "ms", "retries", "result / error")
-    for r in results:
-        shown = r.error if r.error else json.dumps(r.result, default=str)
-        cached = " (cached)" if r.metadata.get("cached") else ""
-        conf = "" if r.confidence is None else f"{r.confidence:.2f}"
-        table.add_row(
-            r.task_id,
-            r.status.value + cached,
-            conf,
-            f"{r.execution_time:.0f}",
-            str(r.retries),
-            (shown or "")[:80],
-        )
-    return table
 
 
 @app.command()
@@ -226,7 +118,7 @@ def run(
         plan = parse_plan(data)
     except ValidationError as exc:
         raise ValidationError(f"{plan_file}: {exc}", exc.errors) from exc
-    with _engine(needs_broker=True) as engine:
+    with engine_session(needs_broker=True) as engine:
         if not wait:
             handle = engine.submit(plan)
             console.print(f"submitted plan {handle.id} ({len(plan.tasks)} tasks)")
@@ -235,30 +127,9 @@ def run(
         if as_json:
             print(json.dumps([r.to_json_dict() for r in results], indent=2))
         else:
-            console.print(_results_table(results))
+            console.print(results_table(results))
         if failure:
             fail(failure)
-
-
-def read_plan_file(path: Path, *, plan_id: str | None = None) -> dict[str, Any]:
-    """The plan object in a JSON file, with its id replaced by *plan_id* when given.
-
-    Raises:
-        ValidationError: The file cannot be read, is not JSON or not an object.
-    """
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise ValidationError(f"cannot read plan file {path}: {exc.strerror or exc}") from exc
-    except ValueError as exc:
-        raise ValidationError(f"plan file {path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValidationError(
-            f"plan file {path}: expected a JSON object, got {type(data).__name__}"
-        )
-    if plan_id:
-        data["id"] = plan_id
-    return data
 
 
 def _run_with_progress(engine: Any, plan: Any, *, quiet: bool) -> tuple[list[ExecutionResult], str]:
@@ -311,7 +182,7 @@ def _run_with_progress(engine: Any, plan: Any, *, quiet: bool) -> tuple[list[Exe
 @app.command()
 def status(plan_id: str) -> None:
     """Show a plan run's state and task counts."""
-    with _engine() as engine:
+    with engine_session() as engine:
         info = engine.store.status(plan_id)
         if not info:
             raise TaskplaneError(f"no plan {plan_id} (unknown or expired)")
@@ -323,7 +194,7 @@ def cancel(plan_id: str) -> None:
     """Cancel a running plan."""
     from taskplane.engine import PlanHandle
 
-    with _engine() as engine:
+    with engine_session() as engine:
         PlanHandle(engine, plan_id).cancel()
         console.print(f"cancelled plan {plan_id}")
 
@@ -337,7 +208,7 @@ def events(
     """Print recent events; with --follow, keep printing new ones."""
     from taskplane.events import format_event
 
-    with _engine() as engine:
+    with engine_session() as engine:
         for event in engine.events.recent(count, event_type):
             console.print(format_event(event), highlight=False)
         if not follow:
@@ -353,14 +224,14 @@ def events(
 @cache_app.command("stats")
 def cache_stats() -> None:
     """Entries, hits, misses, hit rate and evictions."""
-    with _engine() as engine:
+    with engine_session() as engine:
         console.print_json(json.dumps(engine.cache.stats()))
 
 
 @cache_app.command("clear")
 def cache_clear() -> None:
     """Remove every cached result."""
-    with _engine() as engine:
+    with engine_session() as engine:
         engine.cache.clear()
         console.print("cache cleared")
 
@@ -376,7 +247,7 @@ def agents_add(
     ] = None,
 ) -> None:
     """Register (or re-register) an agent for every worker; its health is checked first."""
-    with _engine() as engine:
+    with engine_session() as engine:
         info = engine.register_agent(agent_id, endpoint, protocol, capability or [])
     health = "healthy" if info.healthy else f"NOT healthy ({info.health_message})"
     console.print(
@@ -390,7 +261,7 @@ def agents_add(
 @agents_app.command("list")
 def agents_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Every registered agent, as a table."""
-    with _engine() as engine:
+    with engine_session() as engine:
         agents = engine.list_agents()
     if as_json:
         print(json.dumps([a.to_json_dict() for a in agents], indent=2))
@@ -416,7 +287,7 @@ def agents_list(as_json: bool = typer.Option(False, "--json", help="Print JSON."
 @agents_app.command("remove")
 def agents_remove(agent_id: str) -> None:
     """Unregister an agent (its tasks then fail with "not found")."""
-    with _engine() as engine:
+    with engine_session() as engine:
         removed = engine.unregister_agent(agent_id)
     if not removed:
         fail(f"no agent {agent_id} is registered")
@@ -429,7 +300,7 @@ def agents_health(
     timeout_s: float = typer.Option(2.0, "--timeout", help="Seconds to wait for the agent."),
 ) -> None:
     """Ask a registered agent for its health now; exit 1 unless it is healthy."""
-    with _engine() as engine:
+    with engine_session() as engine:
         report = engine.proxy.health(agent_id, timeout_s=timeout_s)
     line = f"agent {agent_id}: {report.status}" + (f" ({report.message})" if report.message else "")
     if not report.healthy:
@@ -449,7 +320,7 @@ def stats(
 ) -> None:
     """Executions, mean confidence, success rate, mean time and trend of an agent."""
     since_s = parse_duration(since)
-    with _engine(needs_redis=False) as engine:
+    with engine_session(needs_redis=False) as engine:
         now = time.time()
         summary = engine.tracker.get_agent_stats(
             agent_id, time_range=(now - since_s, now), pattern_name=pattern
@@ -462,22 +333,9 @@ def stats(
     if as_json:
         print(json.dumps(summary, indent=2))
     else:
-        console.print(_stats_table(summary, since=since, pattern=pattern))
+        console.print(stats_table(summary, since=since, pattern=pattern))
     if written is not None:
         err.print(f"wrote {written}", markup=False, highlight=False)
-
-
-def _stats_table(summary: dict[str, Any], *, since: str, pattern: str | None) -> Table:
-    scope = f"last {since}" + (f", pattern {pattern}" if pattern else "")
-    table = Table("metric", "value", title=f"{summary['agentId']} ({scope})", title_justify="left")
-    total = summary["totalExecutions"]
-    table.add_row("executions", str(total))
-    if total:
-        table.add_row("mean confidence", f"{summary['avgConfidence']:.3f}")
-        table.add_row("success rate", f"{summary['successRate']:.1%}")
-        table.add_row("mean execution time", f"{summary['avgExecutionTime']:.0f} ms")
-        table.add_row("confidence trend", f"{summary['confidenceTrend']:+.4f} / h")
-    return table
 
 
 @app.command()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from taskplane.cli import parse_duration, read_plan_file, redact
+from taskplane.cli_support import parse_duration, read_plan_file, redact
 from taskplane.errors import ValidationError
 
 
