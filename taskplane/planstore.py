@@ -60,7 +60,9 @@ if ARGV[4] == '1' then
 elseif not redis.call('SET', KEYS[3], '1', 'NX', 'EX', tonumber(ARGV[3])) then
   return {'busy', false}
 end
-redis.call('HINCRBY', KEYS[1], 'running', 1)
+if redis.call('HSETNX', KEYS[1], 'started:' .. ARGV[1], '1') == 1 then
+  redis.call('HINCRBY', KEYS[1], 'running', 1)  -- a takeover reuses the dead run's count
+end
 local prev = false
 if ARGV[2] ~= '' then prev = redis.call('HGET', KEYS[2], ARGV[2]) end
 return {'run', prev}

@@ -85,4 +85,7 @@ def test_killed_worker_plan_completes_without_rerunning_recorded_tasks(
     for index in recorded_at_kill:
         assert counter(cluster, f"{uid}:k{index}") == 1, f"task {index} ran again"
     assert all(1 <= counter(cluster, f"{uid}:k{i}") <= 2 for i in range(count))
+    # a task taken over after its worker died is not counted as running twice
+    assert client.hget(f"taskplane:plan:{plan_id}:meta", "running") == "0"
+    assert handle.status()["running"] == 0
     client.close()
