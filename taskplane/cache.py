@@ -31,6 +31,7 @@ import redis
 from taskplane.config import CacheConfig
 from taskplane.errors import BackendError, ValidationError
 from taskplane.models import ExecutionResult, ExecutionTask, TaskStatus, TaskType
+from taskplane.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
 
@@ -384,7 +385,7 @@ class RunnerCache:
     def __init__(self, cache: ResultCache, *, capabilities_of: Callable[[str], list[str]]) -> None:
         self.cache = cache
         self.capabilities_of = capabilities_of
-        self._last_warning = float("-inf")
+        self._warnings = LogThrottle(WARN_INTERVAL_S)
 
     def key_of(self, task: ExecutionTask) -> str:
         """The cache key of *task*."""
@@ -414,9 +415,7 @@ class RunnerCache:
             self._warn("store", task, exc)
 
     def _warn(self, action: str, task: ExecutionTask, exc: BackendError) -> None:
-        now = time.monotonic()
-        if now - self._last_warning >= WARN_INTERVAL_S:
-            self._last_warning = now
+        if self._warnings.due():
             log.warning("result cache %s failed for task %s: %s", action, task.id, exc)
         else:
             log.debug("result cache %s failed for task %s: %s", action, task.id, exc)

@@ -14,7 +14,6 @@ from taskplane.events.bus import (
     EventBus,
     EventHandler,
     InMemoryEventBus,
-    LogThrottle,
     Subscription,
     make_event,
 )
@@ -40,6 +39,7 @@ from taskplane.events.payloads import (
     started_event,
 )
 from taskplane.events.redis_bus import RedisEventBus
+from taskplane.throttle import LogThrottle
 
 __all__ = [
     "ALL_EVENTS",

@@ -33,30 +33,6 @@ def make_event(event_type: str, data: dict[str, Any], *, timestamp: float) -> Ev
     return {"type": event_type, "data": dict(data), "timestamp": timestamp}
 
 
-class LogThrottle:
-    """Tells whether a repeated warning is due: at most one per *interval_s*.
-
-    Args:
-        interval_s: Minimum time between two warnings.
-        clock: Monotonic seconds.
-    """
-
-    def __init__(self, interval_s: float = 30.0, *, clock: Clock = time.monotonic) -> None:
-        self.interval_s = interval_s
-        self.clock = clock
-        self._last = float("-inf")
-        self._lock = threading.Lock()
-
-    def due(self) -> bool:
-        """True (and restarts the interval) when a warning may be logged now."""
-        with self._lock:
-            now = self.clock()
-            if now - self._last < self.interval_s:
-                return False
-            self._last = now
-            return True
-
-
 class Subscription:
     """One handler's interest in some event types; :meth:`close` ends it.
 

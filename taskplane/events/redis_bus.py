@@ -27,9 +27,9 @@ from taskplane.events.bus import (
     Clock,
     Event,
     EventBus,
-    LogThrottle,
     make_event,
 )
+from taskplane.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
 

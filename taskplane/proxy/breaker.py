@@ -52,6 +52,7 @@ from taskplane.proxy.breaker_storage import (
     InMemoryBreakerStorage,
     Result,
 )
+from taskplane.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class CircuitBreaker:
         self.clock = clock
         self._storages: dict[str, BreakerStorage] = {}
         self._lock = threading.Lock()
-        self._last_warning = float("-inf")
+        self._warnings = LogThrottle(BACKEND_WARNING_INTERVAL_S)
 
     @classmethod
     def with_redis(
@@ -221,7 +222,5 @@ class CircuitBreaker:
             log.exception("emitting %s failed", event_type)
 
     def _warn(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        if now - self._last_warning >= BACKEND_WARNING_INTERVAL_S:
-            self._last_warning = now
+        if self._warnings.due():
             log.warning("circuit breaker storage unreachable, failing open: %s", exc)

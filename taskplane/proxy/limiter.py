@@ -28,6 +28,7 @@ import redis
 
 from taskplane.config import RateLimitConfig
 from taskplane.errors import BackendError, TaskTimeoutError
+from taskplane.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class RateLimiter:
         self.config = config or RateLimitConfig()
         self.clock = clock
         self.sleep = sleep
-        self._last_warning = float("-inf")
+        self._warnings = LogThrottle(BACKEND_WARNING_INTERVAL_S)
 
     def acquire(self, agent_id: str, *, deadline: float) -> float:
         """Take a slot for a call to *agent_id*, waiting for one if needed.
@@ -159,7 +160,5 @@ class RateLimiter:
             self.sleep(wait_s)
 
     def _warn(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        if now - self._last_warning >= BACKEND_WARNING_INTERVAL_S:
-            self._last_warning = now
+        if self._warnings.due():
             log.warning("rate limiter backend unreachable, failing open: %s", exc)
