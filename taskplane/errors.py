@@ -185,6 +185,20 @@ BREAKER_IGNORED_ERRORS: tuple[type[ExecutionError], ...] = (
 )
 
 
+def http_status_error(
+    status: int, message: str, retry_after_s: float | None = None
+) -> ExecutionError | None:
+    """The error an HTTP status stands for: 5xx and 429 are retryable, other 4xx are not.
+
+    Returns None below 400; callers decide what a non-2xx success-range status means.
+    """
+    if status == 429 or status >= 500:
+        return UpstreamError(message, status, retry_after_s)
+    if status >= 400:
+        return ClientError(message, status)
+    return None
+
+
 def is_retryable(error: BaseException) -> bool:
     """Tell whether *error* is worth another attempt."""
     return isinstance(error, RETRYABLE_ERRORS)

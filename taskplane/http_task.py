@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -29,13 +30,12 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from taskplane.errors import (
-    ClientError,
     ForbiddenTargetError,
     InvalidPayloadError,
     InvalidReplyError,
     TaskTimeoutError,
     TransportError,
-    UpstreamError,
+    http_status_error,
 )
 from taskplane.executor import CallContext, Outcome
 from taskplane.models import ExecutionTask
@@ -175,15 +175,35 @@ def _request_args(task: ExecutionTask) -> dict[str, Any]:
     return args
 
 
-def read_capped(response: httpx.Response, limit: int) -> bytes:
-    """Read a streamed body, refusing one larger than *limit* bytes."""
+def read_capped(
+    response: httpx.Response,
+    limit: int,
+    *,
+    what: str = "reply",
+    deadline: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> bytes:
+    """Read a streamed body, refusing one larger than *limit* bytes.
+
+    Args:
+        response: A streamed response.
+        limit: Largest body accepted, in bytes (a larger ``Content-Length`` fails at once).
+        what: Names the body in errors.
+        deadline: *clock* time past which reading fails with ``TaskTimeoutError``.
+        clock: Monotonic seconds.
+    """
+    declared = response.headers.get("Content-Length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise InvalidReplyError(f"{what} is larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0
     for chunk in response.iter_bytes():
         size += len(chunk)
         if size > limit:
-            raise InvalidReplyError(f"reply is larger than {limit} bytes")
+            raise InvalidReplyError(f"{what} is larger than {limit} bytes")
         chunks.append(chunk)
+        if deadline is not None and clock() > deadline:
+            raise TaskTimeoutError(f"{what} took longer than the call's timeout")
     return b"".join(chunks)
 
 
@@ -199,14 +219,10 @@ def decode_body(response: httpx.Response, body: bytes) -> Any:
 
 def status_error(status: int, text: str, retry_after: str | None) -> Exception | None:
     """The error an HTTP status stands for, or None for a success."""
-    if status == 429 or status >= 500:
-        delay = None
-        if retry_after and retry_after.strip().isdigit():
-            delay = float(retry_after.strip())
-        return UpstreamError(f"HTTP {status}: {text[:200]}", status, delay)
-    if status >= 400:
-        return ClientError(f"HTTP {status}: {text[:200]}", status)
-    return None
+    delay = None
+    if retry_after and retry_after.strip().isdigit():
+        delay = float(retry_after.strip())
+    return http_status_error(status, f"HTTP {status}: {text[:200]}", delay)
 
 
 class HttpTaskHandler:

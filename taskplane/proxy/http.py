@@ -29,13 +29,13 @@ from typing import Any
 import httpx
 
 from taskplane.errors import (
-    ClientError,
     InvalidReplyError,
     TaskTimeoutError,
     TransportError,
-    UpstreamError,
+    http_status_error,
 )
 from taskplane.executor import CallContext, Outcome
+from taskplane.http_task import read_capped
 from taskplane.models import ExecutionTask
 from taskplane.proxy.registry import AgentInfo
 from taskplane.proxy.transport import AgentTransport, HealthReport, outcome_from_reply
@@ -102,7 +102,13 @@ class HttpTransport(AgentTransport):
             with self.client.stream(
                 "POST", url, json=task.payload, headers=headers, timeout=timeout_s
             ) as response:
-                body = self._read(response, deadline, url)
+                body = read_capped(
+                    response,
+                    self.max_response_bytes,
+                    what=f"reply from {url}",
+                    deadline=deadline,
+                    clock=self.clock,
+                )
                 status = response.status_code
                 retry_after = response.headers.get("Retry-After")
         except httpx.TimeoutException as exc:
@@ -124,35 +130,14 @@ class HttpTransport(AgentTransport):
             ) from exc
         return outcome_from_reply(reply)
 
-    def _read(self, response: httpx.Response, deadline: float, url: str) -> bytes:
-        declared = response.headers.get("Content-Length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_response_bytes:
-            raise InvalidReplyError(self._too_large(url))
-        chunks: list[bytes] = []
-        size = 0
-        for chunk in response.iter_bytes():
-            size += len(chunk)
-            if size > self.max_response_bytes:
-                raise InvalidReplyError(self._too_large(url))
-            chunks.append(chunk)
-            if self.clock() > deadline:
-                raise TaskTimeoutError(f"reply from {url} took longer than the call's timeout")
-        return b"".join(chunks)
-
-    def _too_large(self, url: str) -> str:
-        return f"reply from {url} is larger than {self.max_response_bytes} bytes"
-
     @staticmethod
     def _check_status(agent: AgentInfo, status: int, body: bytes, retry_after: str | None) -> None:
         if 200 <= status < 300:
             return
         snippet = body[:ERROR_SNIPPET_CHARS].decode("utf-8", "replace")
         message = f"agent {agent.agent_id} answered HTTP {status}: {snippet}"
-        if status >= 500 or status == 429:
-            raise UpstreamError(message, status, retry_after_s(retry_after))
-        if 400 <= status < 500:
-            raise ClientError(message, status)
-        raise InvalidReplyError(message)
+        error = http_status_error(status, message, retry_after_s(retry_after))
+        raise error if error is not None else InvalidReplyError(message)
 
     def check_health(self, agent: AgentInfo, *, timeout_s: float) -> HealthReport:
         try:
