@@ -312,19 +312,12 @@ class PlanStore:
         A worker can die between recording an outcome and enqueueing the next
         task; the rerun of the same task resends that successor.
         """
-        keys = self._keys(plan_id)
         meta = self.meta(plan_id)
         succ = meta.get(f"after:{index}")
         if succ is None or meta.get("state") != PlanState.RUNNING.value:
             return None
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hexists(keys["results"], succ)
-        pipe.exists(self._lease(plan_id, int(succ)))
-        pipe.hget(keys["tasks"], succ)
-        has_result, leased, task = self._call("successor", pipe.execute)
-        if has_result or leased or task is None:
-            return None
-        return int(succ), json.loads(task)
+        found = self._unstarted(plan_id, [int(succ)])
+        return found[0] if found else None
 
     def orphans(self, plan_id: str) -> list[tuple[int, dict[str, Any]]]:
         """Dispatched window tasks with no outcome and no live lease.
@@ -335,21 +328,22 @@ class PlanStore:
         meta = self.meta(plan_id)
         if meta.get("state") != PlanState.RUNNING.value or meta.get("mode") != "window":
             return []
-        keys = self._keys(plan_id)
         dispatched = min(int(meta["next"]), int(meta["n"]))
-        have = self._call("results", lambda: set(self.client.hkeys(keys["results"])))
-        candidates = [i for i in range(dispatched) if str(i) not in have]
-        if not candidates:
-            return []
+        return self._unstarted(plan_id, list(range(dispatched)))
+
+    def _unstarted(self, plan_id: str, indexes: list[int]) -> list[tuple[int, dict[str, Any]]]:
+        """Those of *indexes* with no outcome and no live lease, with their task JSON."""
+        keys = self._keys(plan_id)
         pipe = self.client.pipeline(transaction=False)
-        for index in candidates:
+        for index in indexes:
+            pipe.hexists(keys["results"], str(index))
             pipe.exists(self._lease(plan_id, index))
             pipe.hget(keys["tasks"], str(index))
-        replies = self._call("orphans", pipe.execute)
+        replies = self._call("unstarted tasks", pipe.execute)
         found = []
-        for position, index in enumerate(candidates):
-            leased, task = replies[2 * position], replies[2 * position + 1]
-            if not leased and task is not None:
+        for position, index in enumerate(indexes):
+            has_result, leased, task = replies[3 * position : 3 * position + 3]
+            if not has_result and not leased and task is not None:
                 found.append((index, json.loads(task)))
         return found
 
