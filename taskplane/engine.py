@@ -382,20 +382,28 @@ class ExecutionEngine:
         return self._pattern_executor or EnginePatternExecutor(self)
 
     def _run_here(self, task: ExecutionTask, handler: Handler) -> ExecutionResult:
-        hooks = HookChain()
-        if self.settings.events_enabled:
-            hooks.add(EventHooks(self.events, worker=CLIENT_WORKER))
         runner = TaskRunner(
             {task.type: handler},
             retry=self.settings.retry_config,
             default_timeout_ms=self.settings.default_timeout,
             cache=self._cache_for_runner() if self.settings.cache.enabled else None,
-            hooks=hooks,
+            hooks=self._client_hooks(),
         )
         result = runner.run(task, RunContext(worker=CLIENT_WORKER))
+        self._announce_finished(result)
+        return result
+
+    def _client_hooks(self) -> HookChain:
+        """Hooks that publish events for tasks this client answers itself."""
+        hooks = HookChain()
+        if self.settings.events_enabled:
+            hooks.add(EventHooks(self.events, worker=CLIENT_WORKER))
+        return hooks
+
+    def _announce_finished(self, result: ExecutionResult) -> None:
+        """``task:completed``/``task:failed`` for a task this client answered itself."""
         if self.settings.events_enabled:
             self.events.publish(*finished_event(result, plan_id=None, worker=CLIENT_WORKER))
-        return result
 
     def _cache_for_runner(self) -> RunnerCache:
         if self._runner_cache is None:
@@ -412,11 +420,11 @@ class ExecutionEngine:
             return None
         ctx = RunContext(worker=CLIENT_WORKER)
         hit = cached_result(self._cache_for_runner(), task, ctx)
-        if hit is not None and self.settings.events_enabled:
-            hooks = EventHooks(self.events, worker=CLIENT_WORKER)
+        if hit is not None:
+            hooks = self._client_hooks()
             hooks.on_started(task, ctx)
             hooks.on_cache_hit(task, ctx, hit)
-            self.events.publish(*finished_event(hit, plan_id=None, worker=CLIENT_WORKER))
+            self._announce_finished(hit)
         return hit
 
     def _wait(self, plan_id: str, timeout: float | None) -> list[ExecutionResult]:
