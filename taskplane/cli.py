@@ -8,6 +8,7 @@ names the field, an unreachable Redis names its URL.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -52,20 +53,30 @@ app.add_typer(cache_app, name="cache")
 
 @app.command()
 def worker(
-    concurrency: int = typer.Option(None, help="Threads (default: TASKPLANE_WORKER_CONCURRENCY)."),
-    loglevel: str = typer.Option("INFO"),
+    concurrency: int = typer.Option(
+        None, help="Calls in flight in this process (default: TASKPLANE_WORKER_CONCURRENCY, 1000)."
+    ),
+    pool: str = typer.Option(
+        None, help="gevent (default) or threads (default: TASKPLANE_WORKER_POOL)."
+    ),
+    loglevel: str = typer.Option("INFO", help="Log level of the worker."),
     name: str = typer.Option(None, help="Worker name (default: celery@host)."),
 ) -> None:
-    """Start a worker on a threads pool sized for I/O-bound agent calls."""
-    from taskplane.celery_app import app as celery
+    """Start a worker: a gevent pool holding a thousand agent calls in flight by default."""
+    from taskplane.tasks.pool import POOLS
 
     settings = load_settings()
-    argv = ["worker", "-P", "threads", "-c", str(concurrency or settings.worker_concurrency)]
+    chosen = pool or settings.worker_pool
+    if chosen not in POOLS:
+        raise typer.BadParameter(f"--pool must be one of {', '.join(POOLS)}, not {chosen!r}")
+    argv = [sys.executable, "-m", "celery", "-A", "taskplane.celery_app", "worker"]
+    argv += ["-P", chosen, "-c", str(concurrency or settings.worker_concurrency)]
     argv += ["--loglevel", loglevel]
     if name:
         argv += ["-n", name]
-    sys.path.insert(0, str(Path.cwd()))
-    celery.worker_main(argv)
+    # Celery's own entry point: it patches the standard library for gevent before
+    # anything else is imported, which no function called from here could still do
+    os.execv(sys.executable, argv)
 
 
 @app.command()

@@ -10,7 +10,7 @@ settings from the environment; everything inside takes them as arguments.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import pydantic
 from pydantic import BaseModel, Field, field_validator
@@ -133,7 +133,12 @@ class Settings(BaseSettings):
     http_block_private: bool = False
     http_max_response_bytes: int = Field(10 * 1024 * 1024, ge=1024)
 
-    worker_concurrency: int = Field(32, ge=1)
+    worker_pool: Literal["gevent", "threads"] = Field(
+        "gevent", description="Celery pool of `taskplane worker`"
+    )
+    worker_concurrency: int = Field(
+        1000, ge=1, description="calls in flight per worker process (greenlets or threads)"
+    )
     visibility_timeout_s: int | None = Field(
         None, ge=10, description="seconds; None = derived from the longest task"
     )

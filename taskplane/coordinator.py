@@ -16,6 +16,8 @@ from typing import Any
 
 from taskplane.errors import ExecutionError
 from taskplane.executor import (
+    Attempt,
+    Reschedule,
     RunContext,
     TaskRunner,
     cached_result,
@@ -37,6 +39,9 @@ Deliver = Callable[[str, list[dict[str, Any]]], None]
 Submit = Callable[[ExecutionPlan, float | None, dict[str, str]], bool]
 #: Told of every envelope finished outside a Celery task's return (nested patterns).
 OnResult = Callable[[ExecutionResult], None]
+
+#: Added to an attempt's timeout for its lease, in seconds.
+LEASE_MARGIN_S = 5
 
 _FILL = {
     PlanState.TIMEOUT.value: (TaskStatus.TIMEOUT, "plan deadline passed"),
@@ -110,11 +115,19 @@ class PlanCoordinator:
         deadline: float | None = None,
         worker: str = "",
         redelivered: bool = False,
-    ) -> ExecutionResult | None:
-        """Run task *index* of a plan once; None when an earlier run's outcome stands.
+        attempt: Attempt | None = None,
+        owner: str = "",
+    ) -> ExecutionResult | Reschedule | None:
+        """Take task *index* of a plan one step on.
+
+        Returns its recorded envelope; a :class:`Reschedule` when it must be
+        delivered again later (a retry, a booked rate-limit slot) — the task
+        stays leased to *owner* meanwhile; or None when an earlier run's
+        outcome stands (or a nested pattern's run will finish it).
 
         *redelivered* says the broker handed this message out before (its
-        worker died), so this run takes over the task.
+        worker died), so this run takes over the task. *owner* is the Celery
+        task id, the same for every delivery and retry of one message.
         """
         task = ExecutionTask.model_validate(task_json)
         decision = self.store.start(
@@ -123,6 +136,7 @@ class PlanCoordinator:
             previous_index,
             lease_s=self.lease_s(task, deadline),
             redelivered=redelivered,
+            owner=owner,
         )
         log.debug("plan %s task %s: %s", plan_id, index, decision.action)
         if decision.action == "recorded":
@@ -153,9 +167,13 @@ class PlanCoordinator:
         if task.type is TaskType.PATTERN and self.patterns is not None:
             return self._expand(plan_id, index, task, ctx)
         assert self.runner is not None, "a collecting-only coordinator cannot run tasks"
-        result = self.runner.run(task, ctx)
-        fresh = self._finish(plan_id, index, result, ran=True, deadline=deadline)
-        return result if fresh else None
+        step = self.runner.step(task, ctx, attempt)
+        if isinstance(step, Reschedule):
+            lease_s = self.lease_s(task, deadline) + int(step.delay_s) + 1
+            self.store.hold(plan_id, index, owner, lease_s)
+            return step
+        fresh = self._finish(plan_id, index, step, ran=True, deadline=deadline)
+        return step if fresh else None
 
     def _finish(
         self,
@@ -268,14 +286,13 @@ class PlanCoordinator:
             self.on_result(result)
 
     def lease_s(self, task: ExecutionTask, deadline: float | None) -> int:
-        """How long one run of *task* can take, in whole seconds, plus a margin."""
+        """How long one attempt at *task* can take, in whole seconds, plus a margin."""
         runner = self.runner
         assert runner is not None, "a collecting-only coordinator cannot run tasks"
-        timeout_ms = task.metadata.timeout or runner.default_timeout_ms
-        longest = runner.retry.longest_run_ms(timeout_ms, task.metadata.retries) / 1000.0
+        longest = (task.metadata.timeout or runner.default_timeout_ms) / 1000.0
         if deadline is not None:
             longest = min(longest, max(deadline - self.clock(), 0.0))
-        return int(longest) + 5
+        return int(longest) + LEASE_MARGIN_S
 
     def _after_replay(self, plan_id: str, index: int, deadline: float | None) -> None:
         """A rerun must not stall its plan: resend a lost successor, answer waiting callers."""

@@ -18,6 +18,7 @@
         ├── InvalidPayloadError     the payload does not fit the task type
         ├── ForbiddenTargetError    an HTTP target is not allowed (allow-list, link-local, private)
         ├── CircuitOpenError        the agent's circuit breaker is open
+        ├── RateLimitedError        no rate-limit slot now: the task is rescheduled, not failed
         ├── PatternError            a nested pattern is cyclic, too deep or malformed
         ├── FunctionError           a registered function raised
         └── TaskCancelledError      the plan was cancelled before this attempt
@@ -153,6 +154,27 @@ class CircuitOpenError(ExecutionError):
     """Raised when the agent's circuit breaker is open and the call fails fast."""
 
 
+class RateLimitedError(ExecutionError):
+    """Raised when an agent's rate limit has no free slot now; the task waits off the worker.
+
+    Not a failure and not an attempt: the runner reschedules the task for
+    *wait_s* seconds later (its slot, reserved in advance when *reserved*).
+
+    Args:
+        message: Which limit and how long until the slot.
+        wait_s: Seconds until the slot.
+        reserved: Whether the slot is already held for this task.
+    """
+
+    def __init__(self, message: str, wait_s: float = 0.0, reserved: bool = False) -> None:
+        super().__init__(message, wait_s, reserved)
+        self.wait_s = wait_s
+        self.reserved = reserved
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class PatternError(ExecutionError):
     """Raised when a nested pattern is cyclic, nests too deep or is malformed."""
 
@@ -180,6 +202,7 @@ BREAKER_IGNORED_ERRORS: tuple[type[ExecutionError], ...] = (
     InvalidPayloadError,
     ForbiddenTargetError,
     CircuitOpenError,
+    RateLimitedError,
     TaskCancelledError,
     PatternError,
 )

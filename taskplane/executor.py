@@ -1,17 +1,26 @@
 """The task runner: one task in, one result envelope out.
 
 :class:`TaskRunner` is pure domain logic. It takes its handlers (one per task
-type), cache, hooks, clock and sleep as arguments, so it runs the same in a
-Celery worker and in a unit test with a fake clock. It never raises for a
-task's outcome: every error becomes an :class:`ExecutionResult`.
+type), cache, hooks and clock as arguments, so it runs the same in a Celery
+worker and in a unit test with a fake clock. It never raises for a task's
+outcome: every error becomes an :class:`ExecutionResult`.
+
+It never waits either. :meth:`TaskRunner.step` makes at most one attempt and
+answers with the final envelope or a :class:`Reschedule` — "try again in
+*delay_s*, as this :class:`Attempt`" — for a retry after backoff or
+``Retry-After``, or for a rate-limit slot booked in the future. In a worker
+the Celery task turns that into Celery's own retry with a countdown, so no
+worker slot is held while the task waits; :meth:`TaskRunner.run` loops over
+steps with the injected ``sleep`` for callers that may block (the client).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from taskplane.config import RetryConfig
@@ -19,6 +28,7 @@ from taskplane.errors import (
     RETRYABLE_ERRORS,
     ExecutionError,
     NotFoundError,
+    RateLimitedError,
     TaskCancelledError,
     TaskTimeoutError,
     UpstreamError,
@@ -36,6 +46,8 @@ log = logging.getLogger(__name__)
 
 #: Longest wait a target's ``Retry-After`` can ask for, in seconds.
 MAX_RETRY_AFTER_S = 60.0
+#: A delivery this close to its ``not_before`` goes ahead rather than waiting again (s).
+EARLY_TOLERANCE_S = 0.01
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]
@@ -51,6 +63,8 @@ class CallContext:
         plan_id: The plan this task belongs to, if any.
         idempotency_key: Sent to targets that understand one (same on every attempt).
         lineage: Names of the patterns this task is nested in, outermost first.
+        deadline: The plan's deadline (epoch s), if any: how far ahead a wait may reach.
+        slot_reserved: A rate-limit slot was booked for this attempt; take no other.
     """
 
     timeout_s: float
@@ -58,6 +72,68 @@ class CallContext:
     plan_id: str | None = None
     idempotency_key: str = ""
     lineage: tuple[str, ...] = ()
+    deadline: float | None = None
+    slot_reserved: bool = False
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Where a task's run stands between two deliveries of it.
+
+    Carried in the Celery message (:meth:`to_json`), so it survives a
+    reschedule and a redelivery: a message redelivered because its worker
+    died mid-call makes the same attempt again, not a new one.
+
+    Attributes:
+        number: The attempt to make: 1 for the first call, 2 for the first retry, …
+        started: Epoch seconds of the first delivery (None before it): ``executionTime``
+            counts from here, and ``task:started`` is announced only then.
+        not_before: Epoch seconds before which no call is made (a backoff or a
+            booked slot that a capped countdown reached early).
+        slot_reserved: A rate-limit slot is booked for this attempt at ``not_before``.
+    """
+
+    number: int = 1
+    started: float | None = None
+    not_before: float | None = None
+    slot_reserved: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """The attempt as message JSON."""
+        return {
+            "n": self.number,
+            "started": self.started,
+            "notBefore": self.not_before,
+            "slot": self.slot_reserved,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> Attempt:
+        """Read :meth:`to_json`'s output back (a first delivery carries none)."""
+        if not data:
+            return cls()
+        return cls(
+            number=max(int(data.get("n") or 1), 1),
+            started=_float_or_none(data.get("started")),
+            not_before=_float_or_none(data.get("notBefore")),
+            slot_reserved=bool(data.get("slot")),
+        )
+
+
+@dataclass(frozen=True)
+class Reschedule:
+    """A task is not finished: deliver it again *delay_s* from now, as *attempt*.
+
+    Attributes:
+        delay_s: Seconds to wait (the countdown of the Celery retry).
+        attempt: The state the next delivery starts from.
+        reason: ``retry`` (a failed attempt, backoff), ``rate-limit`` (a booked
+            slot; not an attempt) or ``early`` (a capped countdown came back early).
+    """
+
+    delay_s: float
+    attempt: Attempt
+    reason: str
 
 
 @dataclass
@@ -186,7 +262,7 @@ class TaskRunner:
             and for other types only when ``metadata.cache`` is true.
         hooks: Listeners for retries, cache hits and finished tasks.
         clock: Wall clock in epoch seconds (plan deadlines are shared across hosts).
-        sleep: Waits between attempts.
+        sleep: Waits between steps in :meth:`run` only (never on a worker).
     """
 
     def __init__(
@@ -216,104 +292,155 @@ class TaskRunner:
         return self.cache is not None and cacheable(task)
 
     def run(self, task: ExecutionTask, ctx: RunContext | None = None) -> ExecutionResult:
-        """Run *task* to its final envelope; never raises for the task's outcome."""
+        """Run *task* to its final envelope, waiting in this thread between steps.
+
+        For callers that may block (the client, tests); workers call :meth:`step`.
+        """
         ctx = ctx or RunContext()
-        started = self.clock()
-        self.hooks.on_started(task, ctx)
-        if self.cache is not None and self.uses_cache(task):
-            hit = self._cached(task, ctx)
-            if hit is not None:
-                self.hooks.on_cache_hit(task, ctx, hit)
-                self.hooks.on_finished(task, ctx, hit)
-                return hit
-        result = self._attempts(task, ctx, started)
-        if result.ok and self.cache is not None and self.uses_cache(task):
-            try:
-                self.cache.store(task, result)
-            except Exception:
-                log.warning("cache store failed for task %s", task.id, exc_info=True)
-        self.hooks.on_finished(task, ctx, result)
-        return result
+        attempt = Attempt()
+        while True:
+            step = self.step(task, ctx, attempt)
+            if isinstance(step, ExecutionResult):
+                return step
+            self.sleep(step.delay_s)
+            attempt = step.attempt
 
-    def _cached(self, task: ExecutionTask, ctx: RunContext) -> ExecutionResult | None:
-        assert self.cache is not None
-        return cached_result(self.cache, task, ctx)
+    def step(
+        self, task: ExecutionTask, ctx: RunContext, attempt: Attempt | None = None
+    ) -> ExecutionResult | Reschedule:
+        """Take *task* one step on: its final envelope, or when and how to come back.
 
-    def _attempts(self, task: ExecutionTask, ctx: RunContext, started: float) -> ExecutionResult:
+        The first step announces the task and consults the cache; every step
+        makes at most one call. Never raises for the task's outcome, never waits.
+        """
+        attempt = attempt or Attempt()
+        now = self.clock()
+        if attempt.started is None:
+            self.hooks.on_started(task, ctx)
+            if self.cache is not None and self.uses_cache(task):
+                hit = cached_result(self.cache, task, ctx)
+                if hit is not None:
+                    self.hooks.on_cache_hit(task, ctx, hit)
+                    self.hooks.on_finished(task, ctx, hit)
+                    return hit
+            attempt = replace(attempt, started=now)
+        if attempt.not_before is not None and attempt.not_before - now > EARLY_TOLERANCE_S:
+            return Reschedule(attempt.not_before - now, attempt, "early")
+        step = self._attempt(task, ctx, attempt)
+        if isinstance(step, ExecutionResult):
+            if step.ok and self.cache is not None and self.uses_cache(task):
+                try:
+                    self.cache.store(task, step)
+                except Exception:
+                    log.warning("cache store failed for task %s", task.id, exc_info=True)
+            self.hooks.on_finished(task, ctx, step)
+        return step
+
+    def _attempt(
+        self, task: ExecutionTask, ctx: RunContext, attempt: Attempt
+    ) -> ExecutionResult | Reschedule:
         handler = self.handlers.get(task.type)
         max_retries = (
             task.metadata.retries if task.metadata.retries is not None else self.retry.max_retries
         )
         timeout_s = (task.metadata.timeout or self.default_timeout_ms) / 1000.0
         idempotency_key = task.metadata.idempotency_key or f"{ctx.plan_id or '-'}:{task.id}"
-        attempt = 0
+        number = attempt.number
+        started = attempt.started if attempt.started is not None else self.clock()
 
-        def finish(status: TaskStatus, error: str | None) -> ExecutionResult:
+        def finish(
+            status: TaskStatus, error: str | None, *, called: bool = True
+        ) -> ExecutionResult:
+            made = number if called else number - 1  # calls made, this one included
             return envelope(
                 task,
                 status,
                 error=error,
-                retries=max(attempt - 1, 0),
-                attempts=attempt,
+                retries=max(made - 1, 0),
+                attempts=made,
                 execution_time_ms=(self.clock() - started) * 1000.0,
                 ctx=ctx,
             )
 
         if handler is None:
-            return finish(TaskStatus.FAILURE, f"task type {task.type.value!r} is not available")
-        while True:
-            if attempt > 0 and ctx.is_cancelled():
-                return finish(TaskStatus.CANCELLED, "plan cancelled")
-            budget = timeout_s
-            if ctx.deadline is not None:
-                budget = min(budget, ctx.deadline - self.clock())
-                if budget <= 0:
-                    return finish(TaskStatus.TIMEOUT, "plan deadline passed")
-            attempt += 1
-            call = CallContext(
-                timeout_s=budget,
-                attempt=attempt,
-                plan_id=ctx.plan_id,
-                idempotency_key=idempotency_key,
-                lineage=ctx.lineage,
-            )
-            try:
-                outcome = handler(task, call)
-            except TaskCancelledError as exc:
-                return finish(TaskStatus.CANCELLED, str(exc) or "plan cancelled")
-            except RETRYABLE_ERRORS as exc:
-                error = _describe(exc)
+            error = f"task type {task.type.value!r} is not available"
+            return finish(TaskStatus.FAILURE, error, called=False)
+        if number > 1 and ctx.is_cancelled():
+            return finish(TaskStatus.CANCELLED, "plan cancelled", called=False)
+        budget = timeout_s
+        if ctx.deadline is not None:
+            budget = min(budget, ctx.deadline - self.clock())
+            if budget <= 0:
+                return finish(TaskStatus.TIMEOUT, "plan deadline passed", called=False)
+        call = CallContext(
+            timeout_s=budget,
+            attempt=number,
+            plan_id=ctx.plan_id,
+            idempotency_key=idempotency_key,
+            lineage=ctx.lineage,
+            deadline=ctx.deadline,
+            slot_reserved=attempt.slot_reserved,
+        )
+        try:
+            outcome = handler(task, call)
+        except TaskCancelledError as exc:
+            return finish(TaskStatus.CANCELLED, str(exc) or "plan cancelled")
+        except RateLimitedError as exc:
+            if not exc.reserved:
+                error = f"{_describe(exc)} (no slot before the deadline)"
+                return finish(TaskStatus.TIMEOUT, error, called=False)
+            wait_s = max(exc.wait_s, 0.0)
+            booked = replace(attempt, not_before=self.clock() + wait_s, slot_reserved=True)
+            return Reschedule(wait_s, booked, "rate-limit")
+        except RETRYABLE_ERRORS as exc:
+            error = _describe(exc)
+            if number > max_retries:
                 timed_out = isinstance(exc, TaskTimeoutError)
-                if attempt > max_retries:
-                    return finish(TaskStatus.TIMEOUT if timed_out else TaskStatus.FAILURE, error)
-                delay_ms = self.retry.delay_ms(attempt)
-                if isinstance(exc, UpstreamError) and exc.retry_after_s is not None:
-                    hinted_ms = min(exc.retry_after_s, MAX_RETRY_AFTER_S) * 1000.0
-                    delay_ms = max(delay_ms, hinted_ms)
-                if ctx.deadline is not None and self.clock() + delay_ms / 1000.0 >= ctx.deadline:
-                    return finish(TaskStatus.TIMEOUT, f"{error} (no time left to retry)")
-                self.hooks.on_retrying(task, ctx, attempt=attempt, delay_ms=delay_ms, error=error)
-                self.sleep(delay_ms / 1000.0)
-                continue
-            except ExecutionError as exc:
-                return finish(TaskStatus.FAILURE, _describe(exc))
-            except Exception as exc:
-                log.exception("handler for task %s raised unexpectedly", task.id)
-                return finish(TaskStatus.FAILURE, f"internal error: {type(exc).__name__}: {exc}")
-            meta = target_metadata(task)
-            meta.update(outcome.metadata)
-            meta.update(cached=False, attempts=attempt, worker=ctx.worker)
-            if ctx.plan_id:
-                meta["planId"] = ctx.plan_id
-            return ExecutionResult(
-                task_id=task.id,
-                status=TaskStatus.SUCCESS,
-                result=outcome.result,
-                confidence=outcome.confidence,
-                retries=attempt - 1,
-                execution_time=(self.clock() - started) * 1000.0,
-                metadata=meta,
+                return finish(TaskStatus.TIMEOUT if timed_out else TaskStatus.FAILURE, error)
+            delay_s = self.retry_delay_s(number, exc)
+            now = self.clock()
+            if ctx.deadline is not None and now + delay_s >= ctx.deadline:
+                return finish(TaskStatus.TIMEOUT, f"{error} (no time left to retry)")
+            self.hooks.on_retrying(
+                task, ctx, attempt=number, delay_ms=delay_s * 1000.0, error=error
             )
+            again = Attempt(number + 1, started, not_before=now + delay_s)
+            return Reschedule(delay_s, again, "retry")
+        except ExecutionError as exc:
+            return finish(TaskStatus.FAILURE, _describe(exc))
+        except Exception as exc:
+            log.exception("handler for task %s raised unexpectedly", task.id)
+            return finish(TaskStatus.FAILURE, f"internal error: {type(exc).__name__}: {exc}")
+        meta = target_metadata(task)
+        meta.update(outcome.metadata)
+        meta.update(cached=False, attempts=number, worker=ctx.worker)
+        if ctx.plan_id:
+            meta["planId"] = ctx.plan_id
+        return ExecutionResult(
+            task_id=task.id,
+            status=TaskStatus.SUCCESS,
+            result=outcome.result,
+            confidence=outcome.confidence,
+            retries=number - 1,
+            execution_time=(self.clock() - started) * 1000.0,
+            metadata=meta,
+        )
+
+    def retry_delay_s(self, retry: int, exc: BaseException) -> float:
+        """Wait before retry number *retry* after *exc*: the backoff, or ``Retry-After`` if longer.
+
+        A hint is capped at :data:`MAX_RETRY_AFTER_S`; one that is not a finite
+        number of seconds is ignored.
+        """
+        delay_s = self.retry.delay_ms(retry) / 1000.0
+        hint = exc.retry_after_s if isinstance(exc, UpstreamError) else None
+        if hint is not None and math.isfinite(hint):
+            delay_s = max(delay_s, min(max(hint, 0.0), MAX_RETRY_AFTER_S))
+        return delay_s
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def _describe(exc: BaseException) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -56,9 +57,12 @@ local m = redis.call('HMGET', KEYS[1], 'state', 'cancel')
 if not m[1] then return {'missing', false} end
 if m[2] == '1' then return {'cancelled', false} end
 if ARGV[4] == '1' then
-  redis.call('SET', KEYS[3], '1', 'EX', tonumber(ARGV[3]))
-elseif not redis.call('SET', KEYS[3], '1', 'NX', 'EX', tonumber(ARGV[3])) then
-  return {'busy', false}
+  redis.call('SET', KEYS[3], ARGV[5], 'EX', tonumber(ARGV[3]))
+elseif not redis.call('SET', KEYS[3], ARGV[5], 'NX', 'EX', tonumber(ARGV[3])) then
+  -- held: by another copy of the task (drop this one), or by this very message's
+  -- earlier delivery (a Celery retry keeps its task id), which carries on
+  if redis.call('GET', KEYS[3]) ~= ARGV[5] then return {'busy', false} end
+  redis.call('SET', KEYS[3], ARGV[5], 'EX', tonumber(ARGV[3]))
 end
 if redis.call('HSETNX', KEYS[1], 'started:' .. ARGV[1], '1') == 1 then
   redis.call('HINCRBY', KEYS[1], 'running', 1)  -- a takeover reuses the dead run's count
@@ -261,14 +265,17 @@ class PlanStore:
         *,
         lease_s: int = 3600,
         redelivered: bool = False,
+        owner: str = "",
     ) -> StartDecision:
         """Called before a task runs: replay, refuse (cancelled, busy) or go ahead.
 
-        Going ahead takes a lease of *lease_s* seconds on the task, so a second
-        copy of the same task (a window successor sent twice) is dropped
-        (``busy``) while the first runs. A *redelivered* message — the broker
-        gave it back because its worker died — takes the lease over.
+        Going ahead takes a lease of *lease_s* seconds on the task for *owner*
+        (the Celery task id), so a second copy of the same task (a window
+        successor sent twice) is dropped (``busy``) while the first runs. The
+        owner's own later deliveries (its retries) and a *redelivered* message
+        — the broker gave it back because its worker died — carry on.
         """
+        owner = owner or uuid.uuid4().hex
         keys = self._keys(plan_id)
         prev = "" if previous_index is None else str(previous_index)
         lease = self._lease(plan_id, index)
@@ -276,7 +283,7 @@ class PlanStore:
             "start",
             lambda: self._start(
                 keys=[keys["meta"], keys["results"], lease],
-                args=[str(index), prev, lease_s, "1" if redelivered else "0"],
+                args=[str(index), prev, lease_s, "1" if redelivered else "0", owner],
             ),
         )
         if action == "recorded":
@@ -284,6 +291,14 @@ class PlanStore:
         if action == "run":
             return StartDecision(action, previous=_result(payload))
         return StartDecision(action)
+
+    def hold(self, plan_id: str, index: int, owner: str, lease_s: int) -> None:
+        """Keep task *index* leased to *owner* for *lease_s* more seconds (it waits to retry).
+
+        While the lease lives, the task is not taken for lost (see :meth:`orphans`).
+        """
+        lease = self._lease(plan_id, index)
+        self._call("hold", lambda: self.client.set(lease, owner or "1", ex=max(int(lease_s), 1)))
 
     def finish(
         self, plan_id: str, index: int, result: ExecutionResult, *, ran: bool

@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 SOCKET_TIMEOUT_S = 15.0
 #: Timeout of the clients on every agent call's path (breaker, limiter).
 FAST_TIMEOUT_S = 1.0
-#: Connections one worker process keeps open to HTTP targets.
-HTTP_POOL_SIZE = 64
 
 
 def redis_client(url: str, *, fast: bool = False) -> redis.Redis:
@@ -68,7 +66,7 @@ def redis_client(url: str, *, fast: bool = False) -> redis.Redis:
 
 @dataclass
 class WorkerRuntime:
-    """Everything a worker process shares between its task threads."""
+    """Everything a worker process shares between its task slots (greenlets or threads)."""
 
     settings: Settings
     redis: redis.Redis
@@ -107,14 +105,14 @@ class WorkerRuntime:
                 background=True,
             )
             hooks.add(EventHooks(bus, worker=worker))
+        # as many connections as calls in flight: one per task slot
+        pool = settings.worker_concurrency
         http = httpx.Client(
-            limits=httpx.Limits(
-                max_connections=HTTP_POOL_SIZE, max_keepalive_connections=HTTP_POOL_SIZE
-            ),
+            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
             timeout=settings.default_timeout / 1000.0,
         )
         fast = redis_client(settings.redis_url, fast=True)
-        proxy = build_agent_proxy(settings, fast, emit=hooks.emit)
+        proxy = build_agent_proxy(settings, fast, emit=hooks.emit, http_pool_size=pool)
         handlers: dict[TaskType, Handler] = {
             TaskType.AGENT: proxy,
             TaskType.FUNCTION: registry,

@@ -1,7 +1,8 @@
 """Start and stop local worker processes (demo, tests, benchmarks).
 
-Each worker is a real ``celery worker`` process on a threads pool; it gets
-its settings through ``TASKPLANE_*`` environment variables. Only processes
+Each worker is a real ``celery worker`` process, on the gevent pool unless
+told otherwise (as ``taskplane worker`` runs it); it gets its settings
+through ``TASKPLANE_*`` environment variables. Only processes
 started here are stopped here, by PID.
 """
 
@@ -75,8 +76,9 @@ def start_worker(
     loglevel: str = "WARNING",
     extra_args: tuple[str, ...] = (),
     app_module: str = "taskplane.celery_app",
+    pool: str = "gevent",
 ) -> WorkerProcess:
-    """Start one ``celery worker`` process of *app_module* on a threads pool."""
+    """Start one ``celery worker`` process of *app_module* on *pool* (gevent or threads)."""
     name = name or f"w{uuid.uuid4().hex[:6]}"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
@@ -88,7 +90,7 @@ def start_worker(
         app_module,
         "worker",
         "-P",
-        "threads",
+        pool,
         "-c",
         str(concurrency),
         "-n",

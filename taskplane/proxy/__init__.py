@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 import redis
 
 from taskplane.config import Settings
-from taskplane.errors import ExecutionError, NotFoundError, TaskTimeoutError
+from taskplane.errors import ExecutionError, NotFoundError
 from taskplane.executor import CallContext, Outcome
 from taskplane.models import ExecutionTask
 from taskplane.proxy.breaker import Admission, CircuitBreaker, Emit
@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 
 #: Health checks at registration give up after this long (s).
 DEFAULT_HEALTH_TIMEOUT_S = 2.0
+#: Connections to HTTP agents when the caller does not size the pool.
+DEFAULT_HTTP_POOL_SIZE = 100
 #: A half-open trial's lease is its call's timeout plus this (s).
 TRIAL_LEASE_GRACE_S = 5.0
 
@@ -73,7 +75,6 @@ class AgentProxy:
         breaker: Per-agent circuit breakers.
         limiter: Per-agent rate limits.
         clock: Wall clock in epoch seconds.
-        sleep: Unused by the proxy itself; kept so one clock/sleep pair wires every part.
     """
 
     def __init__(
@@ -85,14 +86,12 @@ class AgentProxy:
         breaker: CircuitBreaker,
         limiter: RateLimiter,
         clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.registry = registry
         self.transports = {"http": http_transport, "grpc": grpc_transport}
         self.breaker = breaker
         self.limiter = limiter
         self.clock = clock
-        self.sleep = sleep
 
     def agent(self, agent_id: str) -> AgentInfo:
         """The registered agent *agent_id*.
@@ -109,24 +108,24 @@ class AgentProxy:
         """Make one attempt at an ``agent`` task (``task.target`` is the agent id).
 
         Raises:
-            ExecutionError: ``NotFoundError``, ``CircuitOpenError``, a rate-limit
-                ``TaskTimeoutError`` or whatever the transport raised.
+            RateLimitedError: No slot now (one is booked ``wait_s`` from now,
+                unless that is after the deadline).
+            ExecutionError: ``NotFoundError``, ``CircuitOpenError`` or whatever
+                the transport raised.
         """
         agent = self.agent(task.target)
         transport = self.transports[agent.protocol]
-        deadline = self.clock() + call.timeout_s
         admission = self.breaker.before_call(
             agent.agent_id, lease_s=call.timeout_s + TRIAL_LEASE_GRACE_S
         )
-        try:
-            self.limiter.acquire(agent.agent_id, deadline=deadline)
-            remaining_s = deadline - self.clock()
-            if remaining_s <= 0:
-                raise TaskTimeoutError(f"no time left to call agent {agent.agent_id}")
-        except BaseException:
-            self.breaker.abandon(admission)
-            raise
-        outcome = self._send(transport, agent, task, call, remaining_s, admission)
+        if not call.slot_reserved:
+            horizon = call.deadline if call.deadline is not None else self.clock() + call.timeout_s
+            try:
+                self.limiter.reserve(agent.agent_id, deadline=horizon)
+            except BaseException:
+                self.breaker.abandon(admission)
+                raise
+        outcome = self._send(transport, agent, task, call, call.timeout_s, admission)
         outcome.metadata.update(agentId=agent.agent_id, protocol=agent.protocol)
         return outcome
 
@@ -221,7 +220,7 @@ def build_agent_proxy(
     *,
     emit: Emit,
     clock: Callable[[], float] = time.time,
-    sleep: Callable[[float], None] = time.sleep,
+    http_pool_size: int = DEFAULT_HTTP_POOL_SIZE,
 ) -> AgentProxy:
     """Build the process's proxy: Redis registry, breaker and limiter, pooled transports.
 
@@ -231,13 +230,16 @@ def build_agent_proxy(
         redis_client: Shared by registry, breaker and limiter.
         emit: Receives ``circuit:open`` / ``circuit:close`` events.
         clock: Wall clock in epoch seconds.
-        sleep: Waits for rate-limit slots.
+        http_pool_size: Connections kept to HTTP agents: as many as the
+            worker's calls in flight.
     """
     prefix = settings.key_prefix
     max_bytes = settings.http_max_response_bytes
     return AgentProxy(
         RedisAgentRegistry(redis_client, prefix=prefix),
-        http_transport=HttpTransport(make_http_client(), max_response_bytes=max_bytes),
+        http_transport=HttpTransport(
+            make_http_client(max_connections=http_pool_size), max_response_bytes=max_bytes
+        ),
         grpc_transport=GrpcTransport(max_response_bytes=max_bytes),
         breaker=CircuitBreaker.with_redis(
             redis_client, settings.circuit_breaker, prefix=prefix, emit=emit, clock=clock
@@ -246,8 +248,6 @@ def build_agent_proxy(
             RedisLimiterBackend(redis_client, prefix=prefix),
             settings.rate_limit,
             clock=clock,
-            sleep=sleep,
         ),
         clock=clock,
-        sleep=sleep,
     )

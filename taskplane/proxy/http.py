@@ -21,6 +21,7 @@ exchange (not only each read) is bounded by the call's timeout.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
@@ -44,12 +45,14 @@ from taskplane.proxy.transport import AgentTransport, HealthReport, outcome_from
 DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
 #: How much of an error body goes into the error message, in characters.
 ERROR_SNIPPET_CHARS = 200
-#: Connections kept per process: enough for a 32-thread worker with headroom.
-DEFAULT_MAX_CONNECTIONS = 64
 
 
-def make_http_client(*, max_connections: int = DEFAULT_MAX_CONNECTIONS) -> httpx.Client:
-    """The process-wide pooled client the transport expects (no redirects, no env proxies)."""
+def make_http_client(*, max_connections: int) -> httpx.Client:
+    """The process-wide pooled client the transport expects (no redirects, no env proxies).
+
+    Args:
+        max_connections: Pool size: as many as the process has calls in flight.
+    """
     limits = httpx.Limits(
         max_connections=max_connections, max_keepalive_connections=max_connections
     )
@@ -62,9 +65,11 @@ def retry_after_s(value: str | None, *, now: float | None = None) -> float | Non
         return None
     text = value.strip()
     try:
-        return max(float(text), 0.0)
+        seconds = float(text)
     except ValueError:
         pass
+    else:  # "nan", "inf" and negative numbers are no hint; huge ones are capped by the runner
+        return max(seconds, 0.0) if math.isfinite(seconds) else None
     try:
         when = parsedate_to_datetime(text).timestamp()
     except (TypeError, ValueError, IndexError):

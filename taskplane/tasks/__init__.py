@@ -1,6 +1,9 @@
 """The Celery tasks: thin wrappers that validate, get the runtime and call the domain.
 
-* ``taskplane.run_task`` — one task of a plan (every task runs as one);
+* ``taskplane.run_task`` — one task of a plan (every task runs as one). A task
+  that must wait — a retry's backoff or ``Retry-After``, a booked rate-limit
+  slot — is rescheduled with Celery's own retry and a countdown, so Flower and
+  Celery's events show RETRY and no worker slot is held while it waits;
 * ``taskplane.check_anomalies`` / ``taskplane.prune_tracking`` — Celery beat jobs;
 * ``taskplane.execute_plan`` — a whole plan sent by name from any service::
 
@@ -12,6 +15,7 @@
 
 from __future__ import annotations
 
+import json
 from functools import partial
 from typing import Any
 
@@ -19,10 +23,17 @@ from celery import Celery, Task
 from celery.exceptions import Ignore
 from celery.signals import task_postrun, worker_shutdown
 
+from taskplane.config import Settings
+from taskplane.executor import Attempt, Reschedule
 from taskplane.models import ExecutionPlan, parse_plan
 from taskplane.planstore import TERMINAL
 from taskplane.runtime import WorkerRuntime, close_runtimes, runtime_for
 from taskplane.tasks.canvas import RUN_TASK, enqueue_member, submit_plan
+
+#: Kept between a countdown plus its attempt and the visibility timeout, in seconds.
+COUNTDOWN_MARGIN_S = 5.0
+#: A countdown may always be at least this long, whatever the settings (s).
+MIN_COUNTDOWN_CAP_S = 1.0
 
 
 def deliver_results(app: Celery, celery_task_id: str, results: list[dict[str, Any]]) -> None:
@@ -56,10 +67,26 @@ def worker_runtime(app: Celery, worker: str = "") -> WorkerRuntime:
     )
 
 
+def capped_countdown_s(delay_s: float, settings: Settings, task: dict[str, Any]) -> float:
+    """The countdown for a reschedule of *delay_s*, kept short enough to be safe.
+
+    On the Redis transport a worker holds a message with a countdown
+    unacknowledged until it runs, and the visibility timeout counts from
+    delivery: a countdown plus the attempt after it must end before that, or
+    the message is redelivered and runs twice. A longer wait is made of
+    several shorter countdowns (the runner re-checks ``not_before``).
+    """
+    timeout_ms = (task.get("metadata") or {}).get("timeout") or settings.default_timeout
+    cap = settings.effective_visibility_timeout_s - float(timeout_ms) / 1000.0 - COUNTDOWN_MARGIN_S
+    return min(max(delay_s, 0.0), max(cap, MIN_COUNTDOWN_CAP_S))
+
+
 def register_tasks(app: Celery) -> None:
     """Register taskplane's tasks on *app*."""
 
-    @app.task(name="taskplane.run_task", bind=True, ignore_result=True, shared=False)
+    @app.task(
+        name="taskplane.run_task", bind=True, ignore_result=True, shared=False, max_retries=None
+    )
     def run_task(
         self: Task,
         plan_id: str,
@@ -67,9 +94,11 @@ def register_tasks(app: Celery) -> None:
         task: dict[str, Any],
         deadline: float | None = None,
         previous_index: int | None = None,
+        attempt: dict[str, Any] | None = None,
     ) -> dict[str, Any] | None:
         worker = self.request.hostname or ""
-        result = worker_runtime(app, worker).coordinator.run_member(
+        runtime = worker_runtime(app, worker)
+        step = runtime.coordinator.run_member(
             plan_id,
             index,
             task,
@@ -77,8 +106,18 @@ def register_tasks(app: Celery) -> None:
             deadline=deadline,
             worker=worker,
             redelivered=bool((self.request.delivery_info or {}).get("redelivered")),
+            attempt=Attempt.from_json(attempt),
+            owner=self.request.id or "",
         )
-        return None if result is None else result.to_json_dict()
+        if isinstance(step, Reschedule):
+            kwargs = {**(self.request.kwargs or {}), "attempt": step.attempt.to_json()}
+            countdown = capped_countdown_s(step.delay_s, runtime.settings, task)
+            raise self.retry(
+                kwargs=kwargs,
+                countdown=countdown,
+                kwargsrepr=json.dumps(kwargs, separators=(",", ":")),
+            )
+        return None if step is None else step.to_json_dict()
 
     @app.task(name="taskplane.execute_plan", bind=True, shared=False)
     def execute_plan(self: Task, plan: dict[str, Any]) -> list[dict[str, Any]]:

@@ -7,9 +7,12 @@ from typing import Any
 from celery import Celery
 
 from taskplane.config import Settings, load_settings
+from taskplane.tasks.pool import effective_pool, prepare_process
 
 #: Queue every taskplane task goes to unless routed elsewhere.
 DEFAULT_QUEUE = "taskplane"
+#: Broker connections beyond one per task slot (consumer, events, control).
+BROKER_SPARE_CONNECTIONS = 10
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -21,6 +24,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "unacked_restore_throttle": 1,
         # a worker killed during its sweep must not hold the sweep lock for kombu's 300 s
         "unacked_mutex_expire": max(2 * settings.redelivery_sweep_s, 10),
+        # every greenlet acks through this pool: kombu's default of 10 connections fails
+        # acks under load ("Couldn't ack … Too many connections"), and an unacked message
+        # is delivered again after the visibility timeout
+        "max_connections": settings.worker_concurrency + BROKER_SPARE_CONNECTIONS,
     }
     return {
         "broker_url": settings.effective_broker_url,
@@ -34,7 +41,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "worker_concurrency": settings.worker_concurrency,
-        "worker_pool": "threads",
+        "worker_pool": effective_pool(settings.worker_pool),
         "task_default_queue": DEFAULT_QUEUE,
         "broker_transport_options": transport,
         "result_backend_transport_options": {"visibility_timeout": visibility},
@@ -62,6 +69,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 def create_app(settings: Settings | None = None) -> Celery:
     """A Celery app configured from *settings* (the environment when None), tasks registered."""
     settings = settings or load_settings()
+    prepare_process()
     app = Celery("taskplane", task_cls="taskplane.tasks.guard:GuardedTask")
     app.conf.update(celery_config(settings))
     app.taskplane_settings = settings

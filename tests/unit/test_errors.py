@@ -52,6 +52,7 @@ SAMPLES: list[TaskplaneError] = [
     errors.InvalidPayloadError("bad method"),
     errors.ForbiddenTargetError("169.254.169.254 is link-local"),
     errors.CircuitOpenError("circuit for a1 is open"),
+    errors.RateLimitedError("agent a1: rate limit, next slot in 0.250 s (booked)", 0.25, True),
     errors.PatternError("pattern p nests too deep"),
     errors.FunctionError("function f raised KeyError"),
     errors.TaskCancelledError("plan cancelled"),

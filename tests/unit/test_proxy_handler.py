@@ -12,7 +12,7 @@ from taskplane.config import CircuitBreakerConfig, RateLimitConfig, RetryConfig
 from taskplane.errors import (
     CircuitOpenError,
     NotFoundError,
-    TaskTimeoutError,
+    RateLimitedError,
     UpstreamError,
 )
 from taskplane.executor import CallContext, TaskRunner
@@ -79,10 +79,8 @@ def rig() -> Rig:
         limiter=RateLimiter(
             config=RateLimitConfig(max_requests=2, window_ms=1000),
             clock=time.clock,
-            sleep=time.sleep,
         ),
         clock=time.clock,
-        sleep=time.sleep,
     )
     proxy.register("a1", ENDPOINT, capabilities=["z", "a"])
     return Rig(proxy, agent, time, events)
@@ -116,26 +114,36 @@ def test_an_open_circuit_fails_fast_without_calling_or_using_a_rate_slot(rig: Ri
     for _ in range(5):
         with pytest.raises(CircuitOpenError):
             rig.proxy(task(), CALL)
-    assert rig.agent.calls == 2 and rig.time.slept == []
+    assert rig.agent.calls == 2
 
 
-def test_a_rate_limited_call_waits_for_its_slot(rig: Rig) -> None:
-    for _ in range(3):
+def test_a_rate_limited_call_books_its_slot_and_makes_the_call_then(rig: Rig) -> None:
+    for _ in range(2):
         rig.proxy(task(), CALL)
-    assert rig.agent.calls == 3
-    assert rig.time.slept == [pytest.approx(1.001)]
+    with pytest.raises(RateLimitedError) as limited:
+        rig.proxy(task(), CALL)
+    assert limited.value.reserved and limited.value.wait_s == pytest.approx(1.0)
+    assert rig.agent.calls == 2 and rig.time.slept == []  # nothing waited in this thread
+    rig.time.now += limited.value.wait_s
+    booked = CallContext(timeout_s=5.0, idempotency_key="k", slot_reserved=True)
+    rig.proxy(task(), booked)  # the rescheduled attempt uses the slot it booked
+    rig.proxy(task(), CALL)  # the window (2 per s) now holds the booked call and this one
+    assert rig.agent.calls == 4
+    with pytest.raises(RateLimitedError):
+        rig.proxy(task(), CALL)
 
 
-def test_a_rate_limit_wait_past_the_deadline_frees_the_half_open_trial(rig: Rig) -> None:
+def test_a_rate_limit_slot_past_the_deadline_frees_the_half_open_trial(rig: Rig) -> None:
     rig.agent.failing = True
     for _ in range(2):
         with pytest.raises(UpstreamError):
             rig.proxy(task(), CALL)
     rig.time.now += 10
-    rig.proxy.limiter.backend.try_acquire("a1", now_ms=rig.time.now * 1000, limit=2, window_ms=1000)
-    rig.proxy.limiter.backend.try_acquire("a1", now_ms=rig.time.now * 1000, limit=2, window_ms=1000)
-    with pytest.raises(TaskTimeoutError, match="rate limit"):
-        rig.proxy(task(), CallContext(timeout_s=0.5))
+    for _ in range(2):
+        rig.proxy.limiter.reserve("a1", deadline=rig.time.now + 5)
+    with pytest.raises(RateLimitedError, match="after the deadline") as limited:
+        rig.proxy(task(), CallContext(timeout_s=0.5, deadline=rig.time.now + 0.5))
+    assert not limited.value.reserved
     rig.agent.failing = False
     rig.time.now += 1.1
     rig.proxy(task(), CALL)  # this caller became the trial, and closed the circuit

@@ -1,9 +1,9 @@
-"""The sliding-window rate limiter, with a fake clock and sleep, against memory and Redis."""
+"""The sliding-window rate limiter that books slots, with a fake clock, against memory and Redis."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -13,9 +13,8 @@ from redis.retry import Retry
 
 from taskplane.config import RateLimitConfig
 from taskplane.devtools.redis_server import free_port
-from taskplane.errors import TaskTimeoutError
+from taskplane.errors import RateLimitedError
 from taskplane.proxy.limiter import (
-    WAKE_MARGIN_S,
     InMemoryLimiterBackend,
     LimiterBackend,
     RateLimiter,
@@ -29,14 +28,9 @@ START = 1_700_000_000.0
 @dataclass
 class FakeTime:
     now: float = START
-    slept: list[float] = field(default_factory=list)
 
     def clock(self) -> float:
         return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -49,65 +43,76 @@ def backend(request: pytest.FixtureRequest) -> LimiterBackend:
 def limiter(
     backend: LimiterBackend, time: FakeTime, config: RateLimitConfig = CONFIG
 ) -> RateLimiter:
-    return RateLimiter(backend, config, clock=time.clock, sleep=time.sleep)
+    return RateLimiter(backend, config, clock=time.clock)
 
 
-def test_calls_within_the_limit_do_not_wait(backend: LimiterBackend) -> None:
+def wait_for(rl: RateLimiter, agent: str, deadline: float) -> float:
+    """0 when the call may start now, else the seconds until its booked slot."""
+    try:
+        rl.reserve(agent, deadline=deadline)
+    except RateLimitedError as exc:
+        assert exc.reserved
+        return exc.wait_s
+    return 0.0
+
+
+def test_calls_within_the_limit_start_now(backend: LimiterBackend) -> None:
     time = FakeTime()
     rl = limiter(backend, time)
-    waits = [rl.acquire("a", deadline=time.now + 5) for _ in range(3)]
-    assert waits == [0.0, 0.0, 0.0] and time.slept == []
+    assert [wait_for(rl, "a", time.now + 5) for _ in range(3)] == [0.0, 0.0, 0.0]
 
 
-def test_a_limited_call_waits_until_the_oldest_call_leaves_the_window(
+def test_a_limited_call_gets_the_slot_a_window_after_the_oldest_call(
     backend: LimiterBackend,
 ) -> None:
     time = FakeTime()
     rl = limiter(backend, time)
     for offset in (0.0, 0.2, 0.4):
         time.now = START + offset
-        rl.acquire("a", deadline=time.now + 5)
+        assert wait_for(rl, "a", time.now + 5) == 0.0
     time.now = START + 0.5
-    waited = rl.acquire("a", deadline=time.now + 5)
-    assert time.slept == [pytest.approx(0.5 + WAKE_MARGIN_S)]
-    assert waited == pytest.approx(0.5 + WAKE_MARGIN_S)
-    rl.acquire("a", deadline=time.now + 5)  # now START + 1.001; the call at 0.2 leaves at 1.2
-    assert time.slept[-1] == pytest.approx(0.199 + WAKE_MARGIN_S)
+    assert wait_for(rl, "a", time.now + 5) == pytest.approx(0.5)  # booked for START + 1.0
+    # the next one queues behind it: a window after the call at 0.2
+    assert wait_for(rl, "a", time.now + 5) == pytest.approx(0.7)
 
 
-def test_the_window_slides_so_at_most_max_requests_start_in_any_window(
-    backend: LimiterBackend,
-) -> None:
+def test_a_backlog_is_booked_in_order_at_exactly_the_limit(backend: LimiterBackend) -> None:
     time = FakeTime()
     rl = limiter(backend, time)
-    starts = []
-    for _ in range(10):
-        rl.acquire("a", deadline=time.now + 10)
-        starts.append(time.now)
-        time.now += 0.1
-    for first in starts:
-        in_window = [s for s in starts if first <= s < first + 1.0]
+    slots = [START + wait_for(rl, "a", START + 100) for _ in range(10)]
+    assert slots == sorted(slots)
+    for first in slots:
+        in_window = [s for s in slots if first <= s < first + 1.0]
         assert len(in_window) <= 3
-    assert starts[-1] - starts[0] >= 3.0  # 10 calls at 3/s need three full windows
+    assert slots[-1] - slots[0] == pytest.approx(3.0)  # 10 calls at 3/s: three more windows
 
 
-def test_a_wait_past_the_deadline_raises_at_once(backend: LimiterBackend) -> None:
+def test_booked_slots_count_when_they_come(backend: LimiterBackend) -> None:
+    time = FakeTime()
+    rl = limiter(backend, time)
+    waits = [wait_for(rl, "a", START + 100) for _ in range(6)]
+    assert waits == [0, 0, 0, pytest.approx(1.0), pytest.approx(1.0), pytest.approx(1.0)]
+    time.now = START + 1.0  # the booked three now fill the window
+    assert wait_for(rl, "a", START + 100) == pytest.approx(1.0)
+
+
+def test_a_slot_past_the_deadline_is_not_booked(backend: LimiterBackend) -> None:
     time = FakeTime()
     rl = limiter(backend, time)
     for _ in range(3):
-        rl.acquire("a", deadline=time.now + 5)
-    with pytest.raises(TaskTimeoutError, match="rate limit wait exceeded the deadline"):
-        rl.acquire("a", deadline=time.now + 0.5)
-    assert time.slept == []
+        rl.reserve("a", deadline=time.now + 5)
+    with pytest.raises(RateLimitedError, match="after the deadline") as raised:
+        rl.reserve("a", deadline=time.now + 0.5)
+    assert not raised.value.reserved and raised.value.wait_s == pytest.approx(1.0)
+    # nothing was booked: the next caller with time to spare gets the same slot
+    assert wait_for(rl, "a", time.now + 5) == pytest.approx(1.0)
 
 
 def test_agents_have_separate_windows(backend: LimiterBackend) -> None:
     time = FakeTime()
     rl = limiter(backend, time)
     for agent in ("a", "b", "c"):
-        for _ in range(3):
-            rl.acquire(agent, deadline=time.now + 5)
-    assert time.slept == []
+        assert [wait_for(rl, agent, time.now + 5) for _ in range(3)] == [0.0, 0.0, 0.0]
 
 
 def test_a_lowered_limit_waits_for_enough_calls_to_leave(backend: LimiterBackend) -> None:
@@ -115,10 +120,9 @@ def test_a_lowered_limit_waits_for_enough_calls_to_leave(backend: LimiterBackend
     generous = limiter(backend, time, RateLimitConfig(max_requests=4, window_ms=1000))
     for offset in (0.0, 0.1, 0.2, 0.3):
         time.now = START + offset
-        generous.acquire("a", deadline=time.now + 5)
+        generous.reserve("a", deadline=time.now + 5)
     strict = limiter(backend, time, RateLimitConfig(max_requests=2, window_ms=1000))
-    strict.acquire("a", deadline=time.now + 5)
-    assert time.slept == [pytest.approx(0.9 + WAKE_MARGIN_S)]  # the third newest leaves at 1.2
+    assert wait_for(strict, "a", time.now + 5) == pytest.approx(0.9)  # 0.2's call leaves at 1.2
 
 
 def test_unreachable_redis_fails_open(caplog: Any) -> None:
@@ -129,5 +133,5 @@ def test_unreachable_redis_fails_open(caplog: Any) -> None:
     rl = limiter(RedisLimiterBackend(dead), time)
     with caplog.at_level(logging.WARNING):
         for _ in range(5):
-            assert rl.acquire("a", deadline=time.now + 1) == 0.0
+            assert wait_for(rl, "a", time.now + 1) == 0.0
     assert caplog.text.count("failing open") == 1
