@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from typing import Any
 
 import grpc
@@ -32,8 +33,10 @@ class Counters:
         self.calls = 0
         self.in_flight = 0
         self.max_in_flight = 0
+        self.arrivals: list[float] = []
 
     def enter(self) -> None:
+        self.arrivals.append(time.time())
         self.calls += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -42,7 +45,13 @@ class Counters:
         self.in_flight -= 1
 
     def as_dict(self) -> dict[str, int]:
-        return {"calls": self.calls, "inFlight": self.in_flight, "maxInFlight": self.max_in_flight}
+        return {
+            "calls": self.calls,
+            "inFlight": self.in_flight,
+            "maxInFlight": self.max_in_flight,
+            "firstArrival": min(self.arrivals, default=0.0),
+            "lastArrival": max(self.arrivals, default=0.0),
+        }
 
 
 def _response(status: int, body: dict[str, Any]) -> bytes:

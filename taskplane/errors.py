@@ -12,6 +12,7 @@
         ├── TransportError          the target could not be reached (connection refused, reset)
         ├── TaskTimeoutError        the target did not answer within the call's timeout
         ├── UpstreamError           the target answered with a retryable error (5xx, 429)
+        │   └── ThrottledError      the target throttles (429, RESOURCE_EXHAUSTED): not unhealthy
         ├── ClientError             the target refused the request as malformed (4xx)
         ├── InvalidReplyError       the target's reply could not be understood
         ├── NotFoundError           no such agent, function or pattern
@@ -118,6 +119,14 @@ class UpstreamError(ExecutionError):
         return str(self.args[0])
 
 
+class ThrottledError(UpstreamError):
+    """Raised when the target says it is throttling (HTTP 429, gRPC RESOURCE_EXHAUSTED).
+
+    Retried like any upstream error (after its ``Retry-After``), but it says
+    nothing about the agent's health, so it never trips the circuit breaker.
+    """
+
+
 class ClientError(ExecutionError):
     """Raised when the target rejects the request itself (HTTP 4xx other than 429).
 
@@ -197,6 +206,7 @@ RETRYABLE_ERRORS: tuple[type[TaskplaneError], ...] = (
 
 #: Errors that say nothing about an agent's health and never trip its breaker.
 BREAKER_IGNORED_ERRORS: tuple[type[ExecutionError], ...] = (
+    ThrottledError,
     ClientError,
     NotFoundError,
     InvalidPayloadError,
@@ -215,7 +225,9 @@ def http_status_error(
 
     Returns None below 400; callers decide what a non-2xx success-range status means.
     """
-    if status == 429 or status >= 500:
+    if status == 429:
+        return ThrottledError(message, status, retry_after_s)
+    if status >= 500:
         return UpstreamError(message, status, retry_after_s)
     if status >= 400:
         return ClientError(message, status)

@@ -21,6 +21,9 @@ Modes (both servers):
 * ``no_confidence`` a reply without a confidence (gRPC: confidence 7.5)
 * ``huge``         HTTP only: a valid reply padded to ``huge_bytes``
 
+``first_mode``/``first_calls`` (HTTP): each task's first ``first_calls`` calls
+(by ``X-Taskplane-Task-Id``) answer in ``first_mode``, later ones in ``mode``.
+
 Both count ``calls`` (analyze only), keep arrival ``timestamps`` (epoch s),
 the ``requests`` received and the ``max_in_flight`` concurrency seen.
 ``healthy`` drives the health endpoint.
@@ -63,15 +66,21 @@ class _Recorder:
         self.requests: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         self.stopping = threading.Event()
+        self.first_mode: str | None = None
+        self.first_calls = 0
+        self.per_task: dict[str, int] = {}
 
-    def enter(self, request: dict[str, Any]) -> str:
+    def enter(self, request: dict[str, Any], task_id: str = "") -> str:
         with self.lock:
             self.calls += 1
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             self.timestamps.append(time.time())
             self.requests.append(request)
+            seen = self.per_task[task_id] = self.per_task.get(task_id, 0) + 1
             mode = self.mode
+            if self.first_mode is not None and seen <= self.first_calls:
+                mode = self.first_mode
         if mode == "slow":
             self.stopping.wait(self.delay_ms / 1000.0)
         elif mode == "hang":
@@ -86,7 +95,7 @@ class _Recorder:
         """Forget every call seen so far."""
         with self.lock:
             self.calls, self.max_in_flight = 0, 0
-            self.timestamps, self.requests = [], []
+            self.timestamps, self.requests, self.per_task = [], [], {}
 
 
 class _HttpServer(ThreadingHTTPServer):
@@ -124,7 +133,8 @@ class _HttpHandler(BaseHTTPRequestHandler):
         rec = self.server.recorder
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         body = json.loads(raw or b"null")
-        mode = rec.enter({"path": self.path, "headers": dict(self.headers), "body": body})
+        request = {"path": self.path, "headers": dict(self.headers), "body": body}
+        mode = rec.enter(request, self.headers.get("X-Taskplane-Task-Id", ""))
         try:
             self._reply(rec, mode, body)
         except OSError:  # the client gave up (timeouts in tests)

@@ -15,8 +15,10 @@ Status codes are translated here:
 gRPC status                                            Raised
 =====================================================  =============================
 DEADLINE_EXCEEDED                                      ``TaskTimeoutError``
-UNAVAILABLE, RESOURCE_EXHAUSTED, INTERNAL, UNKNOWN,    ``UpstreamError`` (retried,
+UNAVAILABLE, INTERNAL, UNKNOWN,                        ``UpstreamError`` (retried,
 ABORTED, DATA_LOSS                                     counts against the breaker)
+RESOURCE_EXHAUSTED                                     ``ThrottledError`` (retried,
+                                                       not counted by the breaker)
 CANCELLED                                              ``TransportError``
 INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS,           ``ClientError`` (not retried,
 PERMISSION_DENIED, UNAUTHENTICATED, FAILED_PRECONDITION, ignored by the breaker)
@@ -45,6 +47,7 @@ from taskplane.errors import (
     ExecutionError,
     InvalidReplyError,
     TaskTimeoutError,
+    ThrottledError,
     TransportError,
     UpstreamError,
 )
@@ -83,6 +86,8 @@ def translate_rpc_error(error: grpc.RpcError, agent_id: str) -> ExecutionError:
         return InvalidReplyError(message)
     if code is grpc.StatusCode.CANCELLED:
         return TransportError(message)
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return ThrottledError(message, name)
     if code in _RETRYABLE_UPSTREAM:
         return UpstreamError(message, name)
     if code is grpc.StatusCode.OK:

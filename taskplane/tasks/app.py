@@ -29,7 +29,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # is delivered again after the visibility timeout
         "max_connections": settings.worker_concurrency + BROKER_SPARE_CONNECTIONS,
     }
-    return {
+    config: dict[str, Any] = {
         "broker_url": settings.effective_broker_url,
         "result_backend": settings.redis_url,
         "task_serializer": "json",
@@ -41,7 +41,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "worker_concurrency": settings.worker_concurrency,
-        "worker_pool": effective_pool(settings.worker_pool),
         "task_default_queue": DEFAULT_QUEUE,
         "broker_transport_options": transport,
         "result_backend_transport_options": {"visibility_timeout": visibility},
@@ -64,6 +63,19 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             },
         },
     }
+    # gevent is chosen on the command line (-P gevent), where Celery patches the process
+    # before anything else loads; a process it did not patch runs the threads pool
+    if effective_pool(settings.worker_pool) != "gevent":
+        config["worker_pool"] = "threads"
+    elif settings.effective_broker_url.startswith(("redis://", "rediss://", "unix://")):
+        # Celery's prefetch limit stalls intake on the Redis transport: once it is reached
+        # the consumer sleeps in a 2 s poll that a finishing task does not wake, and every
+        # waiting task's countdown message counts against it. The gevent pool bounds intake
+        # itself (a full pool blocks the consumer until a greenlet frees), so a worker still
+        # takes at most one message beyond its free slots. RabbitMQ pushes messages: there
+        # the prefetch limit stays.
+        config["worker_prefetch_multiplier"] = 0
+    return config
 
 
 def create_app(settings: Settings | None = None) -> Celery:

@@ -47,6 +47,7 @@ SAMPLES: list[TaskplaneError] = [
     errors.TaskTimeoutError("no answer within 1.000s"),
     UpstreamError("HTTP 503: busy", 503, 2.5),
     ClientError("HTTP 404: nope", 404),
+    errors.ThrottledError("HTTP 429: slow down", 429, 1.0),
     errors.InvalidReplyError("not JSON"),
     errors.NotFoundError("Function f not found"),
     errors.InvalidPayloadError("bad method"),

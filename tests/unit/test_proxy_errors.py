@@ -13,6 +13,7 @@ from taskplane.errors import (
     ClientError,
     InvalidReplyError,
     TaskTimeoutError,
+    ThrottledError,
     TransportError,
     UpstreamError,
 )
@@ -152,7 +153,7 @@ class FakeRpcError(grpc.RpcError):
     [
         (grpc.StatusCode.DEADLINE_EXCEEDED, TaskTimeoutError),
         (grpc.StatusCode.UNAVAILABLE, UpstreamError),
-        (grpc.StatusCode.RESOURCE_EXHAUSTED, UpstreamError),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, ThrottledError),
         (grpc.StatusCode.INTERNAL, UpstreamError),
         (grpc.StatusCode.UNKNOWN, UpstreamError),
         (grpc.StatusCode.CANCELLED, TransportError),
@@ -200,3 +201,14 @@ def test_grpc_reply_mapping() -> None:
     assert outcome.metadata == {"reasoning": "r", "uncertainties": ["u"]}
     with pytest.raises(InvalidReplyError, match="value_json is not JSON"):
         outcome_from_result(confidence_pb2.ConfidenceResult(value_json="nope"), "a1")
+
+
+def test_a_throttled_answer_is_retried_but_says_nothing_about_health() -> None:
+    from taskplane.errors import BREAKER_IGNORED_ERRORS, RETRYABLE_ERRORS, http_status_error
+
+    throttled = http_status_error(429, "HTTP 429: slow down", 2.0)
+    assert isinstance(throttled, ThrottledError) and throttled.retry_after_s == 2.0
+    assert isinstance(throttled, RETRYABLE_ERRORS)
+    assert isinstance(throttled, BREAKER_IGNORED_ERRORS)
+    failing = http_status_error(503, "HTTP 503: busy")
+    assert not isinstance(failing, BREAKER_IGNORED_ERRORS)
