@@ -30,6 +30,18 @@ def http_get(url: str) -> int:
     return _client.get(url).status_code
 
 
+#: The bare agent call's client: a pool as large as a gevent worker's 1000 greenlets.
+_agent_client = httpx.Client(
+    timeout=30.0, limits=httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
+)
+
+
+@app.task(name="bench.agent_call", shared=False)
+def agent_call(endpoint: str, index: int) -> Any:
+    """What a bare Celery task calling an HTTP agent does: POST /analyze, return the JSON."""
+    return _agent_client.post(f"{endpoint}/analyze", json={"n": index}).json()
+
+
 @app.task(name="bench.collect", shared=False)
 def collect(results: list[Any]) -> int:
     """A chord body: count the header's results."""

@@ -122,7 +122,7 @@ def run_demo(console: Console) -> None:
             stack.callback(w.stop)
         engine = stack.enter_context(ExecutionEngine(settings))
         wait_ready(workers, engine.app.control.ping)
-        console.print(f"workers: {', '.join(w.name for w in workers)} (16 threads each)")
+        console.print(f"workers: {', '.join(w.name for w in workers)} (gevent, 16 slots each)")
 
         seen: Counter[str] = Counter()
         circuit: list[dict[str, Any]] = []
