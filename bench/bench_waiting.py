@@ -195,8 +195,9 @@ def capacity(calls: int, rounds: int) -> list[dict[str, Any]]:
             engine.register_agent("slow-grpc", f"127.0.0.1:{ports['grpc']}", protocol="grpc")
             results: dict[str, list[dict[str, float]]] = {"http": [], "grpc": [], "bare": []}
             for _ in range(rounds):
-                worker = start([sys.executable, "-m", "taskplane.cli", "worker", "--name", "cap"],
-                               env, "cap")  # fmt: skip
+                worker = start(
+                    [sys.executable, "-m", "taskplane.cli", "worker", "--name", "cap"], env, "cap"
+                )
                 try:
                     wait_ready([worker], engine.app.control.ping, timeout_s=60)
                     for protocol in ("http", "grpc"):
@@ -206,17 +207,35 @@ def capacity(calls: int, rounds: int) -> list[dict[str, Any]]:
                                 plan_runner(engine, f"slow-{protocol}", calls),
                                 worker,
                                 calls,
-                            )  # fmt: skip
+                            )
                         )
                 finally:
                     worker.stop()
-                bare = start([sys.executable, "-m", "celery", "-A", "bench.baseline", "worker",
-                              "-P", "gevent", "-c", "1000", "-n", "bare@%h", "--loglevel",
-                              "WARNING"], env, "bare")  # fmt: skip
+                bare = start(
+                    [
+                        sys.executable,
+                        "-m",
+                        "celery",
+                        "-A",
+                        "bench.baseline",
+                        "worker",
+                        "-P",
+                        "gevent",
+                        "-c",
+                        "1000",
+                        "-n",
+                        "bare@%h",
+                        "--loglevel",
+                        "WARNING",
+                    ],
+                    env,
+                    "bare",
+                )
                 try:
                     wait_ready([bare], engine.app.control.ping, timeout_s=60)
-                    results["bare"].append(measure(http_url, bare_runner(http_url, calls), bare,
-                                                   calls))  # fmt: skip
+                    results["bare"].append(
+                        measure(http_url, bare_runner(http_url, calls), bare, calls)
+                    )
                 finally:
                     bare.stop()
         best = {key: min(runs, key=lambda r: r["s"]) for key, runs in results.items()}
@@ -282,12 +301,16 @@ def main() -> None:
     print("|---|--:|--:|--:|--:|:-:|")
     for row in iso:
         met = "yes" if row["added_ms"] <= 300 else "no"
-        print(f"| {row['case']} | {row['ms']:.0f} | {row['alone_ms']:.0f} | "
-              f"{row['added_ms']:+.0f} | ≤ +300 | {met} |")  # fmt: skip
+        print(
+            f"| {row['case']} | {row['ms']:.0f} | {row['alone_ms']:.0f} | "
+            f"{row['added_ms']:+.0f} | ≤ +300 | {met} |"
+        )
     print()
     cap = capacity(args.calls, args.rounds)
-    print("| case | taskplane (s) | bare Celery gevent -c 1000 (s) | ratio | vs ideal 2 s | "
-          "in flight (bare) | worker RSS growth MB (bare) | goal | met |")  # fmt: skip
+    print(
+        "| case | taskplane (s) | bare Celery gevent -c 1000 (s) | ratio | vs ideal 2 s | "
+        "in flight (bare) | worker RSS growth MB (bare) | goal | met |"
+    )
     print("|---|--:|--:|--:|--:|--:|--:|--:|:-:|")
     for row in cap:
         met = "yes" if row["ratio"] <= 1.0 and row["rss_growth_mb"] <= 200 else "no"
