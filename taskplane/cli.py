@@ -7,6 +7,7 @@ names the field, an unreachable Redis names its URL.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -33,7 +34,7 @@ from taskplane.cli_support import (
     stats_table,
 )
 from taskplane.config import load_settings
-from taskplane.errors import TaskplaneError, ValidationError
+from taskplane.errors import ConfigurationError, TaskplaneError, ValidationError
 from taskplane.events.names import EVENT_TYPES
 from taskplane.models import parse_plan
 from taskplane.plans import PlanState
@@ -104,9 +105,14 @@ def flower(
         None, envvar="FLOWER_BASIC_AUTH", help="user:password; required beyond localhost."
     ),
 ) -> None:
-    """Start Flower against taskplane's app (every task, its arguments and its worker)."""
+    """Start Flower against taskplane's app (every task, its arguments and its worker).
+
+    Flower is an extra: pip install 'taskplane[flower]'.
+    """
     from taskplane.celery_app import app as celery
 
+    if importlib.util.find_spec("flower") is None:
+        raise ConfigurationError("Flower is not installed: pip install 'taskplane[flower]'")
     if address not in ("127.0.0.1", "localhost", "::1") and not basic_auth:
         raise ValidationError(
             f"--basic-auth (or FLOWER_BASIC_AUTH) is required when Flower listens on {address}"

@@ -11,8 +11,8 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-import click
 import pytest
 import redis
 import typer
@@ -28,6 +28,7 @@ from taskplane.models import ExecutionTask
 from taskplane.plans import Mode, PlanLayout, PlanState
 from taskplane.planstore import PlanStore
 from taskplane.proxy.limiter import RedisLimiterBackend
+from tests.support import cli_runner
 
 
 @pytest.fixture
@@ -38,7 +39,7 @@ def cli(
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("TASKPLANE_REDIS_URL", redis_url)
     monkeypatch.setenv("TASKPLANE_DATABASE_URL", f"sqlite:///{tmp_path / 'tracking.db'}")
-    yield CliRunner()
+    yield cli_runner()
 
 
 @pytest.fixture
@@ -166,23 +167,29 @@ def test_agents_list_shows_breaker_limiter_and_a_fresh_check(
 # -- help, beat -----------------------------------------------------------------
 
 
-def commands(group: click.Group, prefix: str = "") -> Iterator[tuple[str, click.Command]]:
+def commands(group: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Every leaf command under *group* (typer's own click or click itself)."""
     for name, command in group.commands.items():
-        if isinstance(command, click.Group):
+        if hasattr(command, "commands"):
             yield from commands(command, f"{prefix}{name} ")
         else:
             yield f"{prefix}{name}", command
 
 
+def test_the_command_tree_is_walked() -> None:
+    names = {name for name, _ in commands(typer.main.get_command(app))}
+    assert {"run", "cancel", "agents list", "agents add", "cache stats", "beat"} <= names
+
+
 @pytest.mark.parametrize(
     ("name", "command"),
-    list(commands(typer.main.get_command(app))),  # type: ignore[arg-type]
+    list(commands(typer.main.get_command(app))),
     ids=lambda value: value if isinstance(value, str) else "",
 )
-def test_every_option_has_help_and_flags_show_no_value(name: str, command: click.Command) -> None:
+def test_every_option_has_help_and_flags_show_no_value(name: str, command: Any) -> None:
     for param in command.params:
         assert getattr(param, "help", None), f"{name}: {param.name} has no help"
-    page = CliRunner().invoke(app, [*name.split(), "--help"]).stdout
+    page = cli_runner().invoke(app, [*name.split(), "--help"]).stdout
     assert "<bool>" not in page, name
 
 
