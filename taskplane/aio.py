@@ -9,10 +9,11 @@ and the final collection of an ended run are the sync engine's own code.
 
 What is async, and what is not:
 
-* Waiting (``wait``, ``as_completed``, ``subscribe``) is a blocking Redis
-  command awaited on ``redis.asyncio`` — ``BLMOVE`` on the run's ``:done``
-  list, ``XREAD BLOCK`` on its ``:order`` stream, pub/sub for events. No
-  thread waits; each waiting coroutine holds one pooled connection meanwhile.
+* Waiting (``wait``, ``as_completed``) is one ``XREAD BLOCK`` on
+  ``redis.asyncio`` over the ``:order`` streams of every awaited run
+  (:class:`~taskplane.aio_watch.RunWatcher`): no thread waits, and all the
+  coroutines awaiting runs share one blocking connection. Each event
+  subscription holds one pub/sub connection.
 * Enqueueing (Celery's ``apply_async``) is synchronous and quick: it runs once
   per submit in the loop's default executor (``asyncio.to_thread``), as do the
   short steps that may touch the broker — ending a run whose deadline passed,
@@ -32,7 +33,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from taskplane.aio_events import AsyncEventHandler, AsyncEventStream, AsyncSubscription
-from taskplane.completions import CompletionReader, PlanWatch, Step, StepKind, unknown_plan
+from taskplane.aio_watch import RunWatcher
+from taskplane.completions import START, CompletionReader, PlanWatch, Step, StepKind, unknown_plan
 from taskplane.config import Settings
 from taskplane.engine import ExecutionEngine
 from taskplane.errors import BackendError, PlanFailedError
@@ -50,6 +52,9 @@ from taskplane.planstore import WAIT_SLICE_S, status_of
 
 #: Socket timeout of the asyncio client, in seconds: longer than a blocking wait's slice.
 SOCKET_TIMEOUT_S = WAIT_SLICE_S + 10.0
+#: Connections the asyncio client opens at most for short commands and the one blocking
+#: read all waits share; beyond, coroutines wait their turn (event subscriptions have their own).
+MAX_CONNECTIONS = 32
 
 
 class AsyncPlanHandle:
@@ -80,12 +85,10 @@ class AsyncPlanHandle:
         if self._empty:
             return []
         meta, watch = await self._watch(timeout)
-        done = self._engine.engine.store.key(self.id, "done")
+        order = self._engine.engine.store.key(self.id, "order")
+        seen = START  # every end of a run lists outcomes on its order stream
         while not await self._follow(watch, step := watch.step(meta)):
-            slice_s = min(step.block_s, WAIT_SLICE_S)
-            await self._redis(
-                self._engine.redis.blmove(done, done, slice_s, "RIGHT", "LEFT")  # type: ignore[arg-type]
-            )
+            seen = await self._engine.watcher.changed(order, seen, step.block_s)
             meta = await self._meta()
         return await asyncio.to_thread(self._engine.engine.outcome, self.id)
 
@@ -116,7 +119,11 @@ class AsyncPlanHandle:
                 for result in reader.rest(everything):
                     yield result
                 return
-            for result in await reader.read_async(client, step.block_s):
+            fresh = await reader.read_async(client, 0)
+            if not fresh:
+                await self._engine.watcher.changed(reader.order_key, reader.position, step.block_s)
+                fresh = await reader.read_async(client, 0)
+            for result in fresh:
                 yield result
             meta = await self._meta()
 
@@ -173,25 +180,48 @@ class AsyncExecutionEngine:
         self._owns_engine = engine is None
         self.engine = engine or ExecutionEngine(settings)
         self.settings = self.engine.settings
-        # built here, not lazily on executor threads (nothing connects yet)
-        self.engine.store  # noqa: B018
-        self.engine.coordinator  # noqa: B018
-        self.engine.events  # noqa: B018
+        # built here, not lazily on the executor's threads (nothing connects yet)
+        self.engine.build_client_parts()
         self._redis: aioredis.Redis | None = None
+        self._events_redis: aioredis.Redis | None = None
+        self._watcher: RunWatcher | None = None
         self._subscriptions: list[AsyncSubscription] = []
 
     @property
     def redis(self) -> aioredis.Redis:
         """The asyncio Redis client (created on first use, bound to the running loop)."""
         if self._redis is None:
-            self._redis = aioredis.Redis.from_url(
-                self.settings.redis_url,
-                decode_responses=True,
-                socket_connect_timeout=5,
-                socket_timeout=SOCKET_TIMEOUT_S,
-                health_check_interval=30,
+            self._redis = self._client(
+                aioredis.BlockingConnectionPool,
+                max_connections=MAX_CONNECTIONS,
+                timeout=SOCKET_TIMEOUT_S,
             )
         return self._redis
+
+    @property
+    def events_redis(self) -> aioredis.Redis:
+        """The client event subscriptions use: one held connection per subscription."""
+        if self._events_redis is None:
+            self._events_redis = self._client(aioredis.ConnectionPool)
+        return self._events_redis
+
+    def _client(self, pool_class: Any, **pool_options: Any) -> aioredis.Redis:
+        pool = pool_class.from_url(
+            self.settings.redis_url,
+            decode_responses=True,
+            socket_connect_timeout=5,
+            socket_timeout=SOCKET_TIMEOUT_S,
+            health_check_interval=30,
+            **pool_options,
+        )
+        return aioredis.Redis(connection_pool=pool)
+
+    @property
+    def watcher(self) -> RunWatcher:
+        """The one blocking read that wakes every coroutine awaiting a run."""
+        if self._watcher is None:
+            self._watcher = RunWatcher(self.redis, prefix=self.settings.key_prefix)
+        return self._watcher
 
     async def submit(self, plan: ExecutionPlan | dict[str, Any]) -> AsyncPlanHandle:
         """Validate and enqueue *plan* (see :meth:`ExecutionEngine.submit`).
@@ -242,7 +272,7 @@ class AsyncExecutionEngine:
 
         ``async with engine.subscribe("task:completed") as events: async for e in events: …``
         """
-        return AsyncEventStream(self.redis, self.engine.events.channel, event_types)
+        return AsyncEventStream(self.events_redis, self.engine.events.channel, event_types)
 
     async def on(self, event_type: str, handler: AsyncEventHandler) -> AsyncSubscription:
         """Call *handler(event)* (a function or a coroutine function) for each *event_type* event.
@@ -259,9 +289,14 @@ class AsyncExecutionEngine:
         for subscription in self._subscriptions:
             await subscription.close()
         self._subscriptions = []
-        if self._redis is not None:
-            await self._redis.aclose()
-            self._redis = None
+        if self._watcher is not None:
+            await self._watcher.close()
+            self._watcher = None
+        for client in (self._redis, self._events_redis):
+            if client is not None:
+                await client.aclose()
+                await client.connection_pool.disconnect()
+        self._redis = self._events_redis = None
         if self._owns_engine:
             await asyncio.to_thread(self.engine.close)
 

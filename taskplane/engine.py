@@ -167,6 +167,17 @@ class ExecutionEngine:
             )
         return self._proxy
 
+    def build_client_parts(self) -> None:
+        """Build now the parts the client side otherwise builds on first use.
+
+        For callers that use one engine from several threads at once (the
+        asyncio engine's executor calls): nothing connects yet, but no two
+        threads can each build their own copy of a part.
+        """
+        _ = (self.store, self.coordinator, self.events, self.cache, self.proxy)
+        if self.settings.cache.enabled:
+            self._cache_for_runner()
+
     def register_agent(
         self,
         agent_id: str,

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
+import redis.asyncio as aioredis
 
 from taskplane import (
     AsyncExecutionEngine,
@@ -17,6 +18,9 @@ from taskplane import (
     TaskStatus,
     ValidationError,
 )
+from taskplane.aio import MAX_CONNECTIONS
+from taskplane.aio_watch import RunWatcher
+from taskplane.completions import START
 from taskplane.errors import WaitTimeoutError
 
 pytestmark = pytest.mark.integration
@@ -63,29 +67,66 @@ def test_task_parallel_and_sequential(cluster: Any, uid: str) -> None:
     assert seq[1].result["previous"]["result"] == 2
 
 
-def test_many_concurrent_awaits_use_no_thread_each(cluster: Any, uid: str) -> None:
-    plans = 40
+def test_many_concurrent_awaits_use_no_thread_and_no_connection_each(
+    cluster: Any, uid: str
+) -> None:
+    plans = 150  # more than redis.asyncio's default pool of 100 connections
 
-    async def scenario(aengine: AsyncExecutionEngine) -> tuple[list[list[ExecutionResult]], int]:
+    async def scenario(
+        aengine: AsyncExecutionEngine,
+    ) -> tuple[list[list[ExecutionResult]], int, int]:
         handles = await asyncio.gather(
             *(
-                aengine.submit({"id": f"aio-many-{uid}-{i}", "tasks": [nap(f"n{i}", 400)]})
+                aengine.submit({"id": f"aio-many-{uid}-{i}", "tasks": [nap(f"n{i}", 100)]})
                 for i in range(plans)
             )
         )
         before = threading.active_count()
-        peak = before
-        waits = asyncio.gather(*(h.wait(timeout=30) for h in handles))
+        peak_threads, peak_connections = before, 0
+        pool = aengine.redis.connection_pool
+        waits = asyncio.gather(*(h.wait(timeout=60) for h in handles))
         while not waits.done():
-            peak = max(peak, threading.active_count())
+            peak_threads = max(peak_threads, threading.active_count())
+            opened = len(pool._in_use_connections) + len(pool._available_connections)  # type: ignore[attr-defined]
+            peak_connections = max(peak_connections, opened)
             await asyncio.sleep(0.02)
-        return await waits, peak - before
+        return await waits, peak_threads - before, peak_connections
 
-    results, extra_threads = run(cluster, scenario)
+    results, extra_threads, connections = run(cluster, scenario)
     assert [r[0].task_id for r in results] == [f"n{i}" for i in range(plans)]
     assert all(r[0].status is TaskStatus.SUCCESS for r in results)
-    # 40 plans waited on at once; the only threads are the loop's small executor
+    # the only threads are the loop's small executor; all waits share one blocking read
     assert extra_threads < 10
+    assert connections <= MAX_CONNECTIONS < plans
+
+
+def test_the_watcher_wakes_waiters_and_a_late_one_at_once(
+    redis_client: Any, redis_url: str
+) -> None:
+    async def scenario() -> tuple[str, str, float, str]:
+        client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        watcher = RunWatcher(client, prefix="test")
+        try:
+            first = asyncio.create_task(watcher.changed("s1", START, 10))
+            await asyncio.sleep(0.1)  # the read is blocked on s1 alone now
+            started = time.monotonic()
+            late = asyncio.create_task(watcher.changed("s2", START, 10))
+            await asyncio.sleep(0.1)
+            await client.xadd("s2", {"i": "0"})
+            woke_late = await late
+            late_s = time.monotonic() - started
+            await client.xadd("s1", {"i": "0"})
+            woke_first = await first
+            quiet = await watcher.changed("s1", woke_first, 0.2)  # nothing newer: times out
+            return woke_first, woke_late, late_s, quiet
+        finally:
+            await watcher.close()
+            await client.aclose()
+
+    woke_first, woke_late, late_s, quiet = asyncio.run(scenario())
+    assert woke_first != START and woke_late != START
+    assert late_s < 2  # not a whole slice (5 s): the late waiter poked the read
+    assert quiet == woke_first
 
 
 def test_cancelling_the_awaiting_coroutine_leaves_the_plan_running(cluster: Any, uid: str) -> None:
