@@ -70,7 +70,7 @@ class AsyncPlanHandle:
 
     @property
     def _empty(self) -> bool:
-        return self._sync._empty
+        return self._sync.empty
 
     async def wait(self, timeout: float | None = None) -> list[ExecutionResult]:
         """Await the plan's end and return what its strategy returns.

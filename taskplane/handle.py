@@ -31,6 +31,11 @@ class PlanHandle:
         self._engine = engine
         self._empty = empty
 
+    @property
+    def empty(self) -> bool:
+        """True for a plan without tasks: it ended at submission, with no results."""
+        return self._empty
+
     def wait(self, timeout: float | None = None) -> list[ExecutionResult]:
         """Block until the plan ends and return what its strategy returns.
 

@@ -59,9 +59,11 @@ def test_task_parallel_and_sequential(cluster: Any, uid: str) -> None:
                 ],
             }
         )
-        return [one, par, seq]
+        empty = await (await aengine.submit({"id": f"aio-empty-{uid}", "tasks": []})).wait()
+        return [one, par, seq, empty]
 
-    one, par, seq = run(cluster, scenario)
+    one, par, seq, empty = run(cluster, scenario)
+    assert empty == []
     assert one.status is TaskStatus.SUCCESS and one.result == 42
     assert [r.task_id for r in par] == ["x", "y"]
     assert seq[1].result["previous"]["result"] == 2

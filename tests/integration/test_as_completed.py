@@ -7,7 +7,14 @@ from typing import Any
 
 import pytest
 
-from taskplane import AsyncExecutionEngine, ExecutionEngine, ExecutionResult, TaskStatus
+from taskplane import (
+    AsyncExecutionEngine,
+    ExecutionEngine,
+    ExecutionResult,
+    PlanFailedError,
+    PlanHandle,
+    TaskStatus,
+)
 from taskplane.errors import WaitTimeoutError
 
 pytestmark = pytest.mark.integration
@@ -91,6 +98,14 @@ def test_reader_timeout_leaves_the_plan_running(engine: ExecutionEngine, uid: st
         list(handle.as_completed(timeout=0.3))
     assert handle.status()["state"] == "running"
     assert ids(list(handle.as_completed(timeout=20))) == ["long"]
+
+
+def test_an_empty_plan_yields_nothing_and_an_unknown_one_fails(
+    engine: ExecutionEngine, uid: str
+) -> None:
+    assert list(engine.submit({"id": f"asc-empty-{uid}", "tasks": []}).as_completed()) == []
+    with pytest.raises(PlanFailedError, match="unknown or expired"):
+        list(PlanHandle(engine, f"asc-nobody-{uid}").as_completed())
 
 
 def test_async_as_completed_order_and_failure(cluster: Any, uid: str) -> None:
