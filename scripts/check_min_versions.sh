@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install taskplane with the oldest dependency versions it claims to support
 # (constraints-min.txt, the floors in pyproject.toml) into a fresh virtualenv, then
-# run the unit tests and one plan on a real worker with them. CI runs this (.ci/run).
+# run the unit tests, the gRPC and asyncio tests and one plan on a real worker with them.
+# CI runs this (.ci/run).
 #
 # Usage (from anywhere; Redis as in `make test`: TASKPLANE_REDIS_URL if it answers,
 # else one started here through the dev virtualenv's taskplane.devtools):
@@ -32,9 +33,11 @@ base=$("$DEV_PY" -m taskplane.devtools.redis_server ensure --state-dir "$state" 
     --url "${TASKPLANE_REDIS_URL:-redis://127.0.0.1:6379/0}")
 url_db() { "$DEV_PY" -c "import sys; from taskplane.devtools.redis_server import with_db; print(with_db(sys.argv[1], int(sys.argv[2])))" "$base" "$1"; }
 
-# the unit tests and the real gRPC round trips, with warnings as errors as always
-TASKPLANE_TEST_REDIS_URL="$(url_db 15)" "$py" -m pytest tests/unit tests/integration/test_proxy_grpc.py \
-    -q -p no:cacheprovider
+# the unit tests, real gRPC round trips and the asyncio engine on real workers,
+# with warnings as errors as always
+TASKPLANE_TEST_REDIS_URL="$(url_db 15)" "$py" -m pytest -q -p no:cacheprovider tests/unit \
+    tests/integration/test_proxy_grpc.py tests/integration/test_aio.py \
+    tests/integration/test_as_completed.py
 
 # one plan end to end: a worker and the CLI of the minimum-versions install
 export TASKPLANE_REDIS_URL="$(url_db 10)" TASKPLANE_FUNCTION_MODULES=examples.functions
