@@ -23,6 +23,7 @@ from taskplane.cli import app
 from taskplane.cli_run import no_worker_hint, summary_line, tally
 from taskplane.cli_support import PIPE_WIDTH, beat_schedule_path
 from taskplane.engine import ExecutionEngine
+from taskplane.errors import TransportError
 from taskplane.events import EVENT_TYPES, RedisEventBus
 from taskplane.models import ExecutionTask
 from taskplane.plans import Mode, PlanLayout, PlanState
@@ -162,6 +163,14 @@ def test_agents_list_shows_breaker_limiter_and_a_fresh_check(
     assert checked[0]["healthy"] is False and checked[0]["healthAt"] == "now"
     table = cli.invoke(app, ["agents", "list"]).stdout
     assert "closed" in table and "2/100 per 60s" in table
+
+    with ExecutionEngine(Settings(redis_url=redis_url)) as engine:  # five failures: open
+        for _ in range(5):
+            engine.proxy.breaker.record(
+                engine.proxy.breaker.before_call("a1"), TransportError("down")
+            )
+    opened = json.loads(cli.invoke(app, ["agents", "list", "--json"]).stdout)
+    assert opened[0]["breaker"] == "open"
 
 
 # -- help, beat -----------------------------------------------------------------
