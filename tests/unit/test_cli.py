@@ -7,6 +7,7 @@ worker (running plans is in ``tests/integration/test_cli_truth.py``).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from collections.abc import Iterator
@@ -212,3 +213,24 @@ def test_beat_schedule_setting_wins_and_its_directory_is_made(tmp_path: Path) ->
     wanted = tmp_path / "deep" / "er" / "beat"
     path = beat_schedule_path(Settings(beat_schedule=str(wanted)), environ={})
     assert path == wanted and wanted.parent.is_dir()
+
+
+def test_flower_beyond_localhost_needs_a_password_even_if_the_variable_is_empty(
+    cli: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compose passes FLOWER_BASIC_AUTH="" when it is unset: Flower must refuse, saying why."""
+    monkeypatch.setenv("FLOWER_BASIC_AUTH", "")
+    result = cli.invoke(app, ["flower", "--address", "0.0.0.0"])
+    assert result.exit_code == 1
+    assert "FLOWER_BASIC_AUTH" in result.stderr and "0.0.0.0" in result.stderr
+
+
+def test_flower_without_the_extra_says_how_to_install_it(
+    cli: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "flower" else real(name, *a)
+    )
+    result = cli.invoke(app, ["flower"])
+    assert result.exit_code == 1 and "pip install 'taskplane[flower]'" in result.stderr
