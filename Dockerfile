@@ -10,10 +10,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# The package first (cached until its sources change), PostgreSQL driver included.
-COPY pyproject.toml README.md ./
+# The package first (cached until its sources change), PostgreSQL driver included,
+# every dependency at the version constraints.txt pins (a reproducible image).
+COPY pyproject.toml README.md constraints.txt ./
 COPY taskplane ./taskplane
-RUN pip install ".[postgres]"
+RUN pip install -c constraints.txt ".[postgres]"
 
 # The example agents, functions, plans and patterns (importable from /app).
 COPY examples ./examples

@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
 .PHONY: install test test-unit demo check lint format typecheck bench worker flower clean \
-	reliability reliability-short
+	reliability reliability-short check-min-versions
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ reliability: $(STAMP)
 
 reliability-short: $(STAMP)
 	TASKPLANE_RELIABILITY=1 TASKPLANE_RELIABILITY_SHORT=1 $(PY) -m pytest tests/reliability -q $(PYTEST_ARGS)
+
+# the oldest dependency versions we claim (constraints-min.txt) in a fresh virtualenv
+check-min-versions: $(STAMP)
+	PYTHON=$(PYTHON) DEV_PY=$(PY) scripts/check_min_versions.sh
 
 worker: $(STAMP)
 	$(PY) -m taskplane.cli worker

@@ -1,13 +1,14 @@
 """taskplane: a data plane for AI-agent work on Celery and Redis.
 
-Importing taskplane connects to nothing; an :class:`ExecutionEngine` connects
-on first use.
+Importing taskplane connects to nothing; an :class:`ExecutionEngine` (or its
+asyncio twin, :class:`AsyncExecutionEngine`) connects on first use.
 """
 
 from __future__ import annotations
 
+from taskplane.aio import AsyncExecutionEngine, AsyncPlanHandle
 from taskplane.config import Settings, load_settings
-from taskplane.engine import ExecutionEngine, PlanHandle
+from taskplane.engine import ExecutionEngine
 from taskplane.errors import (
     BackendError,
     CircuitOpenError,
@@ -19,6 +20,7 @@ from taskplane.errors import (
     WaitTimeoutError,
 )
 from taskplane.functions import FunctionResult, function
+from taskplane.handle import PlanHandle
 from taskplane.models import (
     ExecutionResult,
     ExecutionTask,
@@ -35,6 +37,9 @@ __all__ = [
     # running work
     "ExecutionEngine",
     "PlanHandle",
+    # running work from asyncio code
+    "AsyncExecutionEngine",
+    "AsyncPlanHandle",
     # plans, tasks, results
     "ExecutionResult",
     "ExecutionTask",

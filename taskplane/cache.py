@@ -108,7 +108,14 @@ class ResultCache(ABC):
 
     @abstractmethod
     def stats(self) -> dict[str, Any]:
-        """``{"entries", "hits", "misses", "hitRate", "evictions"}``; hitRate in 0…1."""
+        """``{"entries", "hits", "misses", "hitRate", "evictions"}``; hitRate in 0…1.
+
+        hitRate is rounded to :data:`HIT_RATE_DIGITS` decimals.
+        """
+
+
+#: Decimals of ``hitRate`` in :meth:`ResultCache.stats` (0.1667, not 0.16666666666666666).
+HIT_RATE_DIGITS = 4
 
 
 def _stats(entries: int, hits: int, misses: int, evictions: int) -> dict[str, Any]:
@@ -117,7 +124,7 @@ def _stats(entries: int, hits: int, misses: int, evictions: int) -> dict[str, An
         "entries": entries,
         "hits": hits,
         "misses": misses,
-        "hitRate": hits / lookups if lookups else 0.0,
+        "hitRate": round(hits / lookups, HIT_RATE_DIGITS) if lookups else 0.0,
         "evictions": evictions,
     }
 

@@ -7,22 +7,23 @@ names the field, an unreachable Redis names its URL.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Column, Table
 
+from taskplane.cli_agents import agent_state, agents_table
+from taskplane.cli_run import earlier_run_note, results_json, run_plan, summary_line
 from taskplane.cli_support import (
     DEFAULT_STATS_SINCE,
     TaskplaneGroup,
+    beat_schedule_path,
     console,
     engine_session,
     err,
@@ -33,20 +34,29 @@ from taskplane.cli_support import (
     stats_table,
 )
 from taskplane.config import load_settings
-from taskplane.errors import PlanFailedError, TaskplaneError, ValidationError
-from taskplane.models import ExecutionResult, parse_plan
+from taskplane.errors import ConfigurationError, TaskplaneError, ValidationError
+from taskplane.events.names import EVENT_TYPES
+from taskplane.models import parse_plan
+from taskplane.plans import PlanState
+from taskplane.planstore import TERMINAL
 
-if TYPE_CHECKING:
-    pass
-
+#: Plain help (click's): flags show no value placeholder, options show theirs.
+HELP_MODE = None
 
 app = typer.Typer(
     cls=TaskplaneGroup,
     help="taskplane: a data plane for AI-agent work on Celery and Redis.",
     no_args_is_help=True,
+    rich_markup_mode=HELP_MODE,
 )
-agents_app = typer.Typer(help="Register, list, check and remove agents.", no_args_is_help=True)
-cache_app = typer.Typer(help="Look at or clear the result cache.", no_args_is_help=True)
+agents_app = typer.Typer(
+    help="Register, list, check and remove agents.",
+    no_args_is_help=True,
+    rich_markup_mode=HELP_MODE,
+)
+cache_app = typer.Typer(
+    help="Look at or clear the result cache.", no_args_is_help=True, rich_markup_mode=HELP_MODE
+)
 app.add_typer(agents_app, name="agents")
 app.add_typer(cache_app, name="cache")
 
@@ -59,7 +69,7 @@ def worker(
     pool: str = typer.Option(
         None, help="gevent (default) or threads (default: TASKPLANE_WORKER_POOL)."
     ),
-    loglevel: str = typer.Option("INFO", help="Log level of the worker."),
+    loglevel: str = typer.Option("INFO", metavar="LEVEL", help="Celery log level."),
     name: str = typer.Option(None, help="Worker name (default: celery@host)."),
 ) -> None:
     """Start a worker: a gevent pool holding a thousand agent calls in flight by default."""
@@ -80,16 +90,24 @@ def worker(
 
 
 @app.command()
-def beat(loglevel: str = typer.Option("INFO")) -> None:
-    """Start Celery beat: anomaly checks every checkIntervalMs, tracking pruning hourly."""
+def beat(
+    loglevel: str = typer.Option("INFO", metavar="LEVEL", help="Celery log level."),
+) -> None:
+    """Start Celery beat: anomaly checks every checkIntervalMs, tracking pruning hourly.
+
+    Run exactly one beat per deployment. Its schedule file is
+    TASKPLANE_BEAT_SCHEDULE, else ~/.cache/taskplane/celerybeat-schedule.
+    """
     from taskplane.celery_app import app as celery
 
-    celery.start(["beat", "--loglevel", loglevel, "-s", ".run/celerybeat-schedule"])
+    schedule = beat_schedule_path(load_settings(), environ=os.environ)
+    err.print(f"beat schedule: {schedule}", markup=False, highlight=False, soft_wrap=True)
+    celery.start(["beat", "--loglevel", loglevel, "-s", str(schedule)])
 
 
 @app.command()
 def flower(
-    port: int = typer.Option(5555),
+    port: int = typer.Option(5555, help="Port to listen on."),
     address: str = typer.Option(
         "127.0.0.1", help="Interface to listen on (0.0.0.0 in a container)."
     ),
@@ -97,9 +115,14 @@ def flower(
         None, envvar="FLOWER_BASIC_AUTH", help="user:password; required beyond localhost."
     ),
 ) -> None:
-    """Start Flower against taskplane's app (every task, its arguments and its worker)."""
+    """Start Flower against taskplane's app (every task, its arguments and its worker).
+
+    Flower is an extra: pip install 'taskplane[flower]'.
+    """
     from taskplane.celery_app import app as celery
 
+    if importlib.util.find_spec("flower") is None:
+        raise ConfigurationError("Flower is not installed: pip install 'taskplane[flower]'")
     if address not in ("127.0.0.1", "localhost", "::1") and not basic_auth:
         raise ValidationError(
             f"--basic-auth (or FLOWER_BASIC_AUTH) is required when Flower listens on {address}"
@@ -112,17 +135,26 @@ def flower(
 
 @app.command()
 def run(
-    plan_file: Path,
-    wait: bool = typer.Option(True, "--wait/--no-wait"),
-    as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
+    plan_file: Annotated[Path, typer.Argument(metavar="PLAN.json", help="The plan, as JSON.")],
+    wait: bool = typer.Option(
+        True, "--wait/--no-wait", help="Wait for the results (--no-wait: submit and exit)."
+    ),
+    stream: bool = typer.Option(False, "--stream", help="Print each task's result as it finishes."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print results as JSON (JSON lines with --stream)."
+    ),
     plan_id: str = typer.Option(
-        None, "--id", help="Run under this plan id instead of the file's (an id names one run)."
+        None,
+        "--id",
+        metavar="ID",
+        help="Run under this plan id instead of the file's (an id names one run).",
     ),
 ) -> None:
     """Run a plan from a JSON file, with live progress.
 
-    A plan id names one run: running a file whose id already ran returns that
-    run's results; pass --id to run it again under a new id.
+    A plan id names one run: running a file whose id already ran shows that
+    run's results (and says so); pass --id to run it again under a new id.
+    The final counts are those of the recorded results.
     """
     data = read_plan_file(plan_file, plan_id=plan_id)
     try:
@@ -131,67 +163,27 @@ def run(
         raise ValidationError(f"{plan_file}: {exc}", exc.errors) from exc
     with engine_session(needs_broker=True) as engine:
         if not wait:
+            note = earlier_run_note(engine.store.meta(plan.id), plan.id)
             handle = engine.submit(plan)
-            console.print(f"submitted plan {handle.id} ({len(plan.tasks)} tasks)")
+            console.print(note or f"submitted plan {handle.id} ({len(plan.tasks)} tasks)")
             return
-        results, failure = _run_with_progress(engine, plan, quiet=as_json)
+        results, counts, failure = run_plan(
+            engine, plan, quiet=as_json or stream, stream=stream, as_json=as_json
+        )
+    if not stream:
         if as_json:
-            print(json.dumps([r.to_json_dict() for r in results], indent=2))
+            print(results_json(results))
         else:
             console.print(results_table(results))
-        if failure:
-            fail(failure)
-
-
-def _run_with_progress(engine: Any, plan: Any, *, quiet: bool) -> tuple[list[ExecutionResult], str]:
-    counts = {"done": 0, "failed": 0, "cached": 0}
-
-    def on_event(event: dict[str, Any]) -> None:
-        if event["data"].get("planId") != plan.id:
-            return
-        kind = event["type"]
-        if kind == "task:completed":
-            counts["done"] += 1
-        elif kind == "task:failed":
-            counts["done"] += 1
-            counts["failed"] += 1
-        elif kind == "task:cache-hit":
-            counts["cached"] += 1
-
-    engine.on("*", on_event)
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn(
-            "{task.completed}/{task.total} done · {task.fields[failed]} failed · "
-            "{task.fields[cached]} cached"
-        ),
-        TimeElapsedColumn(),
-        console=err,
-        disable=quiet,
-    )
-    handle = engine.submit(plan)
-    failure = ""
-    with progress:
-        bar = progress.add_task(f"plan {plan.id}", total=len(plan.tasks), failed=0, cached=0)
-        while True:
-            progress.update(
-                bar, completed=counts["done"], failed=counts["failed"], cached=counts["cached"]
-            )
-            try:
-                results = handle.wait(timeout=0.2)
-                break
-            except PlanFailedError as exc:
-                results, failure = list(exc.results), str(exc)
-                break
-            except TimeoutError:
-                continue
-        progress.update(bar, completed=len(plan.tasks))
-    return results, failure
+    err.print(summary_line(plan.id, len(plan.tasks), counts), markup=False, highlight=False)
+    if failure:
+        fail(failure)
 
 
 @app.command()
-def status(plan_id: str) -> None:
+def status(
+    plan_id: str = typer.Argument(..., metavar="PLAN_ID", help="The run to look at."),
+) -> None:
     """Show a plan run's state and task counts."""
     with engine_session() as engine:
         info = engine.store.status(plan_id)
@@ -201,30 +193,67 @@ def status(plan_id: str) -> None:
 
 
 @app.command()
-def cancel(plan_id: str) -> None:
-    """Cancel a running plan."""
-    from taskplane.engine import PlanHandle
+def cancel(
+    plan_id: str = typer.Argument(..., metavar="PLAN_ID", help="The run to cancel."),
+) -> None:
+    """Cancel a running plan: its unfinished tasks come back cancelled.
 
+    Exits 1 when there is no such plan; says so when it had already finished.
+    """
     with engine_session() as engine:
-        PlanHandle(engine, plan_id).cancel()
-        console.print(f"cancelled plan {plan_id}")
+        before = engine.store.meta(plan_id)
+        if not before:
+            fail(f"no plan {plan_id} (unknown or expired)")
+        if before["state"] in TERMINAL:
+            console.print(
+                f"plan {plan_id} had already finished ({before['state']}); nothing to cancel",
+                markup=False,
+                highlight=False,
+            )
+            return
+        engine.coordinator.end(plan_id, PlanState.CANCELLED)
+        state = engine.store.meta(plan_id).get("state")
+    if state == PlanState.CANCELLED.value:
+        console.print(f"cancelled plan {plan_id}", markup=False, highlight=False)
+    else:
+        console.print(
+            f"plan {plan_id} finished ({state}) before the cancel reached it",
+            markup=False,
+            highlight=False,
+        )
 
 
 @app.command()
 def events(
-    follow: bool = typer.Option(False, "--follow", "-f"),
-    event_type: str = typer.Option(None, "--type", "-t"),
+    follow: bool = typer.Option(
+        False, "--follow", "-f", help="Keep printing new events until interrupted."
+    ),
+    event_type: str = typer.Option(
+        None, "--type", "-t", metavar="TYPE", help=f"Only this type: {', '.join(EVENT_TYPES)}."
+    ),
     count: int = typer.Option(50, help="How many recent events to show first."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
 ) -> None:
     """Print recent events; with --follow, keep printing new ones."""
     from taskplane.events import format_event
 
+    if event_type is not None and event_type not in EVENT_TYPES:
+        raise ValidationError(
+            f"--type: unknown event type {event_type!r}; valid types: {', '.join(EVENT_TYPES)}"
+        )
+
+    def show(event: dict[str, Any]) -> None:
+        if as_json:
+            print(json.dumps(event, default=str), flush=True)
+        else:
+            console.print(format_event(event), markup=False, highlight=False, soft_wrap=True)
+
     with engine_session() as engine:
         for event in engine.events.recent(count, event_type):
-            console.print(format_event(event), highlight=False)
+            show(event)
         if not follow:
             return
-        engine.on(event_type or "*", lambda e: console.print(format_event(e), highlight=False))
+        engine.on(event_type or "*", show)
         try:
             while True:
                 time.sleep(1)
@@ -249,9 +278,11 @@ def cache_clear() -> None:
 
 @agents_app.command("add")
 def agents_add(
-    agent_id: str,
-    endpoint: str,
-    protocol: str = typer.Option("http", help="http or grpc."),
+    agent_id: str = typer.Argument(..., metavar="ID", help="The id tasks name as target."),
+    endpoint: str = typer.Argument(
+        ..., metavar="ENDPOINT", help="http(s)://host:port for HTTP, host:port for gRPC."
+    ),
+    protocol: str = typer.Option("http", metavar="PROTOCOL", help="http or grpc."),
     capability: Annotated[
         list[str] | None,
         typer.Option("--capability", "-c", help="What the agent can do (repeat for several)."),
@@ -270,33 +301,34 @@ def agents_add(
 
 
 @agents_app.command("list")
-def agents_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Every registered agent, as a table."""
+def agents_list(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    check: bool = typer.Option(False, "--check", help="Ask every agent for its health now."),
+    timeout_s: float = typer.Option(
+        2.0, "--timeout", metavar="SECONDS", help="How long each health check may take."
+    ),
+) -> None:
+    """Every registered agent: breaker state, rate-limit usage, health.
+
+    Health is what the check at registration found, unless --check asks now.
+    """
     with engine_session() as engine:
-        agents = engine.list_agents()
+        rows = [
+            agent_state(engine, agent, check=check, timeout_s=timeout_s)
+            for agent in engine.list_agents()
+        ]
     if as_json:
-        print(json.dumps([a.to_json_dict() for a in agents], indent=2))
-        return
-    if not agents:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
         console.print("no agents registered")
-        return
-    table = Table(
-        Column("agent", no_wrap=True),
-        "protocol",
-        Column("endpoint", no_wrap=True),
-        "capabilities",
-        "health",
-        "registered (UTC)",
-    )
-    for a in agents:
-        health = {True: "healthy", False: "unhealthy", None: "unchecked"}[a.healthy]
-        when = datetime.fromtimestamp(a.registered_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
-        table.add_row(a.agent_id, a.protocol, a.endpoint, ", ".join(a.capabilities), health, when)
-    console.print(table)
+    else:
+        console.print(agents_table(rows))
 
 
 @agents_app.command("remove")
-def agents_remove(agent_id: str) -> None:
+def agents_remove(
+    agent_id: str = typer.Argument(..., metavar="ID", help="The agent to unregister."),
+) -> None:
     """Unregister an agent (its tasks then fail with "not found")."""
     with engine_session() as engine:
         removed = engine.unregister_agent(agent_id)
@@ -307,8 +339,10 @@ def agents_remove(agent_id: str) -> None:
 
 @agents_app.command("health")
 def agents_health(
-    agent_id: str,
-    timeout_s: float = typer.Option(2.0, "--timeout", help="Seconds to wait for the agent."),
+    agent_id: str = typer.Argument(..., metavar="ID", help="The agent to ask."),
+    timeout_s: float = typer.Option(
+        2.0, "--timeout", metavar="SECONDS", help="Seconds to wait for the agent."
+    ),
 ) -> None:
     """Ask a registered agent for its health now; exit 1 unless it is healthy."""
     with engine_session() as engine:
@@ -321,11 +355,16 @@ def agents_health(
 
 @app.command()
 def stats(
-    agent_id: str,
-    pattern: str = typer.Option(None, "--pattern", "-p", help="Only this pattern's executions."),
-    since: str = typer.Option(DEFAULT_STATS_SINCE, help="How far back: 90s, 30m, 24h, 7d."),
+    agent_id: str = typer.Argument(..., metavar="AGENT", help="The agent's id."),
+    pattern: str = typer.Option(
+        None, "--pattern", "-p", metavar="PATTERN", help="Only this pattern's executions."
+    ),
+    since: str = typer.Option(
+        DEFAULT_STATS_SINCE, metavar="DURATION", help="How far back: 90s, 30m, 24h, 7d."
+    ),
     plot: Annotated[
-        Path | None, typer.Option("--plot", help="Also draw confidence over time to a PNG.")
+        Path | None,
+        typer.Option("--plot", metavar="FILE.png", help="Also draw confidence over time to a PNG."),
     ] = None,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -341,6 +380,9 @@ def stats(
             from taskplane.tracking.plot import plot_history
 
             written = plot_history(engine.tracker, agent_id, plot, since_s=since_s)
+    if not summary["totalExecutions"]:
+        scope = f" of pattern {pattern}" if pattern else ""
+        fail(f"no executions{scope} recorded for agent {agent_id} in the last {since}")
     if as_json:
         print(json.dumps(summary, indent=2))
     else:

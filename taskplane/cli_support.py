@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -16,20 +17,34 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from taskplane.config import Settings, load_settings
-from taskplane.errors import BackendError, TaskplaneError, ValidationError
+from taskplane.errors import BackendError, ConfigurationError, TaskplaneError, ValidationError
 from taskplane.models import ExecutionResult, redact_credentials
 
 if TYPE_CHECKING:
     from taskplane.engine import ExecutionEngine
 
+#: File name of Celery beat's schedule in its directory.
+BEAT_SCHEDULE_FILE = "celerybeat-schedule"
 #: How far back ``taskplane stats`` looks unless told otherwise.
 DEFAULT_STATS_SINCE = "24h"
 #: Seconds per unit of a duration such as ``30m`` or ``7d``.
 DURATION_UNITS_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 
-console = Console()
-err = Console(stderr=True)
+#: Line width when output goes to a pipe or a file: wide enough that nothing is wrapped.
+PIPE_WIDTH = 100_000
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """A console that wraps to a terminal's width, and never wraps in a pipe or file."""
+    probe = Console(stderr=stderr)
+    if probe.is_terminal:
+        return probe
+    return Console(stderr=stderr, width=PIPE_WIDTH, soft_wrap=True)
+
+
+console = make_console()
+err = make_console(stderr=True)
 
 
 def fail(message: str) -> NoReturn:
@@ -108,6 +123,37 @@ def engine_session(
         yield engine
     finally:
         engine.close()
+
+
+def beat_schedule_path(settings: Settings, *, environ: Mapping[str, str]) -> Path:
+    """Where ``taskplane beat`` keeps its schedule, its directory created.
+
+    ``TASKPLANE_BEAT_SCHEDULE`` when set, else ``$XDG_CACHE_HOME/taskplane/``
+    (``~/.cache/taskplane/``), else — when that cannot be created — a
+    ``taskplane-beat`` directory in the system's temporary directory.
+
+    Raises:
+        ConfigurationError: The configured file's directory cannot be created.
+    """
+    if settings.beat_schedule:
+        path = Path(settings.beat_schedule).expanduser()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"TASKPLANE_BEAT_SCHEDULE: cannot create {path.parent}: {exc.strerror or exc}"
+            ) from exc
+        return path
+    cache = environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    for directory in (Path(cache) / "taskplane", Path(tempfile.gettempdir()) / "taskplane-beat"):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        return directory / BEAT_SCHEDULE_FILE
+    raise ConfigurationError(
+        "no writable directory for the beat schedule: set TASKPLANE_BEAT_SCHEDULE"
+    )
 
 
 def parse_duration(text: str) -> float:

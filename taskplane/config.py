@@ -144,6 +144,11 @@ class Settings(BaseSettings):
     )
     redelivery_sweep_s: int = Field(5, ge=1, description="seconds between unacked sweeps")
     plan_retention_s: int = Field(86400, gt=0, description="seconds plan state is kept")
+    beat_schedule: str | None = Field(
+        None,
+        description="file Celery beat keeps its schedule in; None = "
+        "$XDG_CACHE_HOME/taskplane/celerybeat-schedule (~/.cache when unset)",
+    )
     events_enabled: bool = True
     events_stream_maxlen: int = Field(10000, ge=1)
     tracking_enabled: bool = True

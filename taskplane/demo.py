@@ -222,15 +222,16 @@ def run_demo(console: Console) -> None:
         console.print(f"each pattern ran as a child plan: {review[0].metadata.get('childPlanId')}")
 
         console.rule("cache: the same confident task again")
-        again = engine.execute_task(
-            {
-                "id": "review-again",
-                "type": "agent",
-                "target": "reviewer",
-                "payload": {"task": "review", "confidenceHint": 0.93},
-            }
-        )
-        console.print(_table("results", [again]))
+        # a fresh question (the sequential plan's review also carried `previous`, another key)
+        confident = {
+            "id": "review-once",
+            "type": "agent",
+            "target": "reviewer",
+            "payload": {"task": "review", "confidenceHint": 0.93, "asked": time.time()},
+        }
+        first = engine.execute_task(confident)
+        again = engine.execute_task({**confident, "id": "review-again"})
+        console.print(_table("results (the second is answered from the cache)", [first, again]))
         console.print(f"cache stats: {engine.cache.stats()}")
 
         console.rule("circuit breaker: an agent that is down")

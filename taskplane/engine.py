@@ -15,6 +15,7 @@ from typing import Any
 from celery import Celery
 
 from taskplane.cache import RedisResultCache, RunnerCache
+from taskplane.completions import PlanWatch, Step, StepKind, unknown_plan
 from taskplane.config import Settings, load_settings
 from taskplane.coordinator import PlanCoordinator
 from taskplane.errors import PlanFailedError, ValidationError, WaitTimeoutError
@@ -26,6 +27,7 @@ from taskplane.events import (
     finished_event,
 )
 from taskplane.executor import Handler, RunContext, TaskRunner, cacheable, cached_result
+from taskplane.handle import PlanHandle
 from taskplane.hooks import HookChain
 from taskplane.models import (
     ExecutionPlan,
@@ -40,7 +42,7 @@ from taskplane.models import (
 )
 from taskplane.patterns import PatternExecutionResult, PatternExecutor, PatternHandler
 from taskplane.plans import PlanState
-from taskplane.planstore import TERMINAL, PlanStore
+from taskplane.planstore import PlanStore
 from taskplane.proxy import AgentInfo, AgentProxy, build_agent_proxy
 from taskplane.runtime import redis_client
 from taskplane.tasks import deliver_results
@@ -52,48 +54,6 @@ from taskplane.tracking import ConfidenceTracker, build_tracker
 CLIENT_WORKER = "engine"
 #: Extra time a lone task's plan gets beyond its longest possible run, in ms.
 TASK_DEADLINE_MARGIN_MS = 2000
-
-
-class PlanHandle:
-    """A submitted plan run: wait for it, look at it, cancel it."""
-
-    def __init__(self, engine: ExecutionEngine, plan_id: str, *, empty: bool = False) -> None:
-        self.id = plan_id
-        self._engine = engine
-        self._empty = empty
-
-    def wait(self, timeout: float | None = None) -> list[ExecutionResult]:
-        """Block until the plan ends and return what its strategy returns.
-
-        Args:
-            timeout: Seconds to wait at most; None waits until the plan's own deadline.
-
-        Raises:
-            PlanFailedError: The plan failed, timed out or was cancelled; ``.results``
-                holds every task's result in task order.
-            WaitTimeoutError: *timeout* passed first (the plan keeps running).
-        """
-        if self._empty:
-            return []
-        return self._engine._wait(self.id, timeout)
-
-    def status(self) -> dict[str, Any]:
-        """``{id, state, total, pending, running, done}``."""
-        if self._empty:
-            return {
-                "id": self.id,
-                "state": "completed",
-                "total": 0,
-                "pending": 0,
-                "running": 0,
-                "done": 0,
-            }
-        return self._engine.store.status(self.id)
-
-    def cancel(self) -> None:
-        """Cancel the run: unfinished tasks come back ``cancelled`` and call nothing more."""
-        if not self._empty:
-            self._engine.coordinator.end(self.id, PlanState.CANCELLED)
 
 
 class ExecutionEngine:
@@ -206,6 +166,17 @@ class ExecutionEngine:
                 clock=self.clock,
             )
         return self._proxy
+
+    def build_client_parts(self) -> None:
+        """Build now the parts the client side otherwise builds on first use.
+
+        For callers that use one engine from several threads at once (the
+        asyncio engine's executor calls): nothing connects yet, but no two
+        threads can each build their own copy of a part.
+        """
+        _ = (self.store, self.coordinator, self.events, self.cache, self.proxy)
+        if self.settings.cache.enabled:
+            self._cache_for_runner()
 
     def register_agent(
         self,
@@ -338,6 +309,22 @@ class ExecutionEngine:
         A task with ``metadata.idempotencyKey`` is one run per key: resending it
         returns the first run's result.
         """
+        started = self.start_task(task)
+        if isinstance(started, ExecutionResult):
+            return started
+        try:
+            return started.wait()[0]
+        except PlanFailedError as exc:
+            return exc.results[0]
+
+    def start_task(self, task: ExecutionTask | dict[str, Any]) -> ExecutionResult | PlanHandle:
+        """Answer *task* here (cache hit, control-plane pattern) or submit it as a one-task plan.
+
+        The first half of :meth:`execute_task`, shared with the asyncio engine.
+
+        Raises:
+            ValidationError: The task is malformed; nothing was enqueued.
+        """
         parsed = parse_task(task)
         if parsed.type is TaskType.PATTERN and self._pattern_executor is not None:
             return self._run_here(parsed, PatternHandler(self._pattern_executor))
@@ -357,11 +344,7 @@ class ExecutionEngine:
             )
         except ValueError as exc:
             raise ValidationError(f"invalid task: {exc}") from exc
-        handle = self.submit(plan)
-        try:
-            return handle.wait()[0]
-        except PlanFailedError as exc:
-            return exc.results[0]
+        return self.submit(plan)
 
     # -- nested patterns and the control plane ------------------------------
 
@@ -427,31 +410,39 @@ class ExecutionEngine:
             self._announce_finished(hit)
         return hit
 
-    def _wait(self, plan_id: str, timeout: float | None) -> list[ExecutionResult]:
-        store = self.store
-        meta = store.meta(plan_id)
+    def watch(self, plan_id: str, timeout: float | None) -> tuple[dict[str, str], PlanWatch]:
+        """The run's meta hash and a waiting policy for it.
+
+        Raises:
+            PlanFailedError: No such run (never submitted, or expired).
+        """
+        meta = self.store.meta(plan_id)
         if not meta:
-            raise PlanFailedError(f"plan {plan_id} is unknown or expired", [], plan_id)
-        deadline = float(meta["deadline"])
-        give_up = None if timeout is None else self.clock() + timeout
-        progress = (meta.get("done"), self.clock())
-        while meta.get("state") not in TERMINAL:
-            now = self.clock()
-            if meta.get("done") != progress[0]:
-                progress = (meta.get("done"), now)
-            elif now - progress[1] > self.stall_s:
-                self.coordinator.recover(plan_id, deadline)
-                progress = (meta.get("done"), now)
-            if now >= deadline:
-                self.coordinator.end(plan_id, PlanState.TIMEOUT)
-                break
-            limit = deadline - now
-            if give_up is not None:
-                if now >= give_up:
-                    raise WaitTimeoutError(f"plan {plan_id} still running after {timeout}s")
-                limit = min(limit, give_up - now)
-            store.wait(plan_id, max(limit, 0.01))
-            meta = store.meta(plan_id)
+            raise unknown_plan(plan_id)
+        return meta, PlanWatch(meta, timeout_s=timeout, stall_s=self.stall_s, clock=self.clock)
+
+    def follow(self, plan_id: str, watch: PlanWatch, step: Step) -> bool:
+        """Act on *step* for the client's side of a run; True when the run has ended.
+
+        Resends lost messages when asked to, ends a run whose deadline passed.
+
+        Raises:
+            WaitTimeoutError: The caller's timeout passed (the run keeps going).
+        """
+        if step.recover:
+            self.coordinator.recover(plan_id, watch.deadline)
+        if step.kind is StepKind.DEADLINE:
+            self.coordinator.end(plan_id, PlanState.TIMEOUT)
+        elif step.kind is StepKind.GIVE_UP:
+            raise WaitTimeoutError(f"plan {plan_id} still running after {watch.timeout_s}s")
+        return step.kind is not StepKind.BLOCK
+
+    def outcome(self, plan_id: str) -> list[ExecutionResult]:
+        """What an ended run returns by its strategy.
+
+        Raises:
+            PlanFailedError: The run failed, timed out or was cancelled.
+        """
         report = self.coordinator.collect(plan_id)
         if not report.ok:
             raise PlanFailedError(

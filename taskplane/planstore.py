@@ -9,6 +9,10 @@ Keys, under ``{prefix}:plan:{id}``:
   recorded outcome of (plan, task) wins and a rerun replays it;
 * ``:done``    list: a token pushed when the run ends; waiters block on it
   (``BLMOVE`` back onto itself, so every waiter wakes) instead of polling;
+* ``:order``   stream: one entry ``{i: index}`` per recorded outcome, in the
+  order outcomes were recorded (written by the same script that records the
+  outcome, so each task appears exactly once); ``as_completed`` readers read
+  it by position with ``XREAD BLOCK``;
 * ``:reply``   set: Celery task ids of ``execute_plan`` calls waiting on the run.
 
 Every state change is one Lua script, so any number of workers agree.
@@ -80,6 +84,8 @@ if left > 0 then redis.call('EXPIRE', KEYS[2], left) end
 if ARGV[5] == '1' then redis.call('HINCRBY', KEYS[1], 'running', -1) end
 local m = redis.call('HMGET', KEYS[1], 'state', 'rule', 'n', 'cont', 'mode', 'target', 'ttl')
 local state, rule, n = m[1], m[2], tonumber(m[3])
+redis.call('XADD', KEYS[5], '*', 'i', ARGV[1])
+redis.call('EXPIRE', KEYS[5], left > 0 and left or tonumber(m[7]))
 local ndone = redis.call('HINCRBY', KEYS[1], 'done', 1)
 local ok = ARGV[3] == 'success'
 local ending = false
@@ -118,6 +124,20 @@ if state == 'running' and m[5] == 'window' then
   end
 end
 return {1, false, false, false}
+"""
+
+_FILL = """
+-- KEYS: results hash, order stream. ARGV: ttl (s), then index, result JSON pairs.
+-- Records each outcome unless one stands, and lists it in the order stream.
+local ttl = tonumber(ARGV[1])
+for i = 2, #ARGV, 2 do
+  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
+    redis.call('XADD', KEYS[2], '*', 'i', ARGV[i])
+  end
+end
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[2], ttl)
+return 1
 """
 
 _END = """
@@ -199,10 +219,15 @@ class PlanStore:
         self._start = client.register_script(_START)
         self._finish = client.register_script(_FINISH)
         self._end = client.register_script(_END)
+        self._fill = client.register_script(_FILL)
 
     def _keys(self, plan_id: str) -> dict[str, str]:
         base = f"{self.prefix}:plan:{plan_id}"
-        return {k: f"{base}:{k}" for k in ("meta", "tasks", "results", "done", "reply")}
+        return {k: f"{base}:{k}" for k in ("meta", "tasks", "results", "done", "reply", "order")}
+
+    def key(self, plan_id: str, name: str) -> str:
+        """The Redis key of part *name* (``meta``, ``results``, ``done``, ``order``…) of a run."""
+        return self._keys(plan_id)[name]
 
     def _lease(self, plan_id: str, index: int) -> str:
         return f"{self.prefix}:plan:{plan_id}:lease:{index}"
@@ -311,7 +336,8 @@ class PlanStore:
         recorded, ending, next_index, next_task = self._call(
             "finish",
             lambda: self._finish(
-                keys=[keys["meta"], keys["results"], keys["tasks"], keys["done"]], args=args
+                keys=[keys["meta"], keys["results"], keys["tasks"], keys["done"], keys["order"]],
+                args=args,
             ),
         )
         return FinishDecision(
@@ -411,14 +437,13 @@ class PlanStore:
         if not missing:
             return
         left = self._call("ttl", lambda: self.client.ttl(keys["meta"]))
-        pipe = self.client.pipeline(transaction=False)
+        # the results hash expires with the run (it may be created here, after submission)
+        args: list[Any] = [left if left > 0 else self.retention_s]
         for index, task in missing:
             result = envelope(task, status, error=error)
             result.metadata["planId"] = plan_id
-            pipe.hsetnx(keys["results"], str(index), result.model_dump_json(by_alias=True))
-        # the results hash expires with the run (it may be created here, after submission)
-        pipe.expire(keys["results"], left if left > 0 else self.retention_s)
-        self._call("fill", pipe.execute)
+            args += [str(index), result.model_dump_json(by_alias=True)]
+        self._call("fill", lambda: self._fill(keys=[keys["results"], keys["order"]], args=args))
 
     def add_child(self, plan_id: str, child_id: str) -> None:
         """Remember that *child_id* runs a nested pattern of *plan_id*."""
@@ -451,17 +476,21 @@ class PlanStore:
         return sorted(members)
 
     def status(self, plan_id: str) -> dict[str, Any]:
-        """Counts of the run's tasks: pending, running, done; and its state."""
-        meta = self.meta(plan_id)
-        if not meta:
-            return {}
-        total, done = int(meta["n"]), int(meta["done"])
-        running = max(min(int(meta["running"]), total - done), 0)
-        return {
-            "id": plan_id,
-            "state": meta["state"],
-            "total": total,
-            "done": done,
-            "running": running,
-            "pending": total - done - running,
-        }
+        """Counts of the run's tasks: pending, running, done; and its state ({} if none)."""
+        return status_of(plan_id, self.meta(plan_id))
+
+
+def status_of(plan_id: str, meta: dict[str, str]) -> dict[str, Any]:
+    """``{id, state, total, done, running, pending}`` from a run's meta hash ({} if empty)."""
+    if not meta:
+        return {}
+    total, done = int(meta["n"]), int(meta["done"])
+    running = max(min(int(meta["running"]), total - done), 0)
+    return {
+        "id": plan_id,
+        "state": meta["state"],
+        "total": total,
+        "done": done,
+        "running": running,
+        "pending": total - done - running,
+    }

@@ -23,3 +23,17 @@ def counter(cluster: Any, key: str, what: str = "calls") -> int:
         return int(client.get(f"{key}:{what}") or 0)
     finally:
         client.close()
+
+
+def cli_runner() -> Any:
+    """typer's CliRunner with stderr kept apart from stdout, on every click version.
+
+    click 8.2 always keeps them apart and dropped ``mix_stderr``; older clicks
+    (the minimum versions' check) mix them unless told not to.
+    """
+    from typer.testing import CliRunner
+
+    try:
+        return CliRunner(mix_stderr=False)  # type: ignore[call-arg]
+    except TypeError:
+        return CliRunner()

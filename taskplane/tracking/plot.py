@@ -26,6 +26,24 @@ def _when(timestamp: float) -> float:
     return float(date2num(datetime.fromtimestamp(timestamp, UTC)))
 
 
+#: Room left before the first point, as a share of the span it covers (and at least this, s).
+SPAN_MARGIN = 0.05
+MIN_SPAN_MARGIN_S = 30.0
+
+
+def plot_span(start: float, now: float, timestamps: list[float]) -> tuple[float, float]:
+    """The x-range to draw: from a little before the first point (never before *start*) to now.
+
+    Two minutes of data in a 24 h window fill the plot instead of a sliver at
+    its right edge; with no data the whole window is shown.
+    """
+    if not timestamps:
+        return start, now
+    first = min(timestamps)
+    margin = max((now - first) * SPAN_MARGIN, MIN_SPAN_MARGIN_S)
+    return max(start, first - margin), now
+
+
 def plot_history(
     tracker: ConfidenceTracker,
     agent_id: str,
@@ -106,7 +124,12 @@ def plot_history(
     axes.xaxis.set_major_locator(locator)
     axes.xaxis.set_major_formatter(AutoDateFormatter(locator, tz=UTC))
     axes.set_ylim(0.0, 1.05)
-    axes.set_xlim(_when(start), _when(now))
+    low, high = plot_span(
+        start,
+        now,
+        [p.timestamp for p in points] + [row["time"] for row in history],
+    )
+    axes.set_xlim(_when(low), _when(high))
     axes.set_ylabel("confidence")
     axes.set_title(f"{agent_id}: confidence, last {since_s / 3600:g} h (UTC)")
     axes.legend(loc="lower left", fontsize=8)

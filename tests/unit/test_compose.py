@@ -9,6 +9,7 @@ scaled, a healthcheck on every long-running service, and only
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,45 @@ def test_taskplane_services_are_built_from_the_dockerfile(services: dict[str, An
         assert services[name]["build"]["dockerfile"] == "Dockerfile", name
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.MULTILINE)
-    assert re.search(r"^RUN pip install \"?\.", dockerfile, re.MULTILINE)
+    assert re.search(r"^RUN pip install -c constraints\.txt \"?\.", dockerfile, re.MULTILINE)
+
+
+def test_the_image_installs_pinned_versions_of_every_dependency() -> None:
+    """constraints.txt pins each runtime dependency, so the image is reproducible."""
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"not pinned: {line}"
+            pins[canonical(name)] = version
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = pyproject["dependencies"] + pyproject["optional-dependencies"]["postgres"]
+    for requirement in wanted:
+        name = re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0]
+        assert canonical(name) in pins, requirement
+    assert "COPY pyproject.toml README.md constraints.txt" in (ROOT / "Dockerfile").read_text()
+
+
+def test_minimum_versions_are_the_floors() -> None:
+    """constraints-min.txt pins every runtime dependency at its pyproject floor."""
+    floors = {}
+    for requirement in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "dependencies"
+    ]:
+        name, floor = re.match(r"([A-Za-z0-9_.-]+)(?:\[[^]]*\])?>=([^,;]+)", requirement).groups()  # type: ignore[union-attr]
+        floors[canonical(name)] = floor
+    pins = {}
+    for line in (ROOT / "constraints-min.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[canonical(name)] = version
+    assert set(pins) == set(floors)
+    for name, floor in floors.items():
+        assert pins[name] == floor or pins[name].startswith(f"{floor}."), (name, pins[name])
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def test_depends_on_names_real_services(services: dict[str, Any]) -> None:
@@ -96,7 +135,11 @@ def test_depends_on_names_real_services(services: dict[str, Any]) -> None:
         depends = svc.get("depends_on", {})
         assert set(depends) <= set(services), name
         for condition in depends.values() if isinstance(depends, dict) else []:
-            assert condition["condition"] in ("service_healthy", "service_started"), name
+            assert condition["condition"] in (
+                "service_healthy",
+                "service_started",
+                "service_completed_successfully",
+            ), name
 
 
 def test_workers_and_beat_share_the_backends(services: dict[str, Any]) -> None:
@@ -113,6 +156,38 @@ def test_flower_takes_basic_auth_from_the_environment(services: dict[str, Any]) 
     flower = services["flower"]
     assert flower["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH")
     assert "0.0.0.0" in flower["command"]
+    assert flower["profiles"] == ["flower"]  # started on request, with its password
+
+
+def test_no_variable_is_required_to_run_compose() -> None:
+    """``${VAR:?}`` fails every compose command until VAR is set: none may be used."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert re.findall(r"\$\{[A-Z0-9_]+:?\?", text) == []
+
+
+def test_the_postgres_password_is_never_in_a_url(services: dict[str, Any]) -> None:
+    """Any character may be in the password: libpq reads it from PGPASSWORD."""
+    for name in ("worker", "beat"):
+        env = services[name]["environment"]
+        url = env["TASKPLANE_DATABASE_URL"]
+        assert "POSTGRES_PASSWORD" not in url and ":" not in url.split("//", 1)[1].split("@")[0]
+        assert env["PGPASSWORD"] == services["postgres"]["environment"]["POSTGRES_PASSWORD"]
+
+
+def test_workers_wait_for_the_agents_to_be_registered(services: dict[str, Any]) -> None:
+    depends = services["worker"]["depends_on"]
+    assert depends["register-agents"]["condition"] == "service_completed_successfully"
+    assert services["register-agents"]["restart"] == "no"
+    assert {"redis", "postgres"} <= set(depends)
+
+
+def test_exactly_one_beat(services: dict[str, Any]) -> None:
+    beat = services["beat"]
+    assert beat["deploy"]["replicas"] == 1
+    assert "container_name" in beat  # compose refuses `--scale beat=2` for a named container
+    schedule = beat["environment"]["TASKPLANE_BEAT_SCHEDULE"]
+    assert schedule.startswith("/app/.run/")  # where the Dockerfile lets beat write
+    assert "/app/.run" in " ".join(beat["healthcheck"]["test"])
 
 
 def test_every_taskplane_variable_is_a_real_setting() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -36,7 +37,18 @@ ENGINE_MEMBERS = {
     "tracker",
     "cache",
 }
-HANDLE_MEMBERS = {"wait", "cancel", "status"}
+HANDLE_MEMBERS = {"wait", "cancel", "status", "as_completed"}
+#: The asyncio engine and handle offer the same verbs, awaited.
+ASYNC_ENGINE_MEMBERS = {
+    "register_agent",
+    "execute_task",
+    "execute_parallel",
+    "execute_sequential",
+    "submit",
+    "aclose",
+    "on",
+    "subscribe",
+}
 RESULT_FIELDS = {
     "task_id",
     "status",
@@ -81,6 +93,16 @@ def test_engine_and_handle_members() -> None:
     assert set(dir(taskplane.PlanHandle)) >= HANDLE_MEMBERS
 
 
+def test_async_engine_and_handle_members_are_coroutines() -> None:
+    assert set(dir(taskplane.AsyncExecutionEngine)) >= ASYNC_ENGINE_MEMBERS
+    assert set(dir(taskplane.AsyncPlanHandle)) >= HANDLE_MEMBERS
+    for name in ASYNC_ENGINE_MEMBERS - {"subscribe"}:
+        assert inspect.iscoroutinefunction(getattr(taskplane.AsyncExecutionEngine, name)), name
+    for name in HANDLE_MEMBERS - {"as_completed"}:
+        assert inspect.iscoroutinefunction(getattr(taskplane.AsyncPlanHandle, name)), name
+    assert inspect.isasyncgenfunction(taskplane.AsyncPlanHandle.as_completed)
+
+
 def test_result_fields() -> None:
     assert set(taskplane.ExecutionResult.model_fields) >= RESULT_FIELDS
 
@@ -107,6 +129,7 @@ import taskplane
 
 engine = taskplane.ExecutionEngine()
 engine.close()
+taskplane.AsyncExecutionEngine()
 print(json.dumps(attempts))
 """
 

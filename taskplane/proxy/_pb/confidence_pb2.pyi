@@ -1,5 +1,3 @@
-import datetime
-
 from google.protobuf import empty_pb2 as _empty_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -7,8 +5,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -58,7 +55,7 @@ class ConfidenceResult(_message.Message):
     uncertainties: _containers.RepeatedScalarFieldContainer[str]
     reasoning: str
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, value_json: _Optional[str] = ..., confidence: _Optional[float] = ..., agent_id: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., uncertainties: _Optional[_Iterable[str]] = ..., reasoning: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    def __init__(self, value_json: _Optional[str] = ..., confidence: _Optional[float] = ..., agent_id: _Optional[str] = ..., timestamp: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., uncertainties: _Optional[_Iterable[str]] = ..., reasoning: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Health(_message.Message):
     __slots__ = ("status", "message", "last_check", "details")
@@ -87,7 +84,7 @@ class Health(_message.Message):
     message: str
     last_check: _timestamp_pb2.Timestamp
     details: _containers.ScalarMap[str, str]
-    def __init__(self, status: _Optional[_Union[Health.Status, str]] = ..., message: _Optional[str] = ..., last_check: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., details: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    def __init__(self, status: _Optional[_Union[Health.Status, str]] = ..., message: _Optional[str] = ..., last_check: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., details: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Capabilities(_message.Message):
     __slots__ = ("agent_id", "name", "capabilities", "expertise_level", "capability_scores")

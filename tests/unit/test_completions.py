@@ -1,0 +1,78 @@
+"""The waiting policy and the order-stream parsing shared by every waiter (no Redis, no sleep)."""
+
+from __future__ import annotations
+
+import pytest
+
+from taskplane.completions import (
+    PlanWatch,
+    StepKind,
+    block_ms,
+    order_entries,
+    paired_results,
+)
+from taskplane.models import ExecutionResult, TaskStatus
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def meta(state: str = "running", done: str = "0", deadline: float = 1010.0) -> dict[str, str]:
+    return {"state": state, "done": done, "deadline": repr(deadline), "n": "3"}
+
+
+def test_an_ended_run_stops_the_wait() -> None:
+    watch = PlanWatch(meta(), timeout_s=None, stall_s=30, clock=Clock())
+    assert watch.step(meta(state="failed")).kind is StepKind.ENDED
+
+
+def test_blocks_until_the_deadline_or_the_callers_timeout() -> None:
+    clock = Clock()
+    assert PlanWatch(meta(), timeout_s=None, stall_s=30, clock=clock).step(meta()).block_s == 10
+    watch = PlanWatch(meta(), timeout_s=2, stall_s=30, clock=clock)
+    assert watch.step(meta()).block_s == 2
+    clock.now += 2
+    assert watch.step(meta()).kind is StepKind.GIVE_UP
+
+
+def test_the_deadline_ends_the_run() -> None:
+    clock = Clock()
+    watch = PlanWatch(meta(), timeout_s=None, stall_s=30, clock=clock)
+    clock.now = 1010.0
+    assert watch.step(meta()).kind is StepKind.DEADLINE
+
+
+def test_no_progress_for_longer_than_a_redelivery_asks_for_recovery_once() -> None:
+    clock = Clock()
+    watch = PlanWatch(meta(deadline=2000), timeout_s=None, stall_s=30, clock=clock)
+    clock.now += 20
+    assert not watch.step(meta(deadline=2000)).recover
+    clock.now += 11
+    assert watch.step(meta(deadline=2000)).recover
+    assert not watch.step(meta(deadline=2000)).recover  # the stall clock restarted
+    clock.now += 25
+    assert not watch.step(meta(done="1", deadline=2000)).recover  # progress resets it too
+    clock.now += 25
+    assert not watch.step(meta(done="1", deadline=2000)).recover
+
+
+@pytest.mark.parametrize(("seconds", "ms"), [(0.0001, 1), (0.25, 250), (60, 5000)])
+def test_block_ms_is_positive_and_sliced(seconds: float, ms: int) -> None:
+    assert block_ms(seconds) == ms
+
+
+def test_order_entries_keep_the_recording_order() -> None:
+    reply = [["k:order", [("1-0", {"i": "2"}), ("1-1", {"i": "0"})]]]
+    assert order_entries(reply, "0") == ("1-1", [2, 0])
+    assert order_entries(None, "1-1") == ("1-1", [])
+
+
+def test_paired_results_skip_missing_outcomes() -> None:
+    result = ExecutionResult(task_id="a", status=TaskStatus.SUCCESS)
+    pairs = paired_results([3, 4], [result.model_dump_json(by_alias=True), None])
+    assert [(i, r.task_id) for i, r in pairs] == [(3, "a")]
