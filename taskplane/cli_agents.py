@@ -24,7 +24,8 @@ def window_usage(engine: ExecutionEngine, agent_id: str, *, now_s: float) -> int
     """Calls to *agent_id* started within the current rate-limit window, cluster-wide.
 
     Reads the limiter's window (``{prefix}:ratelimit:{agent}``, a sorted set
-    scored by start time in ms) without taking a slot.
+    scored by start time in ms) without taking a slot. Slots booked for later
+    (tasks rescheduled to their slot) are not counted until they come.
 
     Raises:
         BackendError: Redis cannot be reached.
@@ -33,7 +34,7 @@ def window_usage(engine: ExecutionEngine, agent_id: str, *, now_s: float) -> int
     key = f"{engine.settings.key_prefix}:ratelimit:{agent_id}"
     since = repr(now_s * 1000.0 - window_ms)
     try:
-        return int(engine.redis.zcount(key, f"({since}", "+inf"))
+        return int(engine.redis.zcount(key, f"({since}", repr(now_s * 1000.0)))
     except redis.RedisError as exc:
         raise BackendError(f"rate limiter window for {agent_id}: {exc}") from exc
 
