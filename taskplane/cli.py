@@ -240,15 +240,38 @@ def cache_clear() -> None:
 def agents_add(
     agent_id: str,
     endpoint: str,
-    protocol: str = typer.Option("http", help="http or grpc."),
+    protocol: str = typer.Option("http", help="http, grpc, openai, a2a or mcp."),
     capability: Annotated[
         list[str] | None,
         typer.Option("--capability", "-c", help="What the agent can do (repeat for several)."),
     ] = None,
+    model: str | None = typer.Option(None, help="openai: the model name."),
+    api_key_env: str | None = typer.Option(
+        None, help="openai: the environment variable the workers read the API key from."
+    ),
+    system: str | None = typer.Option(None, help="openai: a system prompt."),
+    json_reply: bool = typer.Option(False, "--json-reply", help="openai: ask for a JSON object."),
+    logprobs: bool = typer.Option(False, help="openai: ask for token log-probabilities."),
+    tool: str | None = typer.Option(None, help="mcp: the tool to call."),
+    policy: str | None = typer.Option(None, help="The whole policy as a JSON object."),
 ) -> None:
     """Register (or re-register) an agent for every worker; its health is checked first."""
+    fields: dict[str, Any] = {}
+    if policy:
+        try:
+            fields = json.loads(policy)
+        except ValueError as exc:
+            fail(f"--policy is not JSON: {exc}")
+    options = {"model": model, "apiKeyEnv": api_key_env, "system": system, "tool": tool}
+    fields.update({key: value for key, value in options.items() if value is not None})
+    if json_reply:
+        fields["json"] = True
+    if logprobs:
+        fields["logprobs"] = True
     with engine_session() as engine:
-        info = engine.register_agent(agent_id, endpoint, protocol, capability or [])
+        info = engine.register_agent(
+            agent_id, endpoint, protocol, capability or [], policy=fields or None
+        )
     health = "healthy" if info.healthy else f"NOT healthy ({info.health_message})"
     console.print(
         f"registered agent {info.agent_id} at {info.endpoint} ({info.protocol}): {health}",
@@ -274,13 +297,17 @@ def agents_list(as_json: bool = typer.Option(False, "--json", help="Print JSON."
         "protocol",
         Column("endpoint", no_wrap=True),
         "capabilities",
+        "policy",
         "health",
         "registered (UTC)",
     )
     for a in agents:
         health = {True: "healthy", False: "unhealthy", None: "unchecked"}[a.healthy]
         when = datetime.fromtimestamp(a.registered_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
-        table.add_row(a.agent_id, a.protocol, a.endpoint, ", ".join(a.capabilities), health, when)
+        policy = ", ".join(f"{k}={v}" for k, v in a.policy.to_json_dict().items())
+        table.add_row(
+            a.agent_id, a.protocol, a.endpoint, ", ".join(a.capabilities), policy, health, when
+        )
     console.print(table)
 
 

@@ -13,8 +13,10 @@ one pooled HTTP client and one gRPC channel per endpoint for the process.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import redis
 
@@ -26,6 +28,8 @@ from taskplane.proxy.breaker import Admission, CircuitBreaker, Emit
 from taskplane.proxy.grpc import GrpcTransport
 from taskplane.proxy.http import HttpTransport, make_http_client
 from taskplane.proxy.limiter import RateLimiter, RedisLimiterBackend
+from taskplane.proxy.openai import OpenAITransport
+from taskplane.proxy.policy import AgentPolicy
 from taskplane.proxy.registry import (
     AgentInfo,
     AgentRegistry,
@@ -50,6 +54,9 @@ __all__ = [
     "HealthReport",
     "HttpTransport",
     "InMemoryTransport",
+    "OpenAITransport",
+    # Per-agent policy
+    "AgentPolicy",
     # Breaker and limiter
     "CircuitBreaker",
     "RateLimiter",
@@ -70,6 +77,7 @@ class AgentProxy:
         registry: Where agents are registered.
         http_transport: Calls ``protocol="http"`` agents.
         grpc_transport: Calls ``protocol="grpc"`` agents.
+        transports: More transports by protocol (``openai``, ``a2a``, ``mcp``).
         breaker: Per-agent circuit breakers.
         limiter: Per-agent rate limits.
         clock: Wall clock in epoch seconds.
@@ -82,13 +90,14 @@ class AgentProxy:
         *,
         http_transport: AgentTransport,
         grpc_transport: AgentTransport,
+        transports: dict[str, AgentTransport] | None = None,
         breaker: CircuitBreaker,
         limiter: RateLimiter,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.registry = registry
-        self.transports = {"http": http_transport, "grpc": grpc_transport}
+        self.transports = {"http": http_transport, "grpc": grpc_transport, **(transports or {})}
         self.breaker = breaker
         self.limiter = limiter
         self.clock = clock
@@ -157,6 +166,7 @@ class AgentProxy:
         protocol: str = "http",
         capabilities: Iterable[str] = (),
         *,
+        policy: AgentPolicy | dict[str, Any] | None = None,
         check_health: bool = True,
         health_timeout_s: float = DEFAULT_HEALTH_TIMEOUT_S,
     ) -> AgentInfo:
@@ -164,14 +174,17 @@ class AgentProxy:
 
         An unhealthy or unreachable agent is still registered; the returned
         info says so (``healthy=False``, ``health_message``) and a warning is
-        logged. Breaker and limiter state of the agent are kept.
+        logged. Breaker and limiter state of the agent are kept. A transport
+        that can describe its agent (A2A's agent card) adds what it offers to
+        *capabilities*.
 
         Raises:
-            ValidationError: A bad id, protocol, endpoint or capability; names the field.
+            ValidationError: A bad id, protocol, endpoint, capability or
+                ``policy.<field>``; names the field.
             BackendError: The registry cannot be reached.
         """
         info = make_agent_info(
-            agent_id, endpoint, protocol, capabilities, registered_at=self.clock()
+            agent_id, endpoint, protocol, capabilities, policy=policy, registered_at=self.clock()
         )
         if check_health:
             report = self.transports[info.protocol].check_health(info, timeout_s=health_timeout_s)
@@ -235,10 +248,17 @@ def build_agent_proxy(
     """
     prefix = settings.key_prefix
     max_bytes = settings.http_max_response_bytes
+    transports: dict[str, AgentTransport] = {
+        # API keys are looked up by name in this process's environment at call time.
+        "openai": OpenAITransport(
+            make_http_client(), environ=os.environ, max_response_bytes=max_bytes
+        ),
+    }
     return AgentProxy(
         RedisAgentRegistry(redis_client, prefix=prefix),
         http_transport=HttpTransport(make_http_client(), max_response_bytes=max_bytes),
         grpc_transport=GrpcTransport(max_response_bytes=max_bytes),
+        transports=transports,
         breaker=CircuitBreaker.with_redis(
             redis_client, settings.circuit_breaker, prefix=prefix, emit=emit, clock=clock
         ),

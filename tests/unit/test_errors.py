@@ -54,6 +54,7 @@ SAMPLES: list[TaskplaneError] = [
     errors.CircuitOpenError("circuit for a1 is open"),
     errors.PatternError("pattern p nests too deep"),
     errors.FunctionError("function f raised KeyError"),
+    errors.CredentialsError("OPENAI_API_KEY (policy.apiKeyEnv) is not set"),
     errors.TaskCancelledError("plan cancelled"),
 ]
 
