@@ -24,10 +24,12 @@ from taskplane.config import Settings
 from taskplane.errors import ExecutionError, NotFoundError, TaskTimeoutError
 from taskplane.executor import CallContext, Outcome
 from taskplane.models import ExecutionTask
+from taskplane.proxy.aio import LoopThread
 from taskplane.proxy.breaker import Admission, CircuitBreaker, Emit
 from taskplane.proxy.grpc import GrpcTransport
 from taskplane.proxy.http import HttpTransport, make_http_client
 from taskplane.proxy.limiter import RateLimiter, RedisLimiterBackend
+from taskplane.proxy.mcp import MCPTransport
 from taskplane.proxy.openai import OpenAITransport
 from taskplane.proxy.policy import AgentPolicy
 from taskplane.proxy.registry import (
@@ -54,6 +56,7 @@ __all__ = [
     "HealthReport",
     "HttpTransport",
     "InMemoryTransport",
+    "MCPTransport",
     "OpenAITransport",
     # Per-agent policy
     "AgentPolicy",
@@ -248,11 +251,13 @@ def build_agent_proxy(
     """
     prefix = settings.key_prefix
     max_bytes = settings.http_max_response_bytes
+    loop = LoopThread()  # one event loop thread for the asyncio SDKs, started on first use
     transports: dict[str, AgentTransport] = {
         # API keys are looked up by name in this process's environment at call time.
         "openai": OpenAITransport(
             make_http_client(), environ=os.environ, max_response_bytes=max_bytes
         ),
+        "mcp": MCPTransport(loop=loop),
     }
     return AgentProxy(
         RedisAgentRegistry(redis_client, prefix=prefix),
