@@ -51,6 +51,8 @@ class CallContext:
         plan_id: The plan this task belongs to, if any.
         idempotency_key: Sent to targets that understand one (same on every attempt).
         lineage: Names of the patterns this task is nested in, outermost first.
+        is_cancelled: Reads the plan's cancel flag; a transport that follows a long
+            remote task (A2A) polls it to cancel the remote side in time.
     """
 
     timeout_s: float
@@ -58,6 +60,7 @@ class CallContext:
     plan_id: str | None = None
     idempotency_key: str = ""
     lineage: tuple[str, ...] = ()
+    is_cancelled: Callable[[], bool] = lambda: False
 
 
 @dataclass
@@ -276,6 +279,7 @@ class TaskRunner:
                 plan_id=ctx.plan_id,
                 idempotency_key=idempotency_key,
                 lineage=ctx.lineage,
+                is_cancelled=ctx.is_cancelled,
             )
             try:
                 outcome = handler(task, call)

@@ -24,6 +24,7 @@ from taskplane.config import Settings
 from taskplane.errors import ExecutionError, NotFoundError, TaskTimeoutError
 from taskplane.executor import CallContext, Outcome
 from taskplane.models import ExecutionTask
+from taskplane.proxy.a2a import A2ATransport
 from taskplane.proxy.aio import LoopThread
 from taskplane.proxy.breaker import Admission, CircuitBreaker, Emit
 from taskplane.proxy.grpc import GrpcTransport
@@ -51,6 +52,7 @@ __all__ = [
     "InMemoryAgentRegistry",
     "RedisAgentRegistry",
     # Transports
+    "A2ATransport",
     "AgentTransport",
     "GrpcTransport",
     "HealthReport",
@@ -190,7 +192,10 @@ class AgentProxy:
             agent_id, endpoint, protocol, capabilities, policy=policy, registered_at=self.clock()
         )
         if check_health:
-            report = self.transports[info.protocol].check_health(info, timeout_s=health_timeout_s)
+            transport = self.transports[info.protocol]
+            report = transport.check_health(info, timeout_s=health_timeout_s)
+            if report.healthy:
+                self._add_described(transport, info, health_timeout_s)
             info.healthy = report.healthy
             info.health_message = f"{report.status}: {report.message}".rstrip(": ")
             if not report.healthy:
@@ -202,6 +207,15 @@ class AgentProxy:
                 )
         self.registry.register(info)
         return info
+
+    @staticmethod
+    def _add_described(transport: AgentTransport, info: AgentInfo, timeout_s: float) -> None:
+        try:
+            offered = transport.describe(info, timeout_s=timeout_s)
+        except ExecutionError as exc:
+            log.warning("cannot read what agent %s offers: %s", info.agent_id, exc)
+            return
+        info.capabilities.extend(cap for cap in offered if cap not in info.capabilities)
 
     def unregister(self, agent_id: str) -> bool:
         """Remove an agent; True if it was registered."""
@@ -258,6 +272,7 @@ def build_agent_proxy(
             make_http_client(), environ=os.environ, max_response_bytes=max_bytes
         ),
         "mcp": MCPTransport(loop=loop),
+        "a2a": A2ATransport(loop=loop),
     }
     return AgentProxy(
         RedisAgentRegistry(redis_client, prefix=prefix),

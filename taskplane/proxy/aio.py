@@ -127,6 +127,24 @@ class LoopThread:
                 self._loop, self._pid = self._start(), os.getpid()
             return self._loop
 
+    @property
+    def running(self) -> bool:
+        """True when this process's loop thread is up."""
+        return self._loop is not None and self._pid == os.getpid() and not self._loop.is_closed()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Schedule *coro* on the loop; the future completes in the loop thread."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop())
+
+    @staticmethod
+    def wait(future: concurrent.futures.Future[Any], timeout_s: float) -> bool:
+        """Wait up to *timeout_s* for *future* without blocking other greenlets; True if done."""
+        if gevent_patched():
+            _wait_greenlet(future, timeout_s)
+        else:
+            concurrent.futures.wait([future], timeout=timeout_s)
+        return future.done()
+
     def run(self, coro: Coroutine[Any, Any, T], *, timeout_s: float) -> T:
         """Run *coro* on the loop and return its result; waits at most *timeout_s* + a grace.
 
@@ -137,13 +155,8 @@ class LoopThread:
             TaskTimeoutError: The coroutine did not finish in time.
             BaseException: Whatever the coroutine raised.
         """
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop())
-        wait_s = max(timeout_s, 0.0) + WAIT_GRACE_S
-        if gevent_patched():
-            _wait_greenlet(future, wait_s)
-        else:
-            concurrent.futures.wait([future], timeout=wait_s)
-        if not future.done():
+        future = self.submit(coro)
+        if not self.wait(future, max(timeout_s, 0.0) + WAIT_GRACE_S):
             future.cancel()
             raise TaskTimeoutError(f"no answer within {timeout_s:g} s")
         return future.result()
