@@ -43,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
-import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -67,8 +66,6 @@ from taskplane.models import ExecutionTask
 from taskplane.proxy.aio import LoopThread
 from taskplane.proxy.registry import AgentInfo
 from taskplane.proxy.transport import AgentTransport, HealthReport, confidence_of
-
-log = logging.getLogger(__name__)
 
 #: How long a worker trusts an agent card it read (s).
 CARD_TTL_S = 300.0
@@ -325,7 +322,9 @@ class A2ATransport(AgentTransport):
         running = asyncio.get_running_loop()
         if self._http is None or self._http[0] is not running:
             timeout = httpx.Timeout(connect=5.0, read=None, write=10.0, pool=10.0)
-            self._http = (running, httpx.AsyncClient(timeout=timeout, follow_redirects=False))
+            client = httpx.AsyncClient(timeout=timeout, follow_redirects=False)
+            self._http = (running, client)
+            self.loop.at_close(client.aclose)
         return self._http[1]
 
     async def _card(self, endpoint: str, *, fresh: bool = False) -> Any:
@@ -460,10 +459,5 @@ class A2ATransport(AgentTransport):
         return HealthReport(healthy=True, status="healthy", message=f"card: {len(skills)} skills")
 
     def close(self) -> None:
-        http, self._http = self._http, None
-        if http is not None and self.loop.running and http[0] is self.loop.loop():
-            try:
-                self.loop.run(http[1].aclose(), timeout_s=CANCEL_TIMEOUT_S)
-            except Exception as exc:  # closing must not fail; the loop stops next anyway
-                log.debug("closing the A2A HTTP pool failed: %r", exc)
+        self._http = None  # its pool is closed on the loop, by the loop's closers
         self.loop.close()

@@ -25,14 +25,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import os
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from taskplane.errors import TaskTimeoutError
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 #: How long a caller waits beyond a coroutine's own deadline before giving up (s).
 WAIT_GRACE_S = 2.0
@@ -96,6 +99,7 @@ class LoopThread:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pid = 0
         self._stopped: Any = None
+        self._closers: list[Callable[[], Coroutine[Any, Any, Any]]] = []
 
     def _start(self) -> asyncio.AbstractEventLoop:
         selector = _original("selectors", "DefaultSelector")()
@@ -126,6 +130,11 @@ class LoopThread:
             if self._loop is None or self._pid != os.getpid():
                 self._loop, self._pid = self._start(), os.getpid()
             return self._loop
+
+    def at_close(self, closer: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        """Run ``closer()`` on the loop when it closes (to release what lives on it: pools)."""
+        with self._lock:
+            self._closers.append(closer)
 
     @property
     def running(self) -> bool:
@@ -162,7 +171,15 @@ class LoopThread:
         return future.result()
 
     def close(self) -> None:
-        """Stop the loop and its thread (a later :meth:`run` starts a new one)."""
+        """Run the closers, then stop the loop and its thread (a later :meth:`run` starts anew)."""
+        with self._lock:
+            closers, self._closers = self._closers, []
+        if self.running:
+            for closer in closers:
+                try:
+                    self.run(closer(), timeout_s=STOP_TIMEOUT_S)
+                except Exception as exc:  # closing goes on: the loop stops next anyway
+                    log.debug("a closer on the shared event loop failed: %r", exc)
         with self._lock:
             loop, self._loop = self._loop, None
             stopped = self._stopped

@@ -135,3 +135,18 @@ def test_errors_propagate_and_a_closed_loop_restarts() -> None:
         assert loop.loop() is not first
     finally:
         loop.close()
+
+
+def test_closers_run_on_the_loop_before_it_stops() -> None:
+    loop = LoopThread()
+    ran: list[bool] = []
+
+    async def closer() -> None:
+        ran.append(asyncio.get_running_loop() is running)
+
+    running = loop.loop()
+    loop.at_close(closer)
+    loop.close()
+    assert ran == [True] and not loop.running
+    loop.close()  # closing twice is harmless, closers ran once
+    assert ran == [True]
