@@ -8,6 +8,7 @@ JSON-RPC ``ListTasks`` call, as any client of the agent would see it.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -170,3 +171,53 @@ def test_an_unreachable_agent_is_retried(engine: ExecutionEngine, uid: str) -> N
     result = run(engine, f"dead-{uid}", f"dead-{uid}", {"prompt": "hi"}, retries=1)
     assert result.status == "failure" and result.retries == 1
     assert "cannot" in (result.error or "")
+
+
+GEVENT_SCENARIO = """
+from gevent import monkey; monkey.patch_all()
+import json, sys, time
+import gevent
+from taskplane.executor import CallContext
+from taskplane.models import ExecutionTask
+from taskplane.proxy.a2a import A2ATransport
+from taskplane.proxy.registry import make_agent_info
+
+transport = A2ATransport()
+agent = make_agent_info("a", sys.argv[1], "a2a")
+flag = {"cancelled": False}
+
+def send(prompt, **call):
+    task = ExecutionTask(id="x", type="agent", target="a", payload={"prompt": prompt})
+    try:
+        return transport.send(agent, task, CallContext(timeout_s=10, **call), timeout_s=10).result
+    except Exception as exc:
+        return type(exc).__name__
+
+started = time.monotonic()
+calls = [gevent.spawn(send, "slow 400") for _ in range(5)]
+doomed = gevent.spawn(send, "slow 8000", is_cancelled=lambda: flag["cancelled"])
+gevent.sleep(0.6)
+flag["cancelled"] = True
+gevent.joinall([*calls, doomed])
+elapsed = time.monotonic() - started
+transport.close()
+print("REPORT " + json.dumps({"elapsed": elapsed, "results": [g.value for g in calls],
+                             "doomed": doomed.value}))
+"""
+
+
+def test_greenlets_share_the_loop_and_a_cancel_reaches_the_agent(a2a_url: str) -> None:
+    """Under gevent monkey-patching: concurrent calls, and the cancel flag read in the greenlet."""
+    done = subprocess.run(
+        [sys.executable, "-c", GEVENT_SCENARIO, a2a_url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr
+    (line,) = [row for row in done.stdout.splitlines() if row.startswith("REPORT ")]
+    report = json.loads(line.removeprefix("REPORT "))
+    assert report["results"] == ["slept 400 ms"] * 5
+    assert report["doomed"] == "TaskCancelledError"
+    assert report["elapsed"] < 5.0  # neither serialised nor waiting out the 8 s task

@@ -162,6 +162,50 @@ def test_missing_key_variable_fails_naming_it(
     assert "TASKPLANE_TEST_UNSET_KEY" in (result.error or "") and llm.calls == 0
 
 
+def test_cli_adds_an_openai_agent_and_refuses_a_key_in_the_policy(
+    cluster: Cluster, llm: OpenAICompatServer, uid: str
+) -> None:
+    env = {**os.environ, **cluster.env, "PYTHONPATH": str(ROOT), "COLUMNS": "300"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "taskplane.cli", "agents", "add", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+
+    added = cli(
+        f"cli-{uid}",
+        llm.base_url,
+        "--protocol",
+        "openai",
+        "--model",
+        "m1",
+        "--api-key-env",
+        TEST_API_KEY_ENV,
+        "--json-reply",
+    )
+    assert added.returncode == 0, added.stderr
+    assert f"registered agent cli-{uid}" in added.stdout and "(openai)" in added.stdout
+    # This process has the key, so registration checked the endpoint with it.
+    assert "healthy" in added.stdout and "NOT" not in added.stdout
+    refused = cli(
+        f"bad-{uid}",
+        llm.base_url,
+        "--protocol",
+        "openai",
+        "--policy",
+        json.dumps({"model": "m", "apiKey": TEST_API_KEY}),
+    )
+    assert refused.returncode == 1
+    assert "policy.apiKey: secrets are never stored" in refused.stderr
+    assert TEST_API_KEY not in refused.stdout + refused.stderr
+    missing = cli(f"bad-{uid}", llm.base_url, "--protocol", "openai")
+    assert missing.returncode == 1 and "policy.model: is required" in missing.stderr
+
+
 def _redis_values(client: redis.Redis) -> Iterator[str]:
     for key in client.scan_iter(count=1000):
         yield key
