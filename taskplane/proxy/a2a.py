@@ -386,7 +386,8 @@ class A2ATransport(AgentTransport):
         timeout_s: float,
         stop: asyncio.Event,
     ) -> Outcome:
-        client, _ = await self._client(endpoint)
+        async with asyncio.timeout(timeout_s):
+            client, _ = await self._client(endpoint)
         followed = Followed()
         try:
             follower = asyncio.ensure_future(self._follow(client, message, followed))

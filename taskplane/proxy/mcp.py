@@ -5,7 +5,8 @@ HTTP URL (e.g. ``http://127.0.0.1:8765/mcp``); the tool is the task's
 ``metadata.tool``, else the agent's ``policy.tool``.
 
 One attempt: connect (the SDK negotiates the protocol version), list the
-tools, check the payload against the tool's ``inputSchema`` with
+tools, check the payload (less a sequential plan's ``previous``, unless the
+tool declares it) against the tool's ``inputSchema`` with
 ``jsonschema`` (a payload it refuses is ``InvalidPayloadError``, never sent
 and not retried), call the tool, disconnect. The result is the tool's
 ``structuredContent``, else its text content (one text block as a string,
@@ -155,6 +156,15 @@ def check_arguments(arguments: dict[str, Any], schema: dict[str, Any], tool: str
     raise InvalidPayloadError(f"tool {tool} refuses the payload: " + "; ".join(described))
 
 
+def tool_arguments(payload: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """The payload as a tool's arguments: a sequential plan's ``previous`` is dropped
+    unless the tool's schema asks for it (strict schemas would refuse it)."""
+    properties = schema.get("properties")
+    if "previous" in payload and not (isinstance(properties, dict) and "previous" in properties):
+        return {key: value for key, value in payload.items() if key != "previous"}
+    return payload
+
+
 def outcome_from_tool_result(result: Any, tool: str, where: str) -> Outcome:
     """Turn a ``CallToolResult`` into an :class:`Outcome` (structured, else text content).
 
@@ -226,6 +236,7 @@ class MCPTransport(AgentTransport):
                 found = next((t for t in listing.tools if t.name == tool), None)
                 if found is None:
                     raise NotFoundError(f"{where} has no tool {tool!r}")
+                arguments = tool_arguments(arguments, found.input_schema)
                 check_arguments(arguments, found.input_schema, tool)
                 result = await client.call_tool(tool, arguments, read_timeout_seconds=timeout_s)
         return outcome_from_tool_result(result, tool, where)

@@ -21,7 +21,13 @@ from taskplane.errors import (
 )
 from taskplane.models import ExecutionTask
 from taskplane.proxy.aio import LoopThread
-from taskplane.proxy.mcp import check_arguments, outcome_from_tool_result, tool_of, translate
+from taskplane.proxy.mcp import (
+    check_arguments,
+    outcome_from_tool_result,
+    tool_arguments,
+    tool_of,
+    translate,
+)
 from taskplane.proxy.registry import make_agent_info
 
 SCHEMA = {
@@ -150,3 +156,10 @@ def test_closers_run_on_the_loop_before_it_stops() -> None:
     assert ran == [True] and not loop.running
     loop.close()  # closing twice is harmless, closers ran once
     assert ran == [True]
+
+
+def test_previous_is_passed_only_to_tools_that_declare_it() -> None:
+    payload = {"text": "a", "previous": {"taskId": "t0"}}
+    assert tool_arguments(payload, SCHEMA) == {"text": "a"}
+    wants = {**SCHEMA, "properties": {**SCHEMA["properties"], "previous": {"type": "object"}}}
+    assert tool_arguments(payload, wants) == payload
