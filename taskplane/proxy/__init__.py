@@ -2,12 +2,14 @@
 
 :class:`AgentProxy` is the task runner's handler for ``agent`` tasks. One
 attempt goes: registry lookup → breaker admission (fail fast when open) →
-rate-limit slot (wait, bounded by the call's deadline) → transport (HTTP or
-gRPC, bounded by what is left of the call's timeout) → breaker outcome.
+rate-limit slot (wait, bounded by the call's deadline) → transport (chosen
+by the agent's ``protocol``: ``http``, ``grpc``, ``openai``, ``a2a`` or
+``mcp``, bounded by what is left of the call's timeout) → breaker outcome.
 Retries are not made here: the task runner retries what the transport raises.
 
 :func:`build_agent_proxy` wires the Redis-backed parts from settings, with
-one pooled HTTP client and one gRPC channel per endpoint for the process.
+pooled HTTP clients, one gRPC channel per endpoint and one event loop thread
+(for the asyncio A2A and MCP SDKs) for the process.
 """
 
 from __future__ import annotations
