@@ -14,20 +14,22 @@ task the agent opens: over the stream when the card says ``streaming``, else
 :data:`POLL_MIN_S`…:data:`POLL_MAX_S`. The message's ``contextId`` is the
 plan id when there is one, so one plan's tasks share a context.
 
-=================================  ===============================================
-A2A task state                     taskplane
-=================================  ===============================================
-``completed``                      success: the artifacts' parts as the result (one
-                                   part → its value; several → a list), else the
-                                   agent's final message; a ``confidence`` in a data
-                                   part (0..1) becomes the confidence
-``failed``                         failure, retried like a 5xx (``UpstreamError``)
-``rejected``                       failure, not retried (``ClientError``)
-``canceled``                       ``cancelled``
-``input-required``, ``auth-required``  failure naming the state, not retried: the
-                                   attempt ends instead of waiting for a human
-a direct ``Message`` reply         success with the message's parts
-=================================  ===============================================
+======================================  ==========================================
+A2A task state                          taskplane
+======================================  ==========================================
+``completed``                           success: the artifacts' parts as the result
+                                        (one part → its value; several → a list),
+                                        else the agent's final message; a
+                                        ``confidence`` in a data part (0..1)
+                                        becomes the confidence
+``failed``                              failure, retried like a 5xx
+                                        (``UpstreamError``)
+``rejected``                            failure, not retried (``ClientError``)
+``canceled``                            ``cancelled``
+``input-required``, ``auth-required``   failure naming the state, not retried: the
+                                        attempt ends instead of waiting for a human
+a direct ``Message`` reply              success with the message's parts
+======================================  ==========================================
 
 Cancelling: ``send`` watches ``CallContext.is_cancelled`` (the plan's cancel
 flag) every :data:`CANCEL_CHECK_S` while it follows the task, in the caller's

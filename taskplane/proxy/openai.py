@@ -15,14 +15,14 @@ documented, and "OpenAI-compatible" servers vary in what else they accept.
 
 Request (``stream: false``):
 
-=====================================  =============================================
-Payload                                Chat messages
-=====================================  =============================================
-``{"messages": [...]}``                as given (each ``{role, content}``)
-``{"prompt"|"task": ..., "data": ..}``  one user message: the text, then ``data`` as
-                                       indented JSON
-anything else                          one user message: the payload as JSON
-=====================================  =============================================
+========================================  ==========================================
+Payload                                   Chat messages
+========================================  ==========================================
+``{"messages": [...]}``                   as given (each ``{role, content}``)
+``{"prompt"|"task": ..., "data": ...}``   one user message: the text, then ``data``
+                                          as indented JSON
+anything else                             one user message: the payload as JSON
+========================================  ==========================================
 
 ``policy.system`` goes first as a system message (unless the messages start
 with one). With ``json`` the request carries ``response_format:
