@@ -21,19 +21,19 @@ do not pay for it.
 
 Errors, translated in :func:`translate` (one table, :func:`error_map`):
 
-==============================================  ===============================
-What happened                                   Raised
-==============================================  ===============================
-cannot connect, connection dropped              ``TransportError``
-the attempt outlived its timeout                ``TaskTimeoutError``
-HTTP 429 / 5xx from the server                  ``UpstreamError`` (retried)
-other HTTP 4xx                                  ``ClientError``
-JSON-RPC ``INVALID_PARAMS``                     ``InvalidPayloadError``
-JSON-RPC ``INTERNAL_ERROR`` / connection closed ``UpstreamError``
-other JSON-RPC errors                           ``ClientError``
-unknown tool, no tool named                     ``NotFoundError`` / ``InvalidPayloadError``
-``isError``, a reply the SDK cannot parse       ``ClientError`` / ``InvalidReplyError``
-==============================================  ===============================
+================================================  ==========================================
+What happened                                     Raised
+================================================  ==========================================
+cannot connect, connection dropped                ``TransportError``
+the attempt outlived its timeout                  ``TaskTimeoutError``
+HTTP 429 / 5xx from the server                    ``UpstreamError`` (retried)
+other HTTP 4xx                                    ``ClientError``
+JSON-RPC ``INVALID_PARAMS``                       ``InvalidPayloadError``
+JSON-RPC ``INTERNAL_ERROR``, connection closed    ``UpstreamError``
+other JSON-RPC errors                             ``ClientError``
+unknown tool; no tool named                       ``NotFoundError``; ``InvalidPayloadError``
+``isError``; a reply the SDK cannot parse         ``ClientError``; ``InvalidReplyError``
+================================================  ==========================================
 
 ``isError`` is the tool saying no to these arguments, not the server being
 unwell, so it is not retried and does not count against the breaker.
