@@ -252,6 +252,7 @@ def agents_add(
     system: str | None = typer.Option(None, help="openai: a system prompt."),
     json_reply: bool = typer.Option(False, "--json-reply", help="openai: ask for a JSON object."),
     logprobs: bool = typer.Option(False, help="openai: ask for token log-probabilities."),
+    stream: bool = typer.Option(False, help="openai: stream the reply."),
     tool: str | None = typer.Option(None, help="mcp: the tool to call."),
     policy: str | None = typer.Option(None, help="The whole policy as a JSON object."),
 ) -> None:
@@ -268,6 +269,8 @@ def agents_add(
         fields["json"] = True
     if logprobs:
         fields["logprobs"] = True
+    if stream:
+        fields["stream"] = True
     with engine_session() as engine:
         info = engine.register_agent(
             agent_id, endpoint, protocol, capability or [], policy=fields or None

@@ -16,6 +16,10 @@ Modes:
 * ``reject``    400 with an OpenAI error object
 * ``hang``      answers after ``HANG_S`` (or when the server stops)
 
+A request with ``stream: true`` gets the same reply as server-sent
+``chat.completion.chunk`` events (content in three pieces, one logprob per
+piece, a final ``usage`` chunk when ``stream_options.include_usage``).
+
 A request without ``Authorization: Bearer <api_key>`` gets 401 (when
 ``api_key`` is set). ``GET /v1/models`` lists one model. Every request's
 body and headers are kept in ``requests`` with arrival ``timestamps``.
@@ -78,7 +82,24 @@ class OpenAICompatServer:
                     self._send(401, _error("invalid_api_key", "Incorrect API key provided"))
                 else:
                     status, reply, headers = owner._reply(mode, body)
-                    self._send(status, reply, headers)
+                    if status == 200 and body.get("stream"):
+                        self._send_events(_chunks(reply, body))
+                    else:
+                        self._send(status, reply, headers)
+
+            def _send_events(self, events: list[Any]) -> None:
+                data = b"".join(
+                    f"data: {e if isinstance(e, str) else json.dumps(e)}\n\n".encode()
+                    for e in events
+                )
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:  # the client gave up
+                    pass
 
             def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
                 data = json.dumps(body).encode()
@@ -171,6 +192,27 @@ class OpenAICompatServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _chunks(reply: dict[str, Any], body: dict[str, Any]) -> list[Any]:
+    """*reply* as streamed ``chat.completion.chunk`` events (content in three pieces)."""
+    choice = reply["choices"][0]
+    content = choice["message"]["content"]
+    third = max(len(content) // 3, 1)
+    pieces = [content[:third], content[third : 2 * third], content[2 * third :]]
+    tokens = (choice.get("logprobs") or {}).get("content") or []
+    base = {"id": reply["id"], "object": "chat.completion.chunk", "model": reply["model"]}
+    events: list[Any] = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant"}}]}]
+    for n, piece in enumerate(pieces):
+        delta: dict[str, Any] = {"index": 0, "delta": {"content": piece}, "finish_reason": None}
+        if tokens:
+            delta["logprobs"] = {"content": tokens[n : n + 1]}
+        events.append({**base, "choices": [delta]})
+    events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    if (body.get("stream_options") or {}).get("include_usage"):
+        events.append({**base, "choices": [], "usage": reply["usage"]})
+    events.append("[DONE]")
+    return events
 
 
 def _error(code: str, message: str) -> dict[str, Any]:

@@ -13,7 +13,10 @@ client retries on its own, twice by default), and its error classes would be
 one more foreign tree to translate. The wire format used here is small and
 documented, and "OpenAI-compatible" servers vary in what else they accept.
 
-Request (``stream: false``):
+Request (``stream: false``; with ``policy.stream`` the reply is streamed as
+server-sent chunks, ``stream_options.include_usage`` asks for the usage, and
+the chunks are folded into one completion before it is mapped — the call's
+deadline and byte cap hold for the whole stream):
 
 ========================================  ==========================================
 Payload                                   Chat messages
@@ -51,7 +54,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import httpx
@@ -174,8 +177,10 @@ def build_body(task: ExecutionTask, policy: AgentPolicy) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": policy.model,
         "messages": build_messages(task.payload, policy),
-        "stream": False,
+        "stream": policy.stream,
     }
+    if policy.stream:
+        body["stream_options"] = {"include_usage": True}
     if policy.json_output:
         body["response_format"] = {"type": "json_object"}
     if policy.logprobs:
@@ -261,6 +266,62 @@ def outcome_from_completion(reply: Any, agent: AgentInfo) -> Outcome:
     return Outcome(result=result, confidence=confidence, metadata=metadata)
 
 
+def assemble_stream(
+    lines: Iterable[str],
+    limit: int,
+    *,
+    deadline: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, Any]:
+    """Fold a streamed reply (server-sent ``chat.completion.chunk`` events) into one completion.
+
+    Content deltas and logprobs of choice 0 are joined; ``finish_reason``,
+    ``model`` and the final ``usage`` chunk are kept.
+
+    Raises:
+        InvalidReplyError: A chunk is not JSON, or the stream passes *limit* bytes.
+        TaskTimeoutError: The stream is still going at *deadline* (*clock* time).
+    """
+    content: list[str] = []
+    tokens: list[Any] = []
+    reply: dict[str, Any] = {"model": None, "usage": None}
+    finish = None
+    seen = 0
+    for line in lines:
+        seen += len(line) + 1
+        if seen > limit:
+            raise InvalidReplyError(f"streamed reply is larger than {limit} bytes")
+        if clock() > deadline:
+            raise TaskTimeoutError("streamed reply still going at the call's deadline")
+        if not line.startswith("data:"):
+            continue
+        data = line.removeprefix("data:").strip()
+        if data == "[DONE]":
+            break
+        try:
+            chunk = json.loads(data)
+        except ValueError as exc:
+            raise InvalidReplyError(f"streamed chunk is not JSON: {exc}") from exc
+        reply["model"] = chunk.get("model") or reply["model"]
+        reply["usage"] = chunk.get("usage") or reply["usage"]
+        for choice in chunk.get("choices") or []:
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            if isinstance(delta.get("content"), str):
+                content.append(delta["content"])
+            logprobs = choice.get("logprobs")
+            if isinstance(logprobs, dict) and isinstance(logprobs.get("content"), list):
+                tokens.extend(logprobs["content"])
+            finish = choice.get("finish_reason") or finish
+    message = {"role": "assistant", "content": "".join(content) if content or finish else None}
+    choice_0 = {"message": message, "finish_reason": finish, "logprobs": None}
+    if tokens:
+        choice_0["logprobs"] = {"content": tokens}
+    reply["choices"] = [choice_0]
+    return reply
+
+
 class OpenAITransport(AgentTransport):
     """Calls OpenAI-compatible chat-completions endpoints through a shared pooled client.
 
@@ -311,18 +372,27 @@ class OpenAITransport(AgentTransport):
             headers["Authorization"] = f"Bearer {key}"
         url = f"{agent.endpoint}/chat/completions"
         deadline = self.clock() + timeout_s
+        what = f"reply from {url}"
+        reply: Any = None
         try:
             with self.client.stream(
                 "POST", url, json=body, headers=headers, timeout=timeout_s
             ) as response:
-                raw = read_capped(
-                    response,
-                    self.max_response_bytes,
-                    what=f"reply from {url}",
-                    deadline=deadline,
-                    clock=self.clock,
-                )
                 status, reply_headers = response.status_code, response.headers
+                if 200 <= status < 300 and agent.policy.stream:
+                    lines = response.iter_lines()
+                    reply = assemble_stream(
+                        lines, self.max_response_bytes, deadline=deadline, clock=self.clock
+                    )
+                    raw = b""
+                else:
+                    raw = read_capped(
+                        response,
+                        self.max_response_bytes,
+                        what=what,
+                        deadline=deadline,
+                        clock=self.clock,
+                    )
         except httpx.TimeoutException as exc:
             raise TaskTimeoutError(
                 f"agent {agent.agent_id} did not answer in {timeout_s:g} s"
@@ -335,12 +405,13 @@ class OpenAITransport(AgentTransport):
             message = f"agent {agent.agent_id} answered HTTP {status}: {snippet}"
             error = http_status_error(status, message, rate_limit_wait_s(reply_headers))
             raise error if error is not None else InvalidReplyError(message)
-        try:
-            reply = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidReplyError(
-                f"agent {agent.agent_id} replied with invalid JSON: {exc}"
-            ) from exc
+        if reply is None:
+            try:
+                reply = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise InvalidReplyError(
+                    f"agent {agent.agent_id} replied with invalid JSON: {exc}"
+                ) from exc
         return outcome_from_completion(reply, agent)
 
     def check_health(self, agent: AgentInfo, *, timeout_s: float) -> HealthReport:

@@ -40,6 +40,7 @@ class AgentPolicy(BaseModel):
             (``response_format: {"type": "json_object"}``) and parse the reply.
         logprobs: ``openai``: ask for token log-probabilities, so a reply that
             states no confidence gets one (the mean token probability).
+        stream: ``openai``: stream the reply (server-sent chunks), folded into one.
         temperature: ``openai``: sampling temperature, if set.
         max_tokens: ``openai``: longest reply, in tokens, if set.
         tool: ``mcp``: the tool to call (a task's ``metadata.tool`` overrides it).
@@ -52,6 +53,7 @@ class AgentPolicy(BaseModel):
     system: str | None = None
     json_output: bool = Field(default=False, alias="json")
     logprobs: bool = False
+    stream: bool = False
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     max_tokens: int | None = Field(default=None, gt=0)
     tool: str | None = None

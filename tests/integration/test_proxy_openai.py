@@ -99,6 +99,27 @@ def test_text_reply_confidence_from_logprobs(
     assert llm.requests[0]["body"]["messages"] == messages
 
 
+@pytest.mark.parametrize("mode", ["json", "logprobs"])
+def test_a_streamed_reply_is_folded_into_one(
+    engine: ExecutionEngine, llm: OpenAICompatServer, uid: str, mode: str
+) -> None:
+    llm.mode = mode
+    json_mode = mode == "json"
+    register(engine, f"st-{uid}", llm, stream=True, json=json_mode, logprobs=not json_mode)
+    result = run(engine, f"st-{uid}", {"prompt": f"stream {uid}"})
+    assert result.status == "success", result.error
+    body = llm.requests[0]["body"]
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert result.metadata["usage"] == {"inputTokens": 11, "outputTokens": 7}
+    if json_mode:
+        assert result.result == {"answer": f"stream {uid}", "confidence": 0.83}
+        assert result.confidence == 0.83
+    else:
+        assert result.result == f"echo: stream {uid}"
+        expected = sum(math.exp(lp) for lp in LOGPROBS) / len(LOGPROBS)
+        assert result.confidence == pytest.approx(expected)
+
+
 def test_no_confidence_when_the_endpoint_gives_none(
     engine: ExecutionEngine, llm: OpenAICompatServer, uid: str
 ) -> None:

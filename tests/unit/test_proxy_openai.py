@@ -23,6 +23,7 @@ from taskplane.models import ExecutionTask
 from taskplane.proxy.openai import (
     JSON_INSTRUCTION,
     OpenAITransport,
+    assemble_stream,
     build_messages,
     outcome_from_completion,
     parse_duration_s,
@@ -205,3 +206,37 @@ def test_timeouts_and_missing_keys() -> None:
         transport(slow, environ={}).send(agent(apiKeyEnv="KEY_VAR"), TASK, CALL, timeout_s=1.0)
     health = transport(slow, environ={}).check_health(agent(apiKeyEnv="KEY_VAR"), timeout_s=1.0)
     assert (health.healthy, health.status) == (False, "unknown")
+
+
+def chunk(**choice: Any) -> str:
+    return "data: " + json.dumps({"model": "m", "choices": [{"index": 0, **choice}]})
+
+
+def test_a_stream_is_folded_into_one_completion() -> None:
+    lines = [
+        ": keep-alive",
+        chunk(delta={"role": "assistant"}),
+        chunk(delta={"content": "he"}, logprobs={"content": [{"logprob": 0.0}]}),
+        "",
+        chunk(delta={"content": "llo"}, logprobs={"content": [{"logprob": math.log(0.5)}]}),
+        chunk(delta={}, finish_reason="stop"),
+        "data: "
+        + json.dumps({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2}}),
+        "data: [DONE]",
+        chunk(delta={"content": "after the end"}),
+    ]
+    reply = assemble_stream(lines, 10_000, deadline=1.0, clock=lambda: 0.0)
+    outcome = outcome_from_completion(reply, agent())
+    assert outcome.result == "hello" and outcome.confidence == pytest.approx(0.75)
+    assert outcome.metadata["usage"] == {"inputTokens": 1, "outputTokens": 2}
+    assert outcome.metadata["finishReason"] == "stop"
+
+
+def test_a_stream_is_capped_in_bytes_and_time_and_must_be_json() -> None:
+    many = [chunk(delta={"content": "x" * 50})] * 10
+    with pytest.raises(InvalidReplyError, match="larger than 200 bytes"):
+        assemble_stream(many, 200, deadline=1.0, clock=lambda: 0.0)
+    with pytest.raises(TaskTimeoutError):
+        assemble_stream(many, 10_000, deadline=1.0, clock=lambda: 2.0)
+    with pytest.raises(InvalidReplyError, match="not JSON"):
+        assemble_stream(["data: {nope"], 10_000, deadline=1.0, clock=lambda: 0.0)
