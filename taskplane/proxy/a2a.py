@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import time
 import uuid
@@ -78,6 +79,8 @@ POLL_MAX_S = 1.0
 CANCEL_CHECK_S = 0.2
 #: How long a remote ``CancelTask`` may take before we give up on it (s).
 CANCEL_TIMEOUT_S = 5.0
+#: How long a cancel waits for the agent to name a task it has not named yet (s).
+TASK_ID_WAIT_S = 2.0
 #: Bindings we accept, in order of preference when the card offers several.
 BINDINGS = ["JSONRPC", "HTTP+JSON"]
 
@@ -367,6 +370,14 @@ class A2ATransport(AgentTransport):
             delay = min(delay * 1.5, POLL_MAX_S)
             followed.apply(await client.get_task(GetTaskRequest(id=followed.task_id)))
 
+    @staticmethod
+    async def _learn_task_id(follower: asyncio.Future[None], followed: Followed) -> None:
+        """Give the agent a moment to name its task, so a cancel has something to cancel."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(TASK_ID_WAIT_S):
+                while not followed.task_id and not follower.done():
+                    await asyncio.sleep(0.02)
+
     async def _cancel_remote(self, client: Any, followed: Followed) -> str:
         from a2a.types.a2a_pb2 import CancelTaskRequest
 
@@ -401,8 +412,9 @@ class A2ATransport(AgentTransport):
                 stopper.cancel()
                 follower.result()
                 return outcome_of(followed, where)
-            follower.cancel()
             stopper.cancel()
+            await self._learn_task_id(follower, followed)
+            follower.cancel()
             said = await self._cancel_remote(client, followed)
             if stop.is_set():
                 raise TaskCancelledError(f"plan cancelled; {said}")
