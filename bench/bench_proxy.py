@@ -22,12 +22,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import redis
-from google.protobuf import empty_pb2
 
 from taskplane.config import RateLimitConfig, Settings
 from taskplane.executor import CallContext
 from taskplane.models import ExecutionTask
-from taskplane.proxy import AgentProxy, GrpcTransport, HttpTransport, build_agent_proxy
+from taskplane.proxy import AgentProxy, GrpcTransport, HttpTransport, build_agent_proxy, parallax
 from taskplane.proxy.grpc import build_request
 from tests.agents import GrpcAgentServer, HttpAgentServer
 
@@ -122,7 +121,7 @@ def main() -> None:
         grpc_direct, grpc_proxy = interleaved(
             direct_grpc, lambda: proxy(grpc_task, CALL), args.calls
         )
-        stub.HealthCheck(empty_pb2.Empty(), timeout=5.0)
+        stub.HealthCheck(parallax.Empty(), timeout=5.0)
         concurrent = concurrent_ms(proxy, "bench-slow")
     finally:
         proxy.close()

@@ -21,9 +21,8 @@ import time
 from typing import Any
 
 import grpc
-from google.protobuf import empty_pb2
 
-from taskplane.proxy._pb import confidence_pb2, confidence_pb2_grpc
+from taskplane.proxy import parallax
 
 
 class Counters:
@@ -103,7 +102,7 @@ async def _serve_http(
         writer.close()
 
 
-class _GrpcAgent(confidence_pb2_grpc.ConfidenceAgentServicer):
+class _GrpcAgent(parallax.ConfidenceAgentServicer):
     def __init__(self, counters: Counters, delay_s: float) -> None:
         self.counters = counters
         self.delay_s = delay_s
@@ -114,12 +113,12 @@ class _GrpcAgent(confidence_pb2_grpc.ConfidenceAgentServicer):
             await asyncio.sleep(self.delay_s)
         finally:
             self.counters.leave()
-        return confidence_pb2.ConfidenceResult(
+        return parallax.ConfidenceResult(
             value_json=json.dumps({"task": request.task_id}), confidence=0.9, agent_id="slow"
         )
 
-    async def HealthCheck(self, request: empty_pb2.Empty, context: Any) -> Any:
-        return confidence_pb2.Health(status=confidence_pb2.Health.HEALTHY)
+    async def HealthCheck(self, request: Any, context: Any) -> Any:
+        return parallax.Health(status=parallax.Health.HEALTHY)
 
 
 async def main(delay_ms: float) -> None:
@@ -130,9 +129,7 @@ async def main(delay_ms: float) -> None:
     )
     http_port = server.sockets[0].getsockname()[1]
     grpc_server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 10000)])
-    confidence_pb2_grpc.add_ConfidenceAgentServicer_to_server(
-        _GrpcAgent(counters, delay_s), grpc_server
-    )
+    parallax.add_servicer_to_server(_GrpcAgent(counters, delay_s), grpc_server)
     grpc_port = grpc_server.add_insecure_port("127.0.0.1:0")
     await grpc_server.start()
     print(json.dumps({"http": http_port, "grpc": grpc_port}), flush=True)

@@ -280,17 +280,47 @@ def cache_clear() -> None:
 def agents_add(
     agent_id: str = typer.Argument(..., metavar="ID", help="The id tasks name as target."),
     endpoint: str = typer.Argument(
-        ..., metavar="ENDPOINT", help="http(s)://host:port for HTTP, host:port for gRPC."
+        ...,
+        metavar="ENDPOINT",
+        help="http(s)://host:port for HTTP, host:port for gRPC, a base URL otherwise.",
     ),
-    protocol: str = typer.Option("http", metavar="PROTOCOL", help="http or grpc."),
+    protocol: str = typer.Option(
+        "http", metavar="PROTOCOL", help="http, grpc, openai, a2a or mcp."
+    ),
     capability: Annotated[
         list[str] | None,
         typer.Option("--capability", "-c", help="What the agent can do (repeat for several)."),
     ] = None,
+    model: str | None = typer.Option(None, help="openai: the model name."),
+    api_key_env: str | None = typer.Option(
+        None, help="openai: the environment variable the workers read the API key from."
+    ),
+    system: str | None = typer.Option(None, help="openai: a system prompt."),
+    json_reply: bool = typer.Option(False, "--json-reply", help="openai: ask for a JSON object."),
+    logprobs: bool = typer.Option(False, help="openai: ask for token log-probabilities."),
+    stream: bool = typer.Option(False, help="openai: stream the reply."),
+    tool: str | None = typer.Option(None, help="mcp: the tool to call."),
+    policy: str | None = typer.Option(None, help="The whole policy as a JSON object."),
 ) -> None:
     """Register (or re-register) an agent for every worker; its health is checked first."""
+    fields: dict[str, Any] = {}
+    if policy:
+        try:
+            fields = json.loads(policy)
+        except ValueError as exc:
+            fail(f"--policy is not JSON: {exc}")
+    options = {"model": model, "apiKeyEnv": api_key_env, "system": system, "tool": tool}
+    fields.update({key: value for key, value in options.items() if value is not None})
+    if json_reply:
+        fields["json"] = True
+    if logprobs:
+        fields["logprobs"] = True
+    if stream:
+        fields["stream"] = True
     with engine_session() as engine:
-        info = engine.register_agent(agent_id, endpoint, protocol, capability or [])
+        info = engine.register_agent(
+            agent_id, endpoint, protocol, capability or [], policy=fields or None
+        )
     health = "healthy" if info.healthy else f"NOT healthy ({info.health_message})"
     console.print(
         f"registered agent {info.agent_id} at {info.endpoint} ({info.protocol}): {health}",

@@ -105,10 +105,14 @@ def run_demo(console: Console) -> None:
         console.rule("[bold]taskplane demo")
         console.print(f"Redis: {url}")
 
-        http_port, grpc_port, dead_port = (redis_server.free_port() for _ in range(3))
+        http_port, grpc_port, dead_port, a2a_port, mcp_port = (
+            redis_server.free_port() for _ in range(5)
+        )
         for module, port in (
             ("examples.agents.http_agent", http_port),
             ("examples.agents.grpc_agent", grpc_port),
+            ("examples.agents.a2a_agent", a2a_port),
+            ("examples.agents.mcp_server", mcp_port),
         ):
             proc = _start_agent(module, port, root, STATE_DIR / "logs")
             stack.callback(_stop, proc)
@@ -137,16 +141,21 @@ def run_demo(console: Console) -> None:
         engine.on("*", on_event)
         engine.cache.clear()
 
-        for agent_id, endpoint, protocol in (
-            ("architect", f"http://127.0.0.1:{http_port}", "http"),
-            ("engineer", f"127.0.0.1:{grpc_port}", "grpc"),
-            ("reviewer", f"http://127.0.0.1:{http_port}", "http"),
+        for agent_id, endpoint, protocol, policy in (
+            ("architect", f"http://127.0.0.1:{http_port}", "http", None),
+            ("engineer", f"127.0.0.1:{grpc_port}", "grpc", None),
+            ("reviewer", f"http://127.0.0.1:{http_port}", "http", None),
+            ("helper", f"http://127.0.0.1:{a2a_port}", "a2a", None),
+            ("words", f"http://127.0.0.1:{mcp_port}/mcp", "mcp", {"tool": "count_words"}),
         ):
-            deadline = time.monotonic() + 10
-            info = engine.register_agent(agent_id, endpoint, protocol, ["code_review"])
-            while not info.healthy and time.monotonic() < deadline:
+            deadline = time.monotonic() + 15
+            while True:
+                info = engine.register_agent(
+                    agent_id, endpoint, protocol, ["code_review"], policy=policy
+                )
+                if info.healthy or time.monotonic() >= deadline:
+                    break
                 time.sleep(0.2)
-                info = engine.register_agent(agent_id, endpoint, protocol, ["code_review"])
             console.print(f"agent {agent_id}: {protocol} {endpoint} healthy={info.healthy}")
         broken_id = f"broken-{int(time.time())}"  # a fresh breaker on every run
         engine.register_agent(
@@ -220,6 +229,26 @@ def run_demo(console: Console) -> None:
         )
         console.print(_table("results", review))
         console.print(f"each pattern ran as a child plan: {review[0].metadata.get('childPlanId')}")
+
+        console.rule("agents the field runs: an A2A agent and an MCP tool")
+        text = "taskplane calls agents over A2A and tools over MCP"
+        field = engine.execute_parallel(
+            {
+                "id": f"demo-protocols-{int(time.time())}",
+                "strategy": "allSettled",
+                "tasks": [
+                    {"id": "a2a", "type": "agent", "target": "helper", "payload": {"prompt": text}},
+                    {"id": "mcp", "type": "agent", "target": "words", "payload": {"text": text}},
+                    {
+                        "id": "mcp-refused",
+                        "type": "agent",
+                        "target": "words",
+                        "payload": {"text": 42},
+                    },
+                ],
+            }
+        )
+        console.print(_table("results", field))
 
         console.rule("cache: the same confident task again")
         # a fresh question (the sequential plan's review also carried `previous`, another key)

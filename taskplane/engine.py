@@ -185,19 +185,25 @@ class ExecutionEngine:
         protocol: str = "http",
         capabilities: list[str] | tuple[str, ...] = (),
         *,
+        policy: dict[str, Any] | None = None,
         check_health: bool = True,
     ) -> AgentInfo:
         """Register (or re-register) an agent for every worker at once.
 
         The agent's health is checked (bounded by a short timeout); an unhealthy
         agent is still registered, with ``healthy=False`` and the reason.
-        Breaker and rate-limit state survive re-registration.
+        Breaker and rate-limit state survive re-registration. *policy* is
+        stored with the agent (camelCase keys, e.g. ``{"model": "gpt-4o-mini",
+        "apiKeyEnv": "OPENAI_API_KEY"}`` for ``protocol="openai"``, ``{"tool":
+        "search"}`` for ``"mcp"``); secrets are never stored, only the name of
+        the environment variable the workers read them from.
 
         Raises:
-            ValidationError: The id, endpoint, protocol or capabilities are malformed.
+            ValidationError: The id, endpoint, protocol, capabilities or a
+                ``policy.<field>`` is malformed.
         """
         return self.proxy.register(
-            agent_id, endpoint, protocol, capabilities, check_health=check_health
+            agent_id, endpoint, protocol, capabilities, policy=policy, check_health=check_health
         )
 
     def unregister_agent(self, agent_id: str) -> bool:

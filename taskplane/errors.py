@@ -22,6 +22,7 @@
         ├── RateLimitedError        no rate-limit slot now: the task is rescheduled, not failed
         ├── PatternError            a nested pattern is cyclic, too deep or malformed
         ├── FunctionError           a registered function raised
+        ├── CredentialsError        the API key an agent's policy names is not set in the worker
         └── TaskCancelledError      the plan was cancelled before this attempt
 
 Whether an error is retried is data, not code: see :data:`RETRYABLE_ERRORS`.
@@ -192,6 +193,10 @@ class FunctionError(ExecutionError):
     """Raised when a registered function raises; the message carries its exception."""
 
 
+class CredentialsError(ExecutionError):
+    """Raised when the environment variable an agent's policy names for its API key is unset."""
+
+
 class TaskCancelledError(ExecutionError):
     """Raised when a plan's cancel flag is seen before an attempt."""
 
@@ -215,6 +220,7 @@ BREAKER_IGNORED_ERRORS: tuple[type[ExecutionError], ...] = (
     RateLimitedError,
     TaskCancelledError,
     PatternError,
+    CredentialsError,
 )
 
 

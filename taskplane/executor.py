@@ -65,6 +65,8 @@ class CallContext:
         lineage: Names of the patterns this task is nested in, outermost first.
         deadline: The plan's deadline (epoch s), if any: how far ahead a wait may reach.
         slot_reserved: A rate-limit slot was booked for this attempt; take no other.
+        is_cancelled: Reads the plan's cancel flag; a transport that follows a long
+            remote task (A2A) polls it to cancel the remote side in time.
     """
 
     timeout_s: float
@@ -74,6 +76,7 @@ class CallContext:
     lineage: tuple[str, ...] = ()
     deadline: float | None = None
     slot_reserved: bool = False
+    is_cancelled: Callable[[], bool] = lambda: False
 
 
 @dataclass(frozen=True)
@@ -380,6 +383,7 @@ class TaskRunner:
             lineage=ctx.lineage,
             deadline=ctx.deadline,
             slot_reserved=attempt.slot_reserved,
+            is_cancelled=ctx.is_cancelled,
         )
         try:
             outcome = handler(task, call)

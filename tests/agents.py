@@ -40,9 +40,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import grpc
-from google.protobuf import empty_pb2, json_format
+from google.protobuf import json_format
 
-from taskplane.proxy._pb import confidence_pb2, confidence_pb2_grpc
+from taskplane.proxy import parallax
 
 #: How long ``hang`` waits at most (the server stopping ends it sooner), in seconds.
 HANG_LIMIT_S = 30.0
@@ -196,7 +196,7 @@ class HttpAgentServer(_Recorder):
         self.stop()
 
 
-class _Servicer(confidence_pb2_grpc.ConfidenceAgentServicer):
+class _Servicer(parallax.ConfidenceAgentServicer):
     def __init__(self, rec: _Recorder) -> None:
         self.rec = rec
 
@@ -227,7 +227,7 @@ class _Servicer(confidence_pb2_grpc.ConfidenceAgentServicer):
             context.abort(aborts[mode], f"test agent in mode {mode}")
         value_json = "not json" if mode == "bad_json" else json.dumps({"echo": arrived})
         confidence = 7.5 if mode == "no_confidence" else self.rec.confidence
-        return confidence_pb2.ConfidenceResult(
+        return parallax.ConfidenceResult(
             value_json=value_json,
             confidence=confidence,
             agent_id="test-agent",
@@ -236,14 +236,12 @@ class _Servicer(confidence_pb2_grpc.ConfidenceAgentServicer):
             metadata={"server": "tests"},
         )
 
-    def HealthCheck(self, request: empty_pb2.Empty, context: grpc.ServicerContext) -> Any:
-        status = (
-            confidence_pb2.Health.HEALTHY if self.rec.healthy else confidence_pb2.Health.DEGRADED
-        )
-        return confidence_pb2.Health(status=status, message="test agent")
+    def HealthCheck(self, request: Any, context: grpc.ServicerContext) -> Any:
+        status = parallax.Health.HEALTHY if self.rec.healthy else parallax.Health.DEGRADED
+        return parallax.Health(status=status, message="test agent")
 
-    def GetCapabilities(self, request: empty_pb2.Empty, context: grpc.ServicerContext) -> Any:
-        return confidence_pb2.Capabilities(agent_id="test-agent", capabilities=["echo"])
+    def GetCapabilities(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return parallax.Capabilities(agent_id="test-agent", capabilities=["echo"])
 
 
 class GrpcAgentServer(_Recorder):
@@ -252,7 +250,7 @@ class GrpcAgentServer(_Recorder):
     def __init__(self, mode: str = "ok", *, delay_ms: float = 0, confidence: float = 0.9) -> None:
         super().__init__(mode, delay_ms, confidence)
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=64))
-        confidence_pb2_grpc.add_ConfidenceAgentServicer_to_server(_Servicer(self), self._server)
+        parallax.add_servicer_to_server(_Servicer(self), self._server)
         self.port = self._server.add_insecure_port("127.0.0.1:0")
         self.endpoint = f"127.0.0.1:{self.port}"
 

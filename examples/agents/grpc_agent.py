@@ -13,12 +13,13 @@ import argparse
 import json
 import logging
 from concurrent import futures
+from typing import Any
 
 import grpc
-from google.protobuf import empty_pb2, json_format, timestamp_pb2
+from google.protobuf import json_format
 
 from examples.agents.analysis import analyze
-from taskplane.proxy._pb import confidence_pb2, confidence_pb2_grpc
+from taskplane.proxy import parallax
 
 log = logging.getLogger("grpc_agent")
 
@@ -29,38 +30,29 @@ CAPABILITIES = ["summarize", "count-words"]
 MAX_WORKERS = 32
 
 
-class ToyAgent(confidence_pb2_grpc.ConfidenceAgentServicer):
+class ToyAgent(parallax.ConfidenceAgentServicer):
     """Answers with the toy analysis of ``data``."""
 
-    def Analyze(
-        self, request: confidence_pb2.AgentRequest, context: grpc.ServicerContext
-    ) -> confidence_pb2.ConfidenceResult:
+    def Analyze(self, request: Any, context: grpc.ServicerContext) -> Any:
         data = json_format.MessageToDict(request.data)
         value, confidence, reasoning = analyze(data, task=request.task_description)
-        now = timestamp_pb2.Timestamp()
-        now.GetCurrentTime()
-        return confidence_pb2.ConfidenceResult(
+        reply = parallax.ConfidenceResult(
             value_json=json.dumps(value),
             confidence=confidence,
             agent_id=AGENT_ID,
-            timestamp=now,
             reasoning=reasoning,
             uncertainties=[] if confidence >= 0.8 else ["input is ambiguous"],
         )
+        reply.timestamp.GetCurrentTime()
+        return reply
 
-    def HealthCheck(
-        self, request: empty_pb2.Empty, context: grpc.ServicerContext
-    ) -> confidence_pb2.Health:
-        now = timestamp_pb2.Timestamp()
-        now.GetCurrentTime()
-        return confidence_pb2.Health(
-            status=confidence_pb2.Health.HEALTHY, message="ok", last_check=now
-        )
+    def HealthCheck(self, request: Any, context: grpc.ServicerContext) -> Any:
+        health = parallax.Health(status=parallax.Health.HEALTHY, message="ok")
+        health.last_check.GetCurrentTime()
+        return health
 
-    def GetCapabilities(
-        self, request: empty_pb2.Empty, context: grpc.ServicerContext
-    ) -> confidence_pb2.Capabilities:
-        return confidence_pb2.Capabilities(
+    def GetCapabilities(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return parallax.Capabilities(
             agent_id=AGENT_ID,
             name="Toy gRPC agent",
             capabilities=CAPABILITIES,
@@ -72,7 +64,7 @@ class ToyAgent(confidence_pb2_grpc.ConfidenceAgentServicer):
 def serve(host: str, port: int) -> tuple[grpc.Server, int]:
     """Start the agent on *host*:*port* (0 picks a free port); returns the server and port."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=MAX_WORKERS))
-    confidence_pb2_grpc.add_ConfidenceAgentServicer_to_server(ToyAgent(), server)
+    parallax.add_servicer_to_server(ToyAgent(), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     server.start()
     return server, bound

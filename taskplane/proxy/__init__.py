@@ -2,30 +2,40 @@
 
 :class:`AgentProxy` is the task runner's handler for ``agent`` tasks. One
 attempt goes: registry lookup → breaker admission (fail fast when open) →
-rate-limit slot (wait, bounded by the call's deadline) → transport (HTTP or
-gRPC, bounded by what is left of the call's timeout) → breaker outcome.
+rate-limit slot (wait, bounded by the call's deadline) → transport (chosen
+by the agent's ``protocol``: ``http``, ``grpc``, ``openai``, ``a2a`` or
+``mcp``, bounded by what is left of the call's timeout) → breaker outcome.
 Retries are not made here: the task runner retries what the transport raises.
 
 :func:`build_agent_proxy` wires the Redis-backed parts from settings, with
-one pooled HTTP client and one gRPC channel per endpoint for the process.
+pooled HTTP clients, one gRPC channel per endpoint and one event loop thread
+(for the asyncio A2A and MCP SDKs) for the process.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import redis
 
 from taskplane.config import Settings
-from taskplane.errors import ExecutionError, NotFoundError
+from taskplane.errors import ExecutionError, NotFoundError, ValidationError
 from taskplane.executor import CallContext, Outcome
 from taskplane.models import ExecutionTask
+from taskplane.proxy.a2a import A2ATransport
+from taskplane.proxy.aio import LoopThread
 from taskplane.proxy.breaker import Admission, CircuitBreaker, Emit
 from taskplane.proxy.grpc import GrpcTransport
 from taskplane.proxy.http import HttpTransport, make_http_client
 from taskplane.proxy.limiter import RateLimiter, RedisLimiterBackend
+from taskplane.proxy.mcp import MCPTransport
+from taskplane.proxy.openai import OpenAITransport
+from taskplane.proxy.policy import AgentPolicy
 from taskplane.proxy.registry import (
     AgentInfo,
     AgentRegistry,
@@ -45,11 +55,16 @@ __all__ = [
     "InMemoryAgentRegistry",
     "RedisAgentRegistry",
     # Transports
+    "A2ATransport",
     "AgentTransport",
     "GrpcTransport",
     "HealthReport",
     "HttpTransport",
     "InMemoryTransport",
+    "MCPTransport",
+    "OpenAITransport",
+    # Per-agent policy
+    "AgentPolicy",
     # Breaker and limiter
     "CircuitBreaker",
     "RateLimiter",
@@ -59,6 +74,23 @@ log = logging.getLogger(__name__)
 
 #: Health checks at registration give up after this long (s).
 DEFAULT_HEALTH_TIMEOUT_S = 2.0
+#: The SDK each protocol needs beyond taskplane's own dependencies: (module, extra).
+PROTOCOL_SDKS = {"a2a": ("a2a", "a2a"), "mcp": ("mcp", "mcp")}
+
+
+def require_sdk(protocol: str) -> None:
+    """Check that *protocol*'s SDK is installed.
+
+    Raises:
+        ValidationError: It is not; the message names the extra to install.
+    """
+    module, extra = PROTOCOL_SDKS.get(protocol, ("", ""))
+    if module and importlib.util.find_spec(module) is None:
+        raise ValidationError(
+            f"protocol: {protocol!r} agents need the official SDK: pip install 'taskplane[{extra}]'"
+        )
+
+
 #: Connections to HTTP agents when the caller does not size the pool.
 DEFAULT_HTTP_POOL_SIZE = 100
 #: A half-open trial's lease is its call's timeout plus this (s).
@@ -72,6 +104,7 @@ class AgentProxy:
         registry: Where agents are registered.
         http_transport: Calls ``protocol="http"`` agents.
         grpc_transport: Calls ``protocol="grpc"`` agents.
+        transports: More transports by protocol (``openai``, ``a2a``, ``mcp``).
         breaker: Per-agent circuit breakers.
         limiter: Per-agent rate limits.
         clock: Wall clock in epoch seconds.
@@ -83,12 +116,13 @@ class AgentProxy:
         *,
         http_transport: AgentTransport,
         grpc_transport: AgentTransport,
+        transports: dict[str, AgentTransport] | None = None,
         breaker: CircuitBreaker,
         limiter: RateLimiter,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.registry = registry
-        self.transports = {"http": http_transport, "grpc": grpc_transport}
+        self.transports = {"http": http_transport, "grpc": grpc_transport, **(transports or {})}
         self.breaker = breaker
         self.limiter = limiter
         self.clock = clock
@@ -156,6 +190,7 @@ class AgentProxy:
         protocol: str = "http",
         capabilities: Iterable[str] = (),
         *,
+        policy: AgentPolicy | dict[str, Any] | None = None,
         check_health: bool = True,
         health_timeout_s: float = DEFAULT_HEALTH_TIMEOUT_S,
     ) -> AgentInfo:
@@ -163,17 +198,24 @@ class AgentProxy:
 
         An unhealthy or unreachable agent is still registered; the returned
         info says so (``healthy=False``, ``health_message``) and a warning is
-        logged. Breaker and limiter state of the agent are kept.
+        logged. Breaker and limiter state of the agent are kept. A transport
+        that can describe its agent (A2A's agent card) adds what it offers to
+        *capabilities*.
 
         Raises:
-            ValidationError: A bad id, protocol, endpoint or capability; names the field.
+            ValidationError: A bad id, protocol, endpoint, capability or
+                ``policy.<field>``; names the field.
             BackendError: The registry cannot be reached.
         """
         info = make_agent_info(
-            agent_id, endpoint, protocol, capabilities, registered_at=self.clock()
+            agent_id, endpoint, protocol, capabilities, policy=policy, registered_at=self.clock()
         )
+        require_sdk(info.protocol)
         if check_health:
-            report = self.transports[info.protocol].check_health(info, timeout_s=health_timeout_s)
+            transport = self.transports[info.protocol]
+            report = transport.check_health(info, timeout_s=health_timeout_s)
+            if report.healthy:
+                self._add_described(transport, info, health_timeout_s)
             info.healthy = report.healthy
             info.health_message = f"{report.status}: {report.message}".rstrip(": ")
             if not report.healthy:
@@ -185,6 +227,15 @@ class AgentProxy:
                 )
         self.registry.register(info)
         return info
+
+    @staticmethod
+    def _add_described(transport: AgentTransport, info: AgentInfo, timeout_s: float) -> None:
+        try:
+            offered = transport.describe(info, timeout_s=timeout_s)
+        except ExecutionError as exc:
+            log.warning("cannot read what agent %s offers: %s", info.agent_id, exc)
+            return
+        info.capabilities.extend(cap for cap in offered if cap not in info.capabilities)
 
     def unregister(self, agent_id: str) -> bool:
         """Remove an agent; True if it was registered."""
@@ -235,12 +286,24 @@ def build_agent_proxy(
     """
     prefix = settings.key_prefix
     max_bytes = settings.http_max_response_bytes
+    loop = LoopThread()  # one event loop thread for the asyncio SDKs, started on first use
+    transports: dict[str, AgentTransport] = {
+        # API keys are looked up by name in this process's environment at call time.
+        "openai": OpenAITransport(
+            make_http_client(max_connections=http_pool_size),
+            environ=os.environ,
+            max_response_bytes=max_bytes,
+        ),
+        "mcp": MCPTransport(loop=loop),
+        "a2a": A2ATransport(loop=loop),
+    }
     return AgentProxy(
         RedisAgentRegistry(redis_client, prefix=prefix),
         http_transport=HttpTransport(
             make_http_client(max_connections=http_pool_size), max_response_bytes=max_bytes
         ),
         grpc_transport=GrpcTransport(max_response_bytes=max_bytes),
+        transports=transports,
         breaker=CircuitBreaker.with_redis(
             redis_client, settings.circuit_breaker, prefix=prefix, emit=emit, clock=clock
         ),

@@ -31,16 +31,21 @@ place of HTTP 5xx, so they are treated like 5xx.
 
 One channel per endpoint is cached for the life of the transport (channels
 multiplex concurrent calls); :meth:`GrpcTransport.close` closes them.
+
+The protocol's messages live in a private descriptor pool
+(:mod:`taskplane.proxy.parallax`), imported on first use: a process that
+never calls a gRPC agent never builds them, and one that does can also hold
+the Parallax SDK's own generated copy of the same protocol.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from types import ModuleType
 from typing import Any
 
 import grpc
-from google.protobuf import empty_pb2, struct_pb2
 
 from taskplane.errors import (
     ClientError,
@@ -53,7 +58,6 @@ from taskplane.errors import (
 )
 from taskplane.executor import CallContext, Outcome
 from taskplane.models import ExecutionTask
-from taskplane.proxy._pb import confidence_pb2, confidence_pb2_grpc
 from taskplane.proxy.http import DEFAULT_MAX_RESPONSE_BYTES
 from taskplane.proxy.registry import AgentInfo
 from taskplane.proxy.transport import AgentTransport, HealthReport, confidence_of
@@ -66,12 +70,16 @@ _RETRYABLE_UPSTREAM = {
     grpc.StatusCode.ABORTED,
     grpc.StatusCode.DATA_LOSS,
 }
-_HEALTH_NAMES = {
-    confidence_pb2.Health.HEALTHY: "healthy",
-    confidence_pb2.Health.UNHEALTHY: "unhealthy",
-    confidence_pb2.Health.DEGRADED: "degraded",
-    confidence_pb2.Health.UNKNOWN: "unknown",
-}
+#: ``Health.Status`` numbers (field 1 of ``Health``) and our names for them.
+_HEALTH_NAMES = {0: "unknown", 1: "healthy", 2: "unhealthy", 3: "degraded"}
+_HEALTHY = 1
+
+
+def wire() -> ModuleType:
+    """The protocol's messages and stubs (:mod:`taskplane.proxy.parallax`), built on first use."""
+    from taskplane.proxy import parallax
+
+    return parallax
 
 
 def translate_rpc_error(error: grpc.RpcError, agent_id: str) -> ExecutionError:
@@ -95,32 +103,31 @@ def translate_rpc_error(error: grpc.RpcError, agent_id: str) -> ExecutionError:
     return ClientError(message, name)
 
 
-def build_request(task: ExecutionTask, *, timeout_s: float) -> confidence_pb2.AgentRequest:
+def build_request(task: ExecutionTask, *, timeout_s: float) -> Any:
     """Map a task to an ``AgentRequest`` (see the module docstring)."""
     payload = task.payload
     description = payload.get("task") or payload.get("description") or "analyze"
     data_value: Any = payload.get("data", payload)
     if not isinstance(data_value, dict):
         data_value = {"value": data_value}
-    data = struct_pb2.Struct()
-    data.update(data_value)
     context = payload.get("context")
     context_map = (
         {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in context.items()}
         if isinstance(context, dict)
         else {}
     )
-    return confidence_pb2.AgentRequest(
+    request = wire().AgentRequest(
         task_id=task.id,
         task_description=str(description),
-        data=data,
         context=context_map,
         timeout_ms=max(1, min(int(timeout_s * 1000), 2**31 - 1)),
         pattern_name=task.metadata.pattern or "",
     )
+    request.data.update(data_value)
+    return request
 
 
-def outcome_from_result(reply: confidence_pb2.ConfidenceResult, agent_id: str) -> Outcome:
+def outcome_from_result(reply: Any, agent_id: str) -> Outcome:
     """Turn a ``ConfidenceResult`` into an :class:`Outcome`.
 
     Raises:
@@ -148,11 +155,11 @@ class GrpcTransport(AgentTransport):
 
     def __init__(self, *, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
         self.max_response_bytes = max_response_bytes
-        self._stubs: dict[str, confidence_pb2_grpc.ConfidenceAgentStub] = {}
+        self._stubs: dict[str, Any] = {}
         self._channels: list[grpc.Channel] = []
         self._lock = threading.Lock()
 
-    def stub(self, endpoint: str) -> confidence_pb2_grpc.ConfidenceAgentStub:
+    def stub(self, endpoint: str) -> Any:
         """The cached stub for *endpoint* (``host:port`` or ``grpcs://host:port``)."""
         found = self._stubs.get(endpoint)
         if found is not None:
@@ -168,7 +175,7 @@ class GrpcTransport(AgentTransport):
                 else:
                     channel = grpc.insecure_channel(endpoint, options=options)
                 self._channels.append(channel)
-                found = self._stubs[endpoint] = confidence_pb2_grpc.ConfidenceAgentStub(channel)
+                found = self._stubs[endpoint] = wire().ConfidenceAgentStub(channel)
         return found
 
     def send(
@@ -187,13 +194,13 @@ class GrpcTransport(AgentTransport):
 
     def check_health(self, agent: AgentInfo, *, timeout_s: float) -> HealthReport:
         try:
-            health = self.stub(agent.endpoint).HealthCheck(empty_pb2.Empty(), timeout=timeout_s)
+            health = self.stub(agent.endpoint).HealthCheck(wire().Empty(), timeout=timeout_s)
         except grpc.RpcError as exc:
             error = translate_rpc_error(exc, agent.agent_id)
             return HealthReport(healthy=False, status="unreachable", message=str(error))
         status = _HEALTH_NAMES.get(health.status, "unknown")
         return HealthReport(
-            healthy=health.status == confidence_pb2.Health.HEALTHY,
+            healthy=health.status == _HEALTHY,
             status=status,
             message=health.message,
             details=dict(health.details),
@@ -206,7 +213,7 @@ class GrpcTransport(AgentTransport):
             ExecutionError: The call failed (translated as for ``Analyze``).
         """
         try:
-            reply = self.stub(agent.endpoint).GetCapabilities(empty_pb2.Empty(), timeout=timeout_s)
+            reply = self.stub(agent.endpoint).GetCapabilities(wire().Empty(), timeout=timeout_s)
         except grpc.RpcError as exc:
             raise translate_rpc_error(exc, agent.agent_id) from exc
         return list(reply.capabilities)

@@ -26,8 +26,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from taskplane.errors import BackendError, ValidationError
+from taskplane.proxy.policy import AgentPolicy, make_policy
 
-AgentProtocol = Literal["http", "grpc"]
+AgentProtocol = Literal["http", "grpc", "openai", "a2a", "mcp"]
+#: Every protocol an agent may speak.
+PROTOCOLS: tuple[str, ...] = ("http", "grpc", "openai", "a2a", "mcp")
+#: Protocols whose endpoint is an ``http(s)://`` URL.
+URL_PROTOCOLS = ("http", "openai", "a2a", "mcp")
 
 #: Longest agent id accepted (ids name Redis keys and log lines).
 MAX_AGENT_ID_LENGTH = 200
@@ -43,10 +48,14 @@ class AgentInfo(BaseModel):
 
     Attributes:
         agent_id: The id tasks name as their ``target``.
-        endpoint: ``http(s)://host[:port][/path]`` for HTTP agents;
+        endpoint: ``http(s)://host[:port][/path]`` for HTTP, OpenAI-compatible
+            (the base URL, e.g. ``https://api.openai.com/v1``), A2A (the agent's
+            base URL) and MCP (the streamable-HTTP URL, e.g. ``…/mcp``) agents;
             ``host:port``, ``grpc://host:port`` or ``grpcs://host:port`` (TLS) for gRPC.
-        protocol: ``"http"`` or ``"grpc"``.
+        protocol: ``"http"``, ``"grpc"``, ``"openai"``, ``"a2a"`` or ``"mcp"``.
         capabilities: What the agent can do (part of the result cache key).
+        policy: How to call it (model, API key variable, tool, …); see
+            :class:`~taskplane.proxy.policy.AgentPolicy`.
         registered_at: Epoch seconds of the latest registration.
         healthy: Outcome of the health check at registration; None if none was made.
         health_message: What the health check said (why it failed, when it did).
@@ -58,6 +67,7 @@ class AgentInfo(BaseModel):
     endpoint: str
     protocol: AgentProtocol = "http"
     capabilities: list[str] = Field(default_factory=list)
+    policy: AgentPolicy = Field(default_factory=AgentPolicy)
     registered_at: float = 0.0
     healthy: bool | None = None
     health_message: str = ""
@@ -89,14 +99,14 @@ def normalise_endpoint(endpoint: str, protocol: str) -> str:
     text = endpoint.strip() if isinstance(endpoint, str) else ""
     if not text:
         raise _problem("endpoint", "must not be empty")
-    if protocol == "http":
+    if protocol in URL_PROTOCOLS:
         try:
             parts = urlsplit(text)
             port = parts.port  # raises ValueError when out of range
         except ValueError as exc:
             raise _problem("endpoint", f"is not a valid URL ({exc})") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise _problem("endpoint", "must look like http(s)://host:port for an HTTP agent")
+            raise _problem("endpoint", f"must look like http(s)://host:port for a {protocol} agent")
         if parts.query or parts.fragment or (port is not None and port == 0):
             raise _problem("endpoint", "must be http(s)://host:port[/path], no query or fragment")
         return text.rstrip("/")
@@ -115,20 +125,21 @@ def make_agent_info(
     protocol: str = "http",
     capabilities: Iterable[str] = (),
     *,
+    policy: AgentPolicy | dict[str, Any] | None = None,
     registered_at: float | None = None,
 ) -> AgentInfo:
     """Validate a registration and build its :class:`AgentInfo`.
 
     Raises:
         ValidationError: Names the bad field (``agentId``, ``protocol``,
-            ``endpoint`` or ``capabilities``).
+            ``endpoint``, ``capabilities`` or ``policy.<field>``).
     """
     if not isinstance(agent_id, str) or not agent_id.strip():
         raise _problem("agentId", "must not be empty")
     if len(agent_id) > MAX_AGENT_ID_LENGTH or not _AGENT_ID.fullmatch(agent_id):
         raise _problem("agentId", f"must be 1-{MAX_AGENT_ID_LENGTH} printable chars, no spaces")
-    if protocol not in ("http", "grpc"):
-        raise _problem("protocol", f"must be 'http' or 'grpc', got {protocol!r}")
+    if protocol not in PROTOCOLS:
+        raise _problem("protocol", f"must be one of {', '.join(PROTOCOLS)}; got {protocol!r}")
     if isinstance(capabilities, str):
         raise _problem("capabilities", "must be a list of strings, not one string")
     try:
@@ -142,6 +153,7 @@ def make_agent_info(
         endpoint=normalise_endpoint(endpoint, protocol),
         protocol=cast(AgentProtocol, protocol),
         capabilities=caps,
+        policy=make_policy(policy, protocol),
         registered_at=time.time() if registered_at is None else registered_at,
     )
 

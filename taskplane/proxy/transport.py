@@ -60,6 +60,14 @@ class AgentTransport(ABC):
     def check_health(self, agent: AgentInfo, *, timeout_s: float) -> HealthReport:
         """Ask *agent* whether it can take work; never raises for an unhealthy agent."""
 
+    def describe(self, agent: AgentInfo, *, timeout_s: float) -> list[str]:
+        """What the agent says it can do, read at registration (``[]`` unless the protocol says).
+
+        Raises:
+            ExecutionError: The agent could not be asked.
+        """
+        return []
+
     def close(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Release pooled connections (no-op unless the transport holds some)."""
 

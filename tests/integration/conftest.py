@@ -25,6 +25,10 @@ from taskplane.devtools.cluster import WorkerProcess, start_worker, wait_ready
 ROOT = Path(__file__).resolve().parents[2]
 LOG_DIR = ROOT / ".run" / "test-workers"
 TRACKING_DB = ROOT / ".run" / f"test-tracking-{uuid.uuid4().hex[:8]}.db"
+#: The variable the workers read the test API key from, and its value (fresh per session,
+#: so tests can scan Redis, events, logs and results for it).
+TEST_API_KEY_ENV = "TASKPLANE_TEST_OPENAI_KEY"
+TEST_API_KEY = f"sk-test-{uuid.uuid4().hex}"
 
 
 @dataclass
@@ -71,6 +75,7 @@ def cluster_env(redis_url: str) -> dict[str, str]:
         "TASKPLANE_REDELIVERY_SWEEP_S": "1",
         "TASKPLANE_DEFAULT_TIMEOUT": "5000",
         "TASKPLANE_PATTERNS_DIR": str(ROOT / "tests" / "patterns"),
+        TEST_API_KEY_ENV: TEST_API_KEY,
     }
 
 

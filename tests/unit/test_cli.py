@@ -155,7 +155,7 @@ def test_agents_list_shows_breaker_limiter_and_a_fresh_check(
         engine.register_agent("a1", "http://127.0.0.1:9", check_health=False)
     limiter = RedisLimiterBackend(redis_client)
     for _ in range(2):
-        limiter.try_acquire("a1", now_ms=time.time() * 1000, limit=100, window_ms=60000)
+        limiter.reserve("a1", now_ms=time.time() * 1000, limit=100, window_ms=60000, horizon_ms=0)
     listed = json.loads(cli.invoke(app, ["agents", "list", "--json"]).stdout)
     assert listed[0]["breaker"] == "closed"
     assert listed[0]["rateLimit"] == {"used": 2, "limit": 100, "windowMs": 60000}

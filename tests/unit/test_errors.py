@@ -56,6 +56,7 @@ SAMPLES: list[TaskplaneError] = [
     errors.RateLimitedError("agent a1: rate limit, next slot in 0.250 s (booked)", 0.25, True),
     errors.PatternError("pattern p nests too deep"),
     errors.FunctionError("function f raised KeyError"),
+    errors.CredentialsError("OPENAI_API_KEY (policy.apiKeyEnv) is not set"),
     errors.TaskCancelledError("plan cancelled"),
 ]
 

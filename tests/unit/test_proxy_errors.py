@@ -19,7 +19,7 @@ from taskplane.errors import (
 )
 from taskplane.executor import CallContext
 from taskplane.models import ExecutionTask
-from taskplane.proxy._pb import confidence_pb2
+from taskplane.proxy import parallax
 from taskplane.proxy.grpc import build_request, outcome_from_result, translate_rpc_error
 from taskplane.proxy.http import HttpTransport, retry_after_s
 from taskplane.proxy.registry import make_agent_info
@@ -193,14 +193,14 @@ def test_grpc_request_mapping_follows_parallax() -> None:
 
 
 def test_grpc_reply_mapping() -> None:
-    reply = confidence_pb2.ConfidenceResult(
+    reply = parallax.ConfidenceResult(
         value_json='{"a": [1]}', confidence=0.7, reasoning="r", uncertainties=["u"]
     )
     outcome = outcome_from_result(reply, "a1")
     assert (outcome.result, outcome.confidence) == ({"a": [1]}, 0.7)
     assert outcome.metadata == {"reasoning": "r", "uncertainties": ["u"]}
     with pytest.raises(InvalidReplyError, match="value_json is not JSON"):
-        outcome_from_result(confidence_pb2.ConfidenceResult(value_json="nope"), "a1")
+        outcome_from_result(parallax.ConfidenceResult(value_json="nope"), "a1")
 
 
 def test_a_throttled_answer_is_retried_but_says_nothing_about_health() -> None:

@@ -1,1 +1,1 @@
-"""Generated stubs of confidence.proto (see scripts/gen_proto.sh)."""
+"""Generated form of confidence.proto (see scripts/gen_proto.sh)."""

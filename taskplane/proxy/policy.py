@@ -1,0 +1,123 @@
+"""Per-agent policy: how taskplane talks to one agent, stored with its registration.
+
+An :class:`AgentPolicy` travels inside the agent's registry entry (camelCase
+JSON), so every worker sees the same policy at once. Today it carries what
+the ``openai`` and ``mcp`` transports need; limits and breaker settings join
+it as fields of the same model. Unset fields mean "use the settings' default".
+
+Secrets are never part of a policy: an API key is named by the environment
+variable that holds it (``apiKeyEnv``) and read by the worker at call time.
+A registration that tries to store a key itself is refused.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+from taskplane.errors import ValidationError
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: Keys that would put a secret into Redis; refused with a pointer to ``apiKeyEnv``.
+SECRET_KEYS = frozenset({"apiKey", "api_key", "key", "token", "secret", "password"})
+#: Protocols that need a ``model`` in their policy.
+MODEL_PROTOCOLS = ("openai",)
+
+
+class AgentPolicy(BaseModel):
+    """How to call one agent (camelCase in JSON, snake_case in Python).
+
+    Attributes:
+        model: ``openai``: the model name sent with every request (required there).
+        api_key_env: ``openai``: name of the environment variable holding the API
+            key, read by the worker at call time; unset means no ``Authorization``.
+        system: ``openai``: a system prompt put before the task's messages.
+        json_output: ``openai`` (``json`` on the wire): ask for one JSON object
+            (``response_format: {"type": "json_object"}``) and parse the reply.
+        logprobs: ``openai``: ask for token log-probabilities, so a reply that
+            states no confidence gets one (the mean token probability).
+        stream: ``openai``: stream the reply (server-sent chunks), folded into one.
+        temperature: ``openai``: sampling temperature, if set.
+        max_tokens: ``openai``: longest reply, in tokens, if set.
+        tool: ``mcp``: the tool to call (a task's ``metadata.tool`` overrides it).
+    """
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    model: str | None = None
+    api_key_env: str | None = None
+    system: str | None = None
+    json_output: bool = Field(default=False, alias="json")
+    logprobs: bool = False
+    stream: bool = False
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(default=None, gt=0)
+    tool: str | None = None
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME.fullmatch(value):
+            raise ValueError("must be an environment variable name (letters, digits, _)")
+        return value
+
+    @field_validator("model", "tool")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The camelCase JSON form, unset fields left out."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
+
+
+def _problem(field: str, message: str) -> ValidationError:
+    name = f"policy.{field}" if field else "policy"
+    return ValidationError(
+        f"invalid agent registration: {name}: {message}", [{"field": name, "message": message}]
+    )
+
+
+def make_policy(raw: AgentPolicy | dict[str, Any] | None, protocol: str) -> AgentPolicy:
+    """Validate a registration's policy for *protocol*.
+
+    Unknown keys are refused (a typo would otherwise be silently ignored), and
+    so is any key that looks like a secret itself.
+
+    Raises:
+        ValidationError: Names the bad field as ``policy.<field>``; never echoes values.
+    """
+    if raw is None:
+        policy = AgentPolicy()
+    elif isinstance(raw, AgentPolicy):
+        policy = raw
+    elif not isinstance(raw, dict):
+        raise _problem("", "must be an object")
+    else:
+        for key in raw:
+            if key in SECRET_KEYS:
+                raise _problem(
+                    str(key),
+                    "secrets are never stored; put the key in an environment "
+                    "variable on the workers and name it in apiKeyEnv",
+                )
+        aliases = sorted(f.alias or name for name, f in AgentPolicy.model_fields.items())
+        accepted = set(aliases) | set(AgentPolicy.model_fields)
+        unknown = sorted(str(key) for key in raw if key not in accepted)
+        if unknown:
+            raise _problem(unknown[0], f"unknown field (known: {', '.join(aliases)})")
+        try:
+            policy = AgentPolicy.model_validate(raw)
+        except pydantic.ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(part) for part in first["loc"])
+            raise _problem(field, first["msg"]) from None
+    if protocol in MODEL_PROTOCOLS and not policy.model:
+        raise _problem("model", f"is required for protocol {protocol!r}")
+    return policy
