@@ -35,6 +35,12 @@ def sections(redis_url: str, quick: bool) -> list[tuple[str, str, list[str]]]:
             + (["--tasks", "1000"] if quick else []),
         ),
         (
+            "Waiting holds no worker slot",
+            "Isolation behind sick agents (8 slots, 4 calls/s per agent) and calls in flight on "
+            "one `taskplane worker` against bare Celery on `-P gevent -c 1000`.",
+            ["-m", "bench.bench_waiting", "--calls", "300" if quick else "1000"],
+        ),
+        (
             "Agent proxy overhead per call",
             "AgentProxy (registry + breaker + limiter + transport) vs a direct client call.",
             ["-m", "bench.bench_proxy", "--redis-url", redis_url]

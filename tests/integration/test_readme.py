@@ -71,7 +71,7 @@ def test_the_readme_has_blocks_to_run_and_skips_say_why() -> None:
     runnable = [b for b in BLOCKS if b.skip is None]
     assert len(runnable) >= 4
     assert all(b.skip for b in BLOCKS if b.skip is not None)
-    assert len(BLOCKS) - len(runnable) <= 1
+    assert len(BLOCKS) - len(runnable) <= 2  # the control-plane adapter, agents on your hosts
 
 
 def test_block_parser_reads_fences_and_skip_marks() -> None:
