@@ -121,12 +121,12 @@ def flower(
     """
     from taskplane.celery_app import app as celery
 
-    if importlib.util.find_spec("flower") is None:
-        raise ConfigurationError("Flower is not installed: pip install 'taskplane[flower]'")
     if address not in ("127.0.0.1", "localhost", "::1") and not basic_auth:
         raise ValidationError(
             f"--basic-auth (or FLOWER_BASIC_AUTH) is required when Flower listens on {address}"
         )
+    if importlib.util.find_spec("flower") is None:
+        raise ConfigurationError("Flower is not installed: pip install 'taskplane[flower]'")
     argv = ["flower", f"--port={port}", f"--address={address}"]
     if basic_auth:
         argv.append(f"--basic-auth={basic_auth}")

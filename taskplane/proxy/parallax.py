@@ -47,8 +47,16 @@ POOL = _build_pool()
 FILE = POOL.FindFileByName(FILE_NAME)
 
 
+def _message_class(descriptor: Any) -> Any:
+    # GetMessageClass is protobuf 4.22+; older releases build classes through a factory
+    get = getattr(message_factory, "GetMessageClass", None)
+    if get is not None:
+        return get(descriptor)
+    return message_factory.MessageFactory(POOL).GetPrototype(descriptor)
+
+
 def _message(name: str) -> Any:
-    return message_factory.GetMessageClass(POOL.FindMessageTypeByName(f"{PACKAGE}.{name}"))
+    return _message_class(POOL.FindMessageTypeByName(f"{PACKAGE}.{name}"))
 
 
 AgentRequest: Any = _message("AgentRequest")
@@ -56,7 +64,7 @@ ConfidenceResult: Any = _message("ConfidenceResult")
 Health: Any = _message("Health")
 Capabilities: Any = _message("Capabilities")
 #: ``google.protobuf.Empty`` from the private pool (same bytes as any other Empty).
-Empty: Any = message_factory.GetMessageClass(POOL.FindMessageTypeByName("google.protobuf.Empty"))
+Empty: Any = _message_class(POOL.FindMessageTypeByName("google.protobuf.Empty"))
 
 #: method name -> (request class, response class)
 METHODS: dict[str, tuple[Any, Any]] = {
