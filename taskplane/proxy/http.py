@@ -149,16 +149,18 @@ class HttpTransport(AgentTransport):
             response = self.client.get(f"{agent.endpoint}/health", timeout=timeout_s)
         except httpx.HTTPError as exc:
             return HealthReport(healthy=False, status="unreachable", message=repr(exc))
-        if response.is_success:
-            return HealthReport(
-                healthy=True, status="healthy", message=f"HTTP {response.status_code}"
-            )
-        return HealthReport(
-            healthy=False, status="unhealthy", message=f"HTTP {response.status_code}"
-        )
+        return health_of(response)
 
     def close(self) -> None:
         self.client.close()
+
+
+def health_of(response: httpx.Response) -> HealthReport:
+    """What a health endpoint's answer says: any 2xx is healthy."""
+    status = "healthy" if response.is_success else "unhealthy"
+    return HealthReport(
+        healthy=response.is_success, status=status, message=f"HTTP {response.status_code}"
+    )
 
 
 def reply_json(value: Any, confidence: float, reasoning: str | None = None) -> bytes:

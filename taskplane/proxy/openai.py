@@ -70,7 +70,12 @@ from taskplane.errors import (
 from taskplane.executor import CallContext, Outcome
 from taskplane.http_task import read_capped
 from taskplane.models import ExecutionTask
-from taskplane.proxy.http import DEFAULT_MAX_RESPONSE_BYTES, ERROR_SNIPPET_CHARS, retry_after_s
+from taskplane.proxy.http import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    ERROR_SNIPPET_CHARS,
+    health_of,
+    retry_after_s,
+)
 from taskplane.proxy.policy import AgentPolicy
 from taskplane.proxy.registry import AgentInfo
 from taskplane.proxy.transport import AgentTransport, HealthReport, confidence_of
@@ -432,13 +437,7 @@ class OpenAITransport(AgentTransport):
         except httpx.HTTPError as exc:
             message = self._redact(repr(exc), key)
             return HealthReport(healthy=False, status="unreachable", message=message)
-        if response.is_success:
-            return HealthReport(
-                healthy=True, status="healthy", message=f"HTTP {response.status_code}"
-            )
-        return HealthReport(
-            healthy=False, status="unhealthy", message=f"HTTP {response.status_code}"
-        )
+        return health_of(response)
 
     def close(self) -> None:
         self.client.close()
