@@ -28,8 +28,11 @@ pytestmark = pytest.mark.integration
 
 #: Broker and state databases of these clusters (the shared test cluster uses 13 and 14).
 BROKER_DB, STATE_DB = 7, 8
-#: Jitter allowed between a booked slot and the agent seeing the request (s).
-ARRIVAL_JITTER_S = 0.05
+#: Lateness allowed between a booked slot and the agent seeing the request (s): a
+#: rescheduled task comes due on the worker's ETA timer and then makes its call, which on
+#: a loaded two-core machine was seen 70 ms late. An unlimited backlog would land all 16
+#: calls within a few milliseconds, so the check still tells a limit from none.
+ARRIVAL_JITTER_S = 0.15
 
 
 @dataclass
