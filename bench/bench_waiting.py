@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -159,6 +160,13 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process has used."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(
     agent_url: str, run: Any, worker: WorkerProcess, calls: int, timeout_s: float = 300.0
 ) -> dict[str, float]:
@@ -166,6 +174,7 @@ def measure(
     httpx.post(f"{agent_url}/reset")
     before = rss_mb(worker.pid)
     peak = before
+    cpu_before = cpu_s(worker.pid)
     started = time.perf_counter()
     waiter = run()
     deadline = time.monotonic() + timeout_s
@@ -176,8 +185,14 @@ def measure(
             break
         time.sleep(0.05)
     wall = time.perf_counter() - started
+    cpu = cpu_s(worker.pid) - cpu_before
     waiter()
-    return {"s": wall, "in_flight": stats["maxInFlight"], "rss_growth_mb": peak - before}
+    return {
+        "s": wall,
+        "in_flight": stats["maxInFlight"],
+        "rss_growth_mb": peak - before,
+        "cpu_ms_per_call": cpu * 1000.0 / calls,
+    }
 
 
 def capacity(calls: int, rounds: int) -> list[dict[str, Any]]:
@@ -259,6 +274,8 @@ def capacity(calls: int, rounds: int) -> list[dict[str, Any]]:
                     "ideal_ratio": mine["s"] / 2.0,
                     "in_flight": mine["in_flight"],
                     "bare_in_flight": best["bare"]["in_flight"],
+                    "cpu_ms": mine["cpu_ms_per_call"],
+                    "bare_cpu_ms": best["bare"]["cpu_ms_per_call"],
                     "rss_growth_mb": mine["rss_growth_mb"],
                     "bare_rss_growth_mb": best["bare"]["rss_growth_mb"],
                 }
@@ -318,14 +335,16 @@ def main() -> None:
     cap = capacity(args.calls, args.rounds)
     print(
         "| case | taskplane (s) | bare Celery gevent -c 1000 (s) | ratio | vs ideal 2 s | "
-        "in flight (bare) | worker RSS growth MB (bare) | goal | met |"
+        "in flight (bare) | worker CPU per call ms (bare) | worker RSS growth MB (bare) | "
+        "goal | met |"
     )
-    print("|---|--:|--:|--:|--:|--:|--:|--:|:-:|")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|:-:|")
     for row in cap:
         met = "yes" if row["ratio"] <= 1.0 and row["rss_growth_mb"] <= 200 else "no"
         print(
             f"| {row['case']} | {row['s']:.1f} | {row['bare_s']:.1f} | {row['ratio']:.2f}× | "
             f"{row['ideal_ratio']:.2f}× | {row['in_flight']} ({row['bare_in_flight']}) | "
+            f"{row['cpu_ms']:.1f} ({row['bare_cpu_ms']:.1f}) | "
             f"{row['rss_growth_mb']:.0f} ({row['bare_rss_growth_mb']:.0f}) | "
             f"≤ 1.0× bare, ≤ 200 MB | {met} |"
         )
