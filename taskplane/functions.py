@@ -49,11 +49,32 @@ class FunctionResult:
     confidence: float | None = None
 
 
+@dataclass(frozen=True)
+class _Registered:
+    """A registered function with what each call needs of its signature, read once."""
+
+    func: Callable[..., Any]
+    signature: inspect.Signature | None  # None: a builtin without one (the call decides)
+    takes_previous: bool
+
+    @classmethod
+    def of(cls, func: Callable[..., Any]) -> _Registered:
+        try:
+            signature = inspect.signature(func)
+        except ValueError:
+            return cls(func, None, True)
+        takes = any(
+            p.name == "previous" or p.kind is inspect.Parameter.VAR_KEYWORD
+            for p in signature.parameters.values()
+        )
+        return cls(func, signature, takes)
+
+
 class FunctionRegistry:
     """Maps names to callables; thread-safe."""
 
     def __init__(self) -> None:
-        self._functions: dict[str, Callable[..., Any]] = {}
+        self._functions: dict[str, _Registered] = {}
         self._lock = threading.Lock()
 
     def register(self, name: str, func: Callable[..., Any]) -> None:
@@ -62,11 +83,11 @@ class FunctionRegistry:
             raise ValidationError("invalid function: name: must be a non-empty string")
         with self._lock:
             existing = self._functions.get(name)
-            if existing is not None and existing is not func:
-                same = _origin(existing) == _origin(func)  # the same def, module reloaded
+            if existing is not None and existing.func is not func:
+                same = _origin(existing.func) == _origin(func)  # the same def, module reloaded
                 if not same:
                     raise ValidationError(f"invalid function: name: {name!r} is already registered")
-            self._functions[name] = func
+            self._functions[name] = _Registered.of(func)
 
     def get(self, name: str) -> Callable[..., Any]:
         """The function registered as *name*.
@@ -74,6 +95,9 @@ class FunctionRegistry:
         Raises:
             NotFoundError: Nothing is registered under that name.
         """
+        return self._registered(name).func
+
+    def _registered(self, name: str) -> _Registered:
         try:
             return self._functions[name]
         except KeyError:
@@ -85,18 +109,17 @@ class FunctionRegistry:
 
     def __call__(self, task: ExecutionTask, call: CallContext) -> Outcome:
         """Handler for ``function`` tasks: call the function with the payload as keywords."""
-        func = self.get(task.target)
+        registered = self._registered(task.target)
         kwargs = task.payload
-        if "previous" in kwargs and not _accepts(func, "previous"):
+        if "previous" in kwargs and not registered.takes_previous:
             kwargs = {k: v for k, v in kwargs.items() if k != "previous"}
+        if registered.signature is not None:
+            try:
+                registered.signature.bind(**kwargs)
+            except TypeError as exc:
+                raise InvalidPayloadError(f"function {task.target}: {exc}") from exc
         try:
-            inspect.signature(func).bind(**kwargs)
-        except TypeError as exc:
-            raise InvalidPayloadError(f"function {task.target}: {exc}") from exc
-        except ValueError:  # builtins without a signature: let the call decide
-            pass
-        try:
-            value = func(**kwargs)
+            value = registered.func(**kwargs)
         except Exception as exc:
             raise FunctionError(
                 f"function {task.target} raised {type(exc).__name__}: {exc}"
@@ -113,15 +136,6 @@ class FunctionRegistry:
 
 def _origin(func: Callable[..., Any]) -> tuple[str | None, str | None]:
     return getattr(func, "__module__", None), getattr(func, "__qualname__", None)
-
-
-def _accepts(func: Callable[..., Any], name: str) -> bool:
-    """Whether *func* takes a keyword argument *name* (or any keyword arguments)."""
-    try:
-        params = inspect.signature(func).parameters.values()
-    except ValueError:
-        return True
-    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 #: The registry the decorator fills; workers use it for ``function`` tasks.
