@@ -305,13 +305,16 @@ class PlanCoordinator:
     def _settle(self, plan_id: str) -> None:
         """The plan has ended: record outcomes for unfinished tasks, answer waiting callers."""
         meta = self.store.meta(plan_id)
+        replies = [] if self.deliver is None else self.store.take_replies(plan_id)
+        if not meta.get("parent") and not replies:  # nobody here needs the report
+            self._fill_missing(plan_id, meta)
+            return
         report = self.collect(plan_id)
         if meta.get("parent"):
             self._resume_parent(meta, report)
-        if self.deliver is None:
-            return
-        for celery_id in self.store.take_replies(plan_id):
-            self.deliver(celery_id, [r.to_json_dict() for r in report.results])
+        if self.deliver is not None:
+            for celery_id in replies:
+                self.deliver(celery_id, [r.to_json_dict() for r in report.results])
 
     def recover(self, plan_id: str, deadline: float | None) -> int:
         """Resend window tasks whose messages were lost; returns how many were sent."""
@@ -328,12 +331,18 @@ class PlanCoordinator:
         if self.store.end(plan_id, state) is not None:
             self._settle(plan_id)
 
+    def _fill_missing(self, plan_id: str, meta: dict[str, str]) -> None:
+        """Record the tasks an ended plan never finished as cancelled or timed out."""
+        status, error = _FILL.get(
+            meta.get("state", ""), (TaskStatus.CANCELLED, "cancelled: the plan ended")
+        )
+        self.store.fill_missing(plan_id, status, error)
+
     def collect(self, plan_id: str) -> PlanReport:
         """Results of an ended plan; unfinished tasks are recorded as cancelled or timed out."""
         meta = self.store.meta(plan_id)
         state = meta.get("state", "")
-        status, error = _FILL.get(state, (TaskStatus.CANCELLED, "cancelled: the plan ended"))
-        self.store.fill_missing(plan_id, status, error)
+        self._fill_missing(plan_id, meta)
         count = int(meta.get("n", "0"))
         results = self.store.results(plan_id, count)
         order = tuple(int(i) for i in meta.get("order", "").split(",") if i)
