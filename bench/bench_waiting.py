@@ -175,7 +175,7 @@ def measure(
     before = rss_mb(worker.pid)
     peak = before
     cpu_before = cpu_s(worker.pid)
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     waiter = run()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -192,7 +192,17 @@ def measure(
         "in_flight": stats["maxInFlight"],
         "rss_growth_mb": peak - before,
         "cpu_ms_per_call": cpu * 1000.0 / calls,
+        "first_call_s": stats["firstArrival"] - started_at,
+        "last_call_s": stats["lastArrival"] - started_at,
     }
+
+
+#: The bare-Celery worker of the capacity baseline.
+BARE_WORKER = [
+    sys.executable,
+    *("-m", "celery", "-A", "bench.baseline", "worker", "-P", "gevent", "-c", "1000"),
+    *("-n", "bare@%h", "--loglevel", "WARNING"),
+]
 
 
 def capacity(calls: int, rounds: int) -> list[dict[str, Any]]:
@@ -215,7 +225,11 @@ def capacity(calls: int, rounds: int) -> list[dict[str, Any]]:
             http_url = f"http://127.0.0.1:{ports['http']}"
             engine.register_agent("slow-http", http_url)
             engine.register_agent("slow-grpc", f"127.0.0.1:{ports['grpc']}", protocol="grpc")
-            results: dict[str, list[dict[str, float]]] = {"http": [], "grpc": [], "bare": []}
+            # each worker runs the HTTP plan twice: first on a fresh process ("cold": pools,
+            # connections and greenlets are created), then again ("warm", a worker's usual state)
+            runs: dict[str, list[dict[str, float]]] = {
+                key: [] for key in ("http-cold", "http", "grpc", "bare-cold", "bare")
+            }
             for _ in range(rounds):
                 worker = start(
                     [sys.executable, "-m", "taskplane.cli", "worker", "--name", "cap@%h"],
@@ -224,60 +238,41 @@ def capacity(calls: int, rounds: int) -> list[dict[str, Any]]:
                 )
                 try:
                     wait_ready([worker], engine.app.control.ping, timeout_s=60)
-                    for protocol in ("http", "grpc"):
-                        results[protocol].append(
-                            measure(
-                                http_url,
-                                plan_runner(engine, f"slow-{protocol}", calls),
-                                worker,
-                                calls,
-                            )
-                        )
+                    for key in ("http-cold", "http", "grpc"):
+                        agent = f"slow-{key.split('-')[0]}"
+                        runner = plan_runner(engine, agent, calls)
+                        runs[key].append(measure(http_url, runner, worker, calls))
                 finally:
                     worker.stop()
-                bare = start(
-                    [
-                        sys.executable,
-                        "-m",
-                        "celery",
-                        "-A",
-                        "bench.baseline",
-                        "worker",
-                        "-P",
-                        "gevent",
-                        "-c",
-                        "1000",
-                        "-n",
-                        "bare@%h",
-                        "--loglevel",
-                        "WARNING",
-                    ],
-                    env,
-                    "bare",
-                )
+                bare = start(BARE_WORKER, env, "bare")
                 try:
                     wait_ready([bare], engine.app.control.ping, timeout_s=60)
-                    results["bare"].append(
-                        measure(http_url, bare_runner(http_url, calls), bare, calls)
-                    )
+                    for key in ("bare-cold", "bare"):
+                        runs[key].append(
+                            measure(http_url, bare_runner(http_url, calls), bare, calls)
+                        )
                 finally:
                     bare.stop()
-        best = {key: min(runs, key=lambda r: r["s"]) for key, runs in results.items()}
-        for protocol in ("http", "grpc"):
-            mine = best[protocol]
+        best = {key: min(found, key=lambda r: r["s"]) for key, found in runs.items()}
+        for key, title in (
+            ("http", "HTTP agent calls, warm worker"),
+            ("grpc", "gRPC agent calls, warm worker"),
+            ("http-cold", "HTTP agent calls, fresh worker"),
+        ):
+            mine, bare_run = best[key], best["bare-cold" if key.endswith("cold") else "bare"]
             rows.append(
                 {
-                    "case": f"{calls} × 2 s {protocol.upper()} agent calls, `taskplane worker`",
+                    "case": f"{calls} × 2 s {title}",
                     "s": mine["s"],
-                    "bare_s": best["bare"]["s"],
-                    "ratio": mine["s"] / best["bare"]["s"],
+                    "bare_s": bare_run["s"],
+                    "ratio": mine["s"] / bare_run["s"],
                     "ideal_ratio": mine["s"] / 2.0,
                     "in_flight": mine["in_flight"],
-                    "bare_in_flight": best["bare"]["in_flight"],
+                    "bare_in_flight": bare_run["in_flight"],
                     "cpu_ms": mine["cpu_ms_per_call"],
-                    "bare_cpu_ms": best["bare"]["cpu_ms_per_call"],
+                    "bare_cpu_ms": bare_run["cpu_ms_per_call"],
                     "rss_growth_mb": mine["rss_growth_mb"],
-                    "bare_rss_growth_mb": best["bare"]["rss_growth_mb"],
+                    "bare_rss_growth_mb": bare_run["rss_growth_mb"],
                 }
             )
     finally:

@@ -38,30 +38,45 @@ log = logging.getLogger(__name__)
 SOCKET_TIMEOUT_S = 15.0
 #: Timeout of the clients on every agent call's path (breaker, limiter).
 FAST_TIMEOUT_S = 1.0
+#: Redis connections of a worker beyond one per task slot (event publisher, tracking).
+REDIS_SPARE_CONNECTIONS = 10
 
 
-def redis_client(url: str, *, fast: bool = False) -> redis.Redis:
+def redis_client(
+    url: str, *, fast: bool = False, max_connections: int | None = None
+) -> redis.Redis:
     """A Redis client for taskplane's own keys (strings, not bytes).
 
     *fast* clients (breakers, limiters: on every agent call) give up within
     about a second and do not retry, so an outage degrades calls quickly.
+    *max_connections* bounds the pool, and a caller past the bound waits for a
+    free connection (as long as a command may take) instead of failing: a
+    worker passes one per task slot, since redis-py's own default pool (100
+    connections, failing past them) is too small for a thousand greenlets.
     """
     if fast:
-        return redis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_connect_timeout=FAST_TIMEOUT_S,
-            socket_timeout=FAST_TIMEOUT_S,
-            retry=Retry(NoBackoff(), 0),
-        )
-    return redis.Redis.from_url(
+        options: dict[str, Any] = {
+            "socket_connect_timeout": FAST_TIMEOUT_S,
+            "socket_timeout": FAST_TIMEOUT_S,
+            "retry": Retry(NoBackoff(), 0),
+        }
+    else:
+        options = {
+            "socket_connect_timeout": 5,
+            "socket_timeout": SOCKET_TIMEOUT_S,
+            "health_check_interval": 30,
+            "retry_on_timeout": True,
+        }
+    if max_connections is None:
+        return redis.Redis.from_url(url, decode_responses=True, **options)
+    pool = redis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=options["socket_timeout"],
         decode_responses=True,
-        socket_connect_timeout=5,
-        socket_timeout=SOCKET_TIMEOUT_S,
-        health_check_interval=30,
-        retry_on_timeout=True,
+        **options,
     )
+    return redis.Redis(connection_pool=pool)
 
 
 @dataclass
@@ -94,7 +109,9 @@ class WorkerRuntime:
     ) -> WorkerRuntime:
         """Build the runtime for *settings*; ``enqueue``/``deliver``/``submit`` are Celery's."""
         import_function_modules(settings.function_modules)
-        client = redis_client(settings.redis_url)
+        # one connection per task slot at most, plus the background publishers'
+        connections = settings.worker_concurrency + REDIS_SPARE_CONNECTIONS
+        client = redis_client(settings.redis_url, max_connections=connections)
         bus: EventBus | None = None
         hooks = HookChain()
         if settings.events_enabled:
@@ -111,7 +128,7 @@ class WorkerRuntime:
             limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
             timeout=settings.default_timeout / 1000.0,
         )
-        fast = redis_client(settings.redis_url, fast=True)
+        fast = redis_client(settings.redis_url, fast=True, max_connections=connections)
         proxy = build_agent_proxy(settings, fast, emit=hooks.emit, http_pool_size=pool)
         handlers: dict[TaskType, Handler] = {
             TaskType.AGENT: proxy,

@@ -44,6 +44,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": DEFAULT_QUEUE,
         "broker_transport_options": transport,
         "result_backend_transport_options": {"visibility_timeout": visibility},
+        # redis-py's default pool fails past 100 connections; size it like the broker's
+        "redis_max_connections": settings.worker_concurrency + BROKER_SPARE_CONNECTIONS,
         "result_expires": settings.plan_retention_s,
         "broker_connection_retry_on_startup": True,
         "task_track_started": False,

@@ -246,3 +246,26 @@ def test_the_deadline_ends_pending_retries_as_timeout(small: SmallCluster, uid: 
     assert "no time left to retry" in (result.error or "")
     assert 1 <= result.retries <= 2 and agent.calls == result.retries + 1
     assert took < 3.0  # no retry was scheduled past the plan's deadline
+
+
+def test_a_worker_holds_hundreds_of_tasks_at_once_without_running_out_of_redis_connections(
+    small: SmallCluster, uid: str
+) -> None:
+    # redis-py's default pool fails past 100 connections ("Too many connections"); the
+    # worker's pools are sized per task slot, so 300 tasks finishing together all record
+    worker = small.add_worker("wide", slots=300)
+    tasks = [
+        {"id": f"s{i}", "type": "function", "target": "sleep", "payload": {"ms": 1000, "i": i}}
+        for i in range(300)
+    ]
+    started = time.monotonic()
+    results = small.engine.submit(
+        {"id": f"wide-{uid}", "strategy": "allSettled", "maxConcurrency": 300, "tasks": tasks}
+    ).wait(60)
+    took = time.monotonic() - started
+    assert [r.status for r in results] == [TaskStatus.SUCCESS] * 300, {
+        r.error for r in results if r.error
+    }
+    assert {r.retries for r in results} == {0}
+    assert took < 15, f"300 one-second tasks on 300 slots took {took:.1f} s"
+    assert "Too many connections" not in worker.log()
