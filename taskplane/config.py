@@ -98,6 +98,15 @@ def _split_list(value: Any) -> Any:
     return value
 
 
+#: Kept between a countdown plus its attempt and the visibility timeout, in seconds.
+COUNTDOWN_MARGIN_S = 5.0
+#: A countdown may always be at least this long, whatever the settings (s).
+MIN_COUNTDOWN_CAP_S = 1.0
+#: Broker URL schemes whose transport redelivers an unacknowledged message
+#: once the visibility timeout has passed since delivery.
+VISIBILITY_TIMEOUT_SCHEMES = ("redis", "rediss", "redis+socket", "sentinel")
+
+
 class Settings(BaseSettings):
     """All of taskplane's options. Times are in ms unless the field says seconds."""
 
@@ -174,6 +183,23 @@ class Settings(BaseSettings):
         if self.visibility_timeout_s is not None:
             return self.visibility_timeout_s
         return max(60, int(self.longest_task_s * 1.1) + 5)
+
+    @property
+    def max_task_timeout_ms(self) -> int | None:
+        """Longest effective timeout a task may carry; None when the broker has no limit.
+
+        On the Redis transport one attempt of a task is one broker message,
+        held unacknowledged from delivery through its countdown and its run;
+        once the visibility timeout passes, the message is delivered again and
+        the task runs twice. So an attempt, plus the shortest countdown and
+        the margin, must fit in the visibility timeout. AMQP brokers redeliver
+        only when the consumer's connection is lost: no limit.
+        """
+        scheme = self.effective_broker_url.partition("://")[0].lower()
+        if scheme not in VISIBILITY_TIMEOUT_SCHEMES:
+            return None
+        limit_s = self.effective_visibility_timeout_s - COUNTDOWN_MARGIN_S - MIN_COUNTDOWN_CAP_S
+        return int(limit_s * 1000)
 
 
 def env_name(location: tuple[Any, ...]) -> str:

@@ -7,6 +7,7 @@ reads them back from the recorded results when a caller collects them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -126,3 +127,30 @@ def plan_outcome(
     if bad is None:
         return False, done, "plan ended before every task finished"
     return False, done, f"task {bad.task_id} ended {bad.status.value}: {bad.error}"
+
+
+@dataclass(frozen=True)
+class Dispatched:
+    """What the plan store knows of one dispatched task: outcome recorded, lease held."""
+
+    index: int
+    has_result: bool
+    leased: bool
+
+
+def lost_messages(sent: Sequence[Dispatched]) -> list[int]:
+    """Indexes of dispatched tasks (in dispatch order) whose broker message was lost.
+
+    A task with neither an outcome nor a lease has not started — but a
+    message still queued behind others has not started either, so that alone
+    is no loss. The broker delivers a plan's messages in the order they were
+    sent: a task is lost when a task sent *after* it has started (holds a
+    lease or has an outcome), or when none of the plan's tasks is running at
+    all, so nothing of the plan is left in flight to wait for.
+    """
+    if not any(task.leased for task in sent):
+        return [task.index for task in sent if not task.has_result]
+    last_started = max(
+        (position for position, task in enumerate(sent) if task.leased or task.has_result),
+    )
+    return [task.index for task in sent[:last_started] if not task.has_result and not task.leased]

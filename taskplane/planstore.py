@@ -33,7 +33,13 @@ import redis
 from taskplane.errors import BackendError
 from taskplane.executor import envelope
 from taskplane.models import ExecutionResult, ExecutionTask, TaskStatus
-from taskplane.plans import WEIGHTED_CONFIDENCE_TARGET, PlanLayout, PlanState
+from taskplane.plans import (
+    WEIGHTED_CONFIDENCE_TARGET,
+    Dispatched,
+    PlanLayout,
+    PlanState,
+    lost_messages,
+)
 
 _SUBMIT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -361,19 +367,28 @@ class PlanStore:
         return found[0] if found else None
 
     def orphans(self, plan_id: str) -> list[tuple[int, dict[str, Any]]]:
-        """Dispatched window tasks with no outcome and no live lease.
+        """Dispatched window tasks whose broker message was lost (see :func:`lost_messages`).
 
-        Such a task's message was lost (a worker died at the wrong instant);
-        sending it again is safe, since the first recorded outcome wins.
+        Such a message was lost by the broker, or by a worker that died at the
+        wrong instant; a message merely queued behind others is not. Sending
+        a lost one again is safe, since the first recorded outcome wins.
         """
         meta = self.meta(plan_id)
         if meta.get("state") != PlanState.RUNNING.value or meta.get("mode") != "window":
             return []
-        dispatched = min(int(meta["next"]), int(meta["n"]))
-        return self._unstarted(plan_id, list(range(dispatched)))
+        count = int(meta["n"])
+        order = [int(i) for i in meta.get("order", "").split(",") if i] or list(range(count))
+        sent = order[: min(int(meta["next"]), count)]
+        states = self._states(plan_id, sent)
+        lost = set(lost_messages([state for state, _ in states]))
+        return [
+            (state.index, json.loads(task))
+            for state, task in states
+            if state.index in lost and task is not None
+        ]
 
-    def _unstarted(self, plan_id: str, indexes: list[int]) -> list[tuple[int, dict[str, Any]]]:
-        """Those of *indexes* with no outcome and no live lease, with their task JSON."""
+    def _states(self, plan_id: str, indexes: list[int]) -> list[tuple[Dispatched, str | None]]:
+        """Outcome recorded and lease held for each of *indexes*, with its task JSON."""
         keys = self._keys(plan_id)
         pipe = self.client.pipeline(transaction=False)
         for index in indexes:
@@ -381,12 +396,18 @@ class PlanStore:
             pipe.exists(self._lease(plan_id, index))
             pipe.hget(keys["tasks"], str(index))
         replies = self._call("unstarted tasks", pipe.execute)
-        found = []
-        for position, index in enumerate(indexes):
-            has_result, leased, task = replies[3 * position : 3 * position + 3]
-            if not has_result and not leased and task is not None:
-                found.append((index, json.loads(task)))
-        return found
+        return [
+            (Dispatched(index, bool(replies[3 * p]), bool(replies[3 * p + 1])), replies[3 * p + 2])
+            for p, index in enumerate(indexes)
+        ]
+
+    def _unstarted(self, plan_id: str, indexes: list[int]) -> list[tuple[int, dict[str, Any]]]:
+        """Those of *indexes* with no outcome and no live lease, with their task JSON."""
+        return [
+            (state.index, json.loads(task))
+            for state, task in self._states(plan_id, indexes)
+            if not state.has_result and not state.leased and task is not None
+        ]
 
     def end(self, plan_id: str, state: PlanState) -> str | None:
         """End a running run as *state* (timeout, cancelled); returns the run's final state."""

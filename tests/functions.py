@@ -7,8 +7,14 @@ import time
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 import taskplane
+
+#: The test functions' own Redis calls ride through a Redis restart of a few seconds
+#: (about 10 s of retries), so a restart test measures taskplane, not this helper.
+_RETRY = Retry(ExponentialBackoff(cap=0.5, base=0.05), 25)
 
 _clients: dict[str, redis.Redis] = {}
 _lock = threading.Lock()
@@ -17,7 +23,7 @@ _lock = threading.Lock()
 def _client(url: str) -> redis.Redis:
     with _lock:
         if url not in _clients:
-            _clients[url] = redis.Redis.from_url(url, decode_responses=True)
+            _clients[url] = redis.Redis.from_url(url, decode_responses=True, retry=_RETRY)
         return _clients[url]
 
 

@@ -23,17 +23,12 @@ from celery import Celery, Task
 from celery.exceptions import Ignore
 from celery.signals import task_postrun, worker_shutdown
 
-from taskplane.config import Settings
+from taskplane.config import COUNTDOWN_MARGIN_S, MIN_COUNTDOWN_CAP_S, Settings
 from taskplane.executor import Attempt, Reschedule
 from taskplane.models import ExecutionPlan, parse_plan
 from taskplane.planstore import TERMINAL
 from taskplane.runtime import WorkerRuntime, close_runtimes, runtime_for
 from taskplane.tasks.canvas import RUN_TASK, enqueue_member, submit_plan
-
-#: Kept between a countdown plus its attempt and the visibility timeout, in seconds.
-COUNTDOWN_MARGIN_S = 5.0
-#: A countdown may always be at least this long, whatever the settings (s).
-MIN_COUNTDOWN_CAP_S = 1.0
 
 
 def deliver_results(app: Celery, celery_task_id: str, results: list[dict[str, Any]]) -> None:

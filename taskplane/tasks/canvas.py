@@ -16,9 +16,9 @@ from typing import Any
 from celery import Celery, chain, group
 from celery.canvas import Signature
 
-from taskplane.config import Settings
-from taskplane.errors import BackendError
-from taskplane.models import ExecutionPlan
+from taskplane.config import COUNTDOWN_MARGIN_S, MIN_COUNTDOWN_CAP_S, Settings
+from taskplane.errors import BackendError, ValidationError
+from taskplane.models import ExecutionPlan, ExecutionTask
 from taskplane.plans import Mode, PlanLayout, layout
 from taskplane.planstore import PlanStore
 
@@ -70,6 +70,41 @@ def canvas(app: Celery, plan: ExecutionPlan, plan_layout: PlanLayout, deadline: 
     return steps[0] if len(steps) == 1 else chain(steps)
 
 
+def effective_timeout_ms(task: ExecutionTask, settings: Settings) -> int:
+    """How long one attempt of *task* may run: its ``metadata.timeout``, else the default."""
+    return task.metadata.timeout or settings.default_timeout
+
+
+def check_task_timeouts(plan: ExecutionPlan, settings: Settings) -> None:
+    """Refuse *plan* if a task's attempt could outlive the broker's visibility timeout.
+
+    Such a task would be delivered again while it still runs, and run twice.
+
+    Raises:
+        ValidationError: Names the task, its ``metadata.timeout`` and the
+            setting to raise (``TASKPLANE_VISIBILITY_TIMEOUT_S``).
+    """
+    limit_ms = settings.max_task_timeout_ms
+    if limit_ms is None:
+        return
+    errors = []
+    for index, task in enumerate(plan.tasks):
+        timeout_ms = effective_timeout_ms(task, settings)
+        if timeout_ms > limit_ms:
+            own = task.metadata.timeout is not None
+            field = f"tasks[{index}].metadata.timeout" if own else "TASKPLANE_DEFAULT_TIMEOUT"
+            errors.append({"field": field, "message": f"{timeout_ms} ms (task {task.id!r})"})
+    if errors:
+        fields = ", ".join(f"{e['field']}: {e['message']}" for e in errors)
+        raise ValidationError(
+            f"invalid plan: a task may run at most {limit_ms} ms on this broker (the "
+            f"visibility timeout of {settings.effective_visibility_timeout_s} s less "
+            f"{COUNTDOWN_MARGIN_S + MIN_COUNTDOWN_CAP_S:g} s) or it is delivered again while "
+            f"it runs; raise TASKPLANE_VISIBILITY_TIMEOUT_S or shorten {fields}",
+            errors,
+        )
+
+
 def submit_plan(
     app: Celery,
     store: PlanStore,
@@ -86,11 +121,17 @@ def submit_plan(
     Either the whole plan is enqueued or nothing is: if the broker refuses,
     the run's record is removed again and :class:`BackendError` raised.
 
+    Raises:
+        ValidationError: A task's timeout outlives the visibility timeout
+            (:func:`check_task_timeouts`); nothing was recorded.
+        BackendError: The broker refused the plan.
+
     Args:
         deadline: Epoch seconds; the plan's own ``timeout`` from now when None,
             and never later than that.
         extra_meta: Fields for the run's record (a nested pattern's parent).
     """
+    check_task_timeouts(plan, settings)
     plan_layout = layout(plan, default_max_concurrency=settings.max_concurrency)
     own_deadline = clock() + plan.timeout / 1000.0
     deadline = own_deadline if deadline is None else min(deadline, own_deadline)

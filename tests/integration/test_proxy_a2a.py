@@ -140,7 +140,7 @@ def test_cancelling_the_plan_cancels_the_remote_task(
                 "type": "agent",
                 "target": f"a2a-{uid}",
                 "payload": {"prompt": "slow 20000"},
-                "metadata": {"timeout": 25000},
+                "metadata": {"timeout": 12000},
             }
         ],
         "timeout": 30000,

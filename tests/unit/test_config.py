@@ -217,3 +217,16 @@ def test_visibility_timeout_grows_with_the_task() -> None:
 
 def test_explicit_visibility_timeout_wins() -> None:
     assert Settings(visibility_timeout_s=500).effective_visibility_timeout_s == 500
+
+
+def test_a_task_may_run_the_visibility_timeout_less_the_countdown_margin() -> None:
+    # 107 s by default, less the 5 s margin and the shortest (1 s) countdown
+    assert Settings().max_task_timeout_ms == 101_000
+    assert Settings(visibility_timeout_s=20).max_task_timeout_ms == 14_000
+    assert Settings(broker_url="rediss://h:6380/0", visibility_timeout_s=20).max_task_timeout_ms
+    assert Settings(broker_url="sentinel://h:26379", visibility_timeout_s=20).max_task_timeout_ms
+
+
+def test_amqp_brokers_put_no_limit_on_a_task() -> None:
+    assert Settings(broker_url="amqp://guest@127.0.0.1:5672//").max_task_timeout_ms is None
+    assert Settings(broker_url="pyamqp://guest@127.0.0.1//").max_task_timeout_ms is None

@@ -15,7 +15,15 @@ from taskplane.models import (
     TaskStatus,
     TaskType,
 )
-from taskplane.plans import Mode, PlanLayout, layout, plan_outcome, weighted_order
+from taskplane.plans import (
+    Dispatched,
+    Mode,
+    PlanLayout,
+    layout,
+    lost_messages,
+    plan_outcome,
+    weighted_order,
+)
 
 
 def task(task_id: str, priority: float = 0) -> ExecutionTask:
@@ -268,3 +276,29 @@ def test_sequential_continue_on_error_succeeds_with_every_result() -> None:
 def test_continue_on_error_is_ignored_by_all() -> None:
     ok, _, _ = plan_outcome("all", [res("t0", FAIL)], continue_on_error=True)
     assert not ok
+
+
+# --- lost messages ---------------------------------------------------------------------------
+
+
+def sent(marks: str) -> list[Dispatched]:
+    """Dispatched tasks from marks in dispatch order: ``r`` outcome, ``L`` leased, ``.`` neither."""
+    return [Dispatched(i, mark == "r", mark == "L") for i, mark in enumerate(marks)]
+
+
+def test_messages_queued_behind_running_tasks_are_not_lost() -> None:
+    # the capacity case: a worker has taken the first tasks, the rest wait in the queue
+    assert lost_messages(sent("rrLLLL......")) == []
+
+
+def test_a_task_passed_over_by_a_later_one_lost_its_message() -> None:
+    assert lost_messages(sent("rr.LL.L...")) == [2, 5]
+    assert lost_messages(sent("r.rL.")) == [1]
+    assert lost_messages(sent("r.r..")) == [1, 3, 4]  # nothing running: all of them
+
+
+def test_with_nothing_running_every_unfinished_task_is_lost() -> None:
+    assert lost_messages(sent("rrr..")) == [3, 4]
+    assert lost_messages(sent("....")) == [0, 1, 2, 3]
+    assert lost_messages(sent("rrr")) == []
+    assert lost_messages([]) == []
