@@ -1,4 +1,4 @@
-"""``taskplane agents list``: each agent with its live breaker state and rate-limit usage.
+"""``taskplane agents list``: each agent with its policy, live breaker state and limit usage.
 
 The registration record says how the agent was at registration; the row adds
 what every worker sees now — the shared circuit breaker's state and how many
@@ -18,42 +18,55 @@ from rich.text import Text
 from taskplane.engine import ExecutionEngine
 from taskplane.errors import BackendError
 from taskplane.proxy import AgentInfo
+from taskplane.proxy.limiter import Window, quota_window_key
 
 
-def window_usage(engine: ExecutionEngine, agent_id: str, *, now_s: float) -> int:
-    """Calls to *agent_id* started within the current rate-limit window, cluster-wide.
+def window_usage(engine: ExecutionEngine, window: Window, *, now_s: float) -> int:
+    """Calls started within the current *window*, cluster-wide.
 
-    Reads the limiter's window (``{prefix}:ratelimit:{agent}``, a sorted set
-    scored by start time in ms) without taking a slot. Slots booked for later
-    (tasks rescheduled to their slot) are not counted until they come.
+    Reads the limiter's window (``{prefix}:{window.key}``, a sorted set scored
+    by start time in ms) without taking a slot. Slots booked for later (tasks
+    rescheduled to their slot) are not counted until they come.
 
     Raises:
         BackendError: Redis cannot be reached.
     """
-    window_ms = engine.settings.rate_limit.window_ms
-    key = f"{engine.settings.key_prefix}:ratelimit:{agent_id}"
-    since = repr(now_s * 1000.0 - window_ms)
+    key = f"{engine.settings.key_prefix}:{window.key}"
+    since = repr(now_s * 1000.0 - window.window_ms)
     try:
         return int(engine.redis.zcount(key, f"({since}", repr(now_s * 1000.0)))
     except redis.RedisError as exc:
-        raise BackendError(f"rate limiter window for {agent_id}: {exc}") from exc
+        raise BackendError(f"rate limiter window {key}: {exc}") from exc
+
+
+def _usage(engine: ExecutionEngine, window: Window, now_s: float) -> dict[str, Any]:
+    used = window_usage(engine, window, now_s=now_s)
+    return {"used": used, "limit": window.limit, "windowMs": window.window_ms}
 
 
 def agent_state(
     engine: ExecutionEngine, agent: AgentInfo, *, check: bool, timeout_s: float
 ) -> dict[str, Any]:
-    """The agent's record plus ``breaker``, ``rateLimit`` and, with *check*, ``health``.
+    """The agent's record plus ``breaker``, ``rateLimit``, ``quotaUsage``, with *check* ``health``.
+
+    ``rateLimit`` is the agent's own window (its policy's limit, else the
+    settings'); ``quotaUsage`` the shared quota's, when the policy names one.
 
     Without *check*, ``health`` is what the check at registration found
     (``healthAt: "registration"``); with it, what the agent says now.
     """
     row = agent.to_json_dict()
+    row["policy"] = agent.policy.to_json_dict()  # what was set; the rest is the settings'
     row["breaker"] = engine.proxy.breaker.state(agent.agent_id)
-    row["rateLimit"] = {
-        "used": window_usage(engine, agent.agent_id, now_s=time.time()),
-        "limit": engine.settings.rate_limit.max_requests,
-        "windowMs": engine.settings.rate_limit.window_ms,
-    }
+    now_s = time.time()
+    row["rateLimit"] = _usage(
+        engine, engine.proxy.limiter.agent_window(agent.agent_id, agent.policy), now_s
+    )
+    if agent.policy.quota is not None:
+        quota = engine.proxy.registry.get_quota(agent.policy.quota)
+        if quota is not None:
+            window = Window(quota_window_key(quota.name), quota.max_requests, quota.window_ms)
+            row["quotaUsage"] = {"quota": quota.name, **_usage(engine, window, now_s)}
     if check:
         report = engine.proxy.health(agent.agent_id, timeout_s=timeout_s)
         row["healthy"], row["healthMessage"] = report.healthy, report.message
@@ -83,6 +96,13 @@ def agents_table(rows: list[dict[str, Any]]) -> Table:
         health += " (checked now)" if row["healthAt"] == "now" else " (at registration)"
         when = datetime.fromtimestamp(row["registeredAt"], UTC).strftime("%Y-%m-%d %H:%M:%S")
         limit = row["rateLimit"]
+        limits = f"{limit['used']}/{limit['limit']} per {limit['windowMs'] / 1000:g}s"
+        if "quotaUsage" in row:
+            quota = row["quotaUsage"]
+            limits += (
+                f"; quota {quota['quota']} {quota['used']}/{quota['limit']}"
+                f" per {quota['windowMs'] / 1000:g}s"
+            )
         table.add_row(
             row["agentId"],
             row["protocol"],
@@ -90,7 +110,7 @@ def agents_table(rows: list[dict[str, Any]]) -> Table:
             Text(", ".join(row["capabilities"])),
             Text(", ".join(f"{k}={v}" for k, v in (row.get("policy") or {}).items())),
             row["breaker"],
-            f"{limit['used']}/{limit['limit']} per {limit['windowMs'] / 1000:g}s",
+            Text(limits),
             Text(health),
             when,
         )

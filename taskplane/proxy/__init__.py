@@ -35,7 +35,7 @@ from taskplane.proxy.http import HttpTransport, make_http_client
 from taskplane.proxy.limiter import RateLimiter, RedisLimiterBackend
 from taskplane.proxy.mcp import MCPTransport
 from taskplane.proxy.openai import OpenAITransport
-from taskplane.proxy.policy import AgentPolicy
+from taskplane.proxy.policy import AgentPolicy, Quota, make_quota, unknown_quota
 from taskplane.proxy.registry import (
     AgentInfo,
     AgentRegistry,
@@ -65,6 +65,7 @@ __all__ = [
     "OpenAITransport",
     # Per-agent policy
     "AgentPolicy",
+    "Quota",
     # Breaker and limiter
     "CircuitBreaker",
     "RateLimiter",
@@ -155,7 +156,12 @@ class AgentProxy:
         if not call.slot_reserved:
             horizon = call.deadline if call.deadline is not None else self.clock() + call.timeout_s
             try:
-                self.limiter.reserve(agent.agent_id, deadline=horizon)
+                quota = None
+                if agent.policy.quota is not None:
+                    quota = self.registry.get_quota(agent.policy.quota)
+                self.limiter.reserve(
+                    agent.agent_id, deadline=horizon, policy=agent.policy, quota=quota
+                )
             except BaseException:
                 self.breaker.abandon(admission)
                 raise
@@ -210,6 +216,8 @@ class AgentProxy:
         info = make_agent_info(
             agent_id, endpoint, protocol, capabilities, policy=policy, registered_at=self.clock()
         )
+        if info.policy.quota is not None and self.registry.get_quota(info.policy.quota) is None:
+            raise unknown_quota(info.policy.quota)
         require_sdk(info.protocol)
         if check_health:
             transport = self.transports[info.protocol]
@@ -236,6 +244,23 @@ class AgentProxy:
             log.warning("cannot read what agent %s offers: %s", info.agent_id, exc)
             return
         info.capabilities.extend(cap for cap in offered if cap not in info.capabilities)
+
+    def register_quota(self, name: str, *, max_requests: int, window_ms: int = 60000) -> Quota:
+        """Register (or change) a quota: *max_requests* per *window_ms* over all its agents.
+
+        Its window (calls already started or booked) is kept.
+
+        Raises:
+            ValidationError: A bad ``quota.name``, ``quota.maxRequests`` or ``quota.windowMs``.
+            BackendError: The registry cannot be reached.
+        """
+        quota = make_quota(name, max_requests=max_requests, window_ms=window_ms)
+        self.registry.register_quota(quota)
+        return quota
+
+    def list_quotas(self) -> list[Quota]:
+        """Every registered quota, ordered by name."""
+        return self.registry.list_quotas()
 
     def unregister(self, agent_id: str) -> bool:
         """Remove an agent; True if it was registered."""

@@ -1,9 +1,14 @@
-"""Per-agent sliding-window rate limits, shared by every worker.
+"""Per-agent sliding-window rate limits and shared quotas, kept for every worker.
 
 At most ``max_requests`` calls start in any ``window_ms`` window, per agent,
-across the whole cluster. A backend's one verb, :meth:`LimiterBackend.reserve`,
-books the earliest slot the window allows — now, or a moment in the future —
+across the whole cluster (the agent's policy, else the settings). An agent
+whose policy names a :class:`~taskplane.proxy.policy.Quota` also needs a slot
+in the quota's window, which all its agents share. A backend's one verb,
+:meth:`LimiterBackend.reserve`, books the earliest instant every window
+involved allows — now, or a moment in the future — in all of them at once,
 and says how far away it is; in Redis that is one Lua script, one round trip.
+A new booking never goes before one already made in the same window, so a
+backlog drains in arrival order.
 
 A limited call never waits in a thread: :meth:`RateLimiter.reserve` returns
 raises :class:`~taskplane.errors.RateLimitedError` saying when the booked
@@ -25,12 +30,14 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import redis
 
 from taskplane.config import RateLimitConfig
 from taskplane.errors import BackendError, RateLimitedError
+from taskplane.proxy.policy import AgentPolicy, Quota
 from taskplane.redisio import load_script
 from taskplane.throttle import LogThrottle
 
@@ -40,14 +47,33 @@ log = logging.getLogger(__name__)
 BACKEND_WARNING_INTERVAL_S = 30.0
 
 
+@dataclass(frozen=True)
+class Window:
+    """One sliding window: at most *limit* calls per *window_ms*, stored under *key*."""
+
+    key: str
+    limit: int
+    window_ms: int
+
+
+def agent_window_key(agent_id: str) -> str:
+    """Where an agent's own window lives (after the key prefix)."""
+    return f"ratelimit:{agent_id}"
+
+
+def quota_window_key(name: str) -> str:
+    """Where a quota's window lives (after the key prefix)."""
+    return f"quota:{name}:requests"
+
+
 class LimiterBackend(ABC):
     """Keeps the sliding windows."""
 
     @abstractmethod
     def reserve(
-        self, key: str, *, now_ms: float, limit: int, window_ms: int, horizon_ms: float
+        self, windows: Sequence[Window], *, now_ms: float, horizon_ms: float
     ) -> tuple[bool, float]:
-        """Book the earliest slot in *key*'s window.
+        """Book the earliest instant free in every one of *windows*, in all of them.
 
         Returns:
             ``(booked, ms_until_slot)``; nothing is booked when the slot is
@@ -63,22 +89,26 @@ class InMemoryLimiterBackend(LimiterBackend):
         self._lock = threading.Lock()
 
     def reserve(
-        self, key: str, *, now_ms: float, limit: int, window_ms: int, horizon_ms: float
+        self, windows: Sequence[Window], *, now_ms: float, horizon_ms: float
     ) -> tuple[bool, float]:
         with self._lock:
-            window = self._windows.setdefault(key, [])
-            del window[: bisect.bisect_right(window, now_ms - window_ms)]
             at = now_ms
-            if len(window) >= limit:
-                at = max(now_ms, window[len(window) - limit] + window_ms)
+            for spec in windows:
+                window = self._windows.setdefault(spec.key, [])
+                del window[: bisect.bisect_right(window, now_ms - spec.window_ms)]
+                if window:
+                    at = max(at, window[-1])
+                if len(window) >= spec.limit:
+                    at = max(at, window[len(window) - spec.limit] + spec.window_ms)
             if at - now_ms > horizon_ms:
                 return False, at - now_ms
-            bisect.insort(window, at)
+            for spec in windows:
+                bisect.insort(self._windows[spec.key], at)
             return True, at - now_ms
 
 
 class RedisLimiterBackend(LimiterBackend):
-    """Windows as Redis sorted sets ``{prefix}:ratelimit:{key}``, shared by every process.
+    """Windows as Redis sorted sets ``{prefix}:{window.key}``, shared by every process.
 
     Raises:
         BackendError: When Redis cannot be reached.
@@ -90,22 +120,25 @@ class RedisLimiterBackend(LimiterBackend):
         self._script = load_script(client, "taskplane.proxy", "reserve_slot.lua")
 
     def reserve(
-        self, key: str, *, now_ms: float, limit: int, window_ms: int, horizon_ms: float
+        self, windows: Sequence[Window], *, now_ms: float, horizon_ms: float
     ) -> tuple[bool, float]:
-        args = [repr(now_ms), str(window_ms), str(limit), uuid.uuid4().hex, repr(horizon_ms)]
+        args = [repr(now_ms), repr(horizon_ms), uuid.uuid4().hex]
+        for spec in windows:
+            args += [str(spec.window_ms), str(spec.limit)]
+        keys = [f"{self.prefix}:{spec.key}" for spec in windows]
         try:
-            booked, wait = self._script(keys=[f"{self.prefix}:ratelimit:{key}"], args=args)
+            booked, wait = self._script(keys=keys, args=args)
         except redis.RedisError as exc:
-            raise BackendError(f"rate limiter window for {key}: {exc}") from exc
+            raise BackendError(f"rate limiter windows {', '.join(keys)}: {exc}") from exc
         return bool(booked), float(wait.decode() if isinstance(wait, bytes) else wait)
 
 
 class RateLimiter:
-    """Books slots in agents' windows.
+    """Books slots in agents' and quotas' windows.
 
     Args:
         backend: Where the windows live.
-        config: ``max_requests`` per ``window_ms``.
+        config: ``max_requests`` per ``window_ms`` for agents whose policy sets none.
         clock: Wall clock in epoch seconds (shared by every host).
     """
 
@@ -121,12 +154,30 @@ class RateLimiter:
         self.clock = clock
         self._warnings = LogThrottle(BACKEND_WARNING_INTERVAL_S)
 
-    def reserve(self, agent_id: str, *, deadline: float) -> None:
+    def agent_window(self, agent_id: str, policy: AgentPolicy | None = None) -> Window:
+        """The agent's own window: its policy's limit, else the settings'."""
+        limit = self.config.max_requests
+        window_ms = self.config.window_ms
+        if policy is not None:
+            limit = policy.max_requests or limit
+            window_ms = policy.window_ms or window_ms
+        return Window(agent_window_key(agent_id), limit, window_ms)
+
+    def reserve(
+        self,
+        agent_id: str,
+        *,
+        deadline: float,
+        policy: AgentPolicy | None = None,
+        quota: Quota | None = None,
+    ) -> None:
         """Book a slot for a call to *agent_id*; return when the call may start now.
 
         Args:
             agent_id: The agent about to be called.
             deadline: Epoch seconds past which the call is pointless.
+            policy: The agent's policy (its ``maxRequests``/``windowMs``).
+            quota: The quota the agent shares, if any: its window is booked too.
 
         Raises:
             RateLimitedError: The slot is ``wait_s`` away; ``reserved`` says
@@ -134,12 +185,13 @@ class RateLimiter:
         """
         now = self.clock()
         try:
+            windows = [self.agent_window(agent_id, policy)]
+            if quota is not None:
+                windows.append(
+                    Window(quota_window_key(quota.name), quota.max_requests, quota.window_ms)
+                )
             booked, wait_ms = self.backend.reserve(
-                agent_id,
-                now_ms=now * 1000.0,
-                limit=self.config.max_requests,
-                window_ms=self.config.window_ms,
-                horizon_ms=max(deadline - now, 0.0) * 1000.0,
+                windows, now_ms=now * 1000.0, horizon_ms=max(deadline - now, 0.0) * 1000.0
             )
         except BackendError as exc:
             self._warn(exc)
@@ -148,8 +200,9 @@ class RateLimiter:
             return
         wait_s = wait_ms / 1000.0
         where = "booked" if booked else "after the deadline, not booked"
+        limits = "rate limit" if quota is None else f"rate limit and quota {quota.name}"
         raise RateLimitedError(
-            f"agent {agent_id}: rate limit, next slot in {wait_s:.3f} s ({where})",
+            f"agent {agent_id}: {limits}, next slot in {wait_s:.3f} s ({where})",
             wait_s,
             reserved=booked,
         )

@@ -1,9 +1,10 @@
 """Per-agent policy: how taskplane talks to one agent, stored with its registration.
 
 An :class:`AgentPolicy` travels inside the agent's registry entry (camelCase
-JSON), so every worker sees the same policy at once. Today it carries what
-the ``openai`` and ``mcp`` transports need; limits and breaker settings join
-it as fields of the same model. Unset fields mean "use the settings' default".
+JSON), so every worker sees the same policy at once. It carries what the
+``openai`` and ``mcp`` transports need, the agent's own request limit
+(``maxRequests`` per ``windowMs``) and the named :class:`Quota` it shares
+with other agents. Unset fields mean "use the settings' default".
 
 Secrets are never part of a policy: an API key is named by the environment
 variable that holds it (``apiKeyEnv``) and read by the worker at call time.
@@ -26,6 +27,11 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SECRET_KEYS = frozenset({"apiKey", "api_key", "key", "token", "secret", "password"})
 #: Protocols that need a ``model`` in their policy.
 MODEL_PROTOCOLS = ("openai",)
+#: Highest accepted request limit per window (more is a typo, not a limit).
+MAX_REQUESTS_CEILING = 10_000_000
+#: Longest accepted limit window: one day (ms).
+MAX_WINDOW_MS = 86_400_000
+_QUOTA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,99}$")
 
 
 class AgentPolicy(BaseModel):
@@ -44,6 +50,10 @@ class AgentPolicy(BaseModel):
         temperature: ``openai``: sampling temperature, if set.
         max_tokens: ``openai``: longest reply, in tokens, if set.
         tool: ``mcp``: the tool to call (a task's ``metadata.tool`` overrides it).
+        max_requests: At most this many calls to the agent start in any
+            ``window_ms``, cluster-wide (unset: the settings' ``rate_limit``).
+        window_ms: The window of ``max_requests`` (unset: the settings').
+        quota: Name of a registered :class:`Quota` this agent also draws from.
     """
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
@@ -57,6 +67,16 @@ class AgentPolicy(BaseModel):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     max_tokens: int | None = Field(default=None, gt=0)
     tool: str | None = None
+    max_requests: int | None = Field(default=None, ge=1, le=MAX_REQUESTS_CEILING)
+    window_ms: int | None = Field(default=None, ge=1, le=MAX_WINDOW_MS)
+    quota: str | None = None
+
+    @field_validator("quota")
+    @classmethod
+    def _quota_name(cls, value: str | None) -> str | None:
+        if value is not None and not _QUOTA_NAME.fullmatch(value):
+            raise ValueError("must be a quota name (letters, digits, . _ -; at most 100)")
+        return value
 
     @field_validator("api_key_env")
     @classmethod
@@ -77,11 +97,60 @@ class AgentPolicy(BaseModel):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
 
 
+class Quota(BaseModel):
+    """A named request limit several agents draw from together (a provider key).
+
+    A call to an agent whose policy names the quota needs a slot in the
+    agent's own window *and* in the quota's, cluster-wide.
+
+    Attributes:
+        name: What agents' ``policy.quota`` names.
+        max_requests: At most this many calls, over all its agents, per ``window_ms``.
+        window_ms: The window, in ms.
+    """
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    name: str
+    max_requests: int = Field(ge=1, le=MAX_REQUESTS_CEILING)
+    window_ms: int = Field(default=60000, ge=1, le=MAX_WINDOW_MS)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _QUOTA_NAME.fullmatch(value):
+            raise ValueError("must be a quota name (letters, digits, . _ -; at most 100)")
+        return value
+
+
+def make_quota(name: str, *, max_requests: int, window_ms: int = 60000) -> Quota:
+    """Validate a quota.
+
+    Raises:
+        ValidationError: Names the bad field (``quota.name``, ``quota.maxRequests``,
+            ``quota.windowMs``).
+    """
+    try:
+        return Quota(name=name, max_requests=max_requests, window_ms=window_ms)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        field = to_camel(str(first["loc"][0])) if first["loc"] else ""
+        name_ = f"quota.{field}" if field else "quota"
+        raise ValidationError(
+            f"invalid quota: {name_}: {first['msg']}", [{"field": name_, "message": first["msg"]}]
+        ) from None
+
+
 def _problem(field: str, message: str) -> ValidationError:
     name = f"policy.{field}" if field else "policy"
     return ValidationError(
         f"invalid agent registration: {name}: {message}", [{"field": name, "message": message}]
     )
+
+
+def unknown_quota(name: str) -> ValidationError:
+    """The error for a policy naming a quota nobody registered."""
+    return _problem("quota", f"unknown quota {name!r}; register it first (register_quota)")
 
 
 def make_policy(raw: AgentPolicy | dict[str, Any] | None, protocol: str) -> AgentPolicy:

@@ -14,6 +14,7 @@ from taskplane.errors import (
     NotFoundError,
     RateLimitedError,
     UpstreamError,
+    ValidationError,
 )
 from taskplane.executor import CallContext, TaskRunner
 from taskplane.models import ExecutionTask, TaskStatus, TaskType
@@ -191,3 +192,57 @@ def test_the_task_runner_retries_what_the_proxy_raises(rig: Rig) -> None:
     assert result.status is TaskStatus.FAILURE and result.retries == 1
     assert rig.agent.calls == 2
     assert result.metadata["agentId"] == "a1"
+
+
+def test_an_agent_policy_limit_and_its_quota_apply_to_calls(rig: Rig) -> None:
+    rig.proxy.register_quota("team", max_requests=3, window_ms=1000)
+    rig.proxy.register("q1", ENDPOINT, policy={"maxRequests": 5, "quota": "team"})
+    rig.proxy.register("q2", ENDPOINT, policy={"quota": "team"})
+    rig.proxy(task("q1"), CALL)
+    rig.proxy(task("q1"), CALL)
+    rig.proxy(task("q2"), CALL)
+    with pytest.raises(RateLimitedError, match="quota team") as limited:
+        rig.proxy(task("q1"), CALL)
+    assert limited.value.reserved
+    rig.proxy(task("a1"), CALL)  # not on the quota: unaffected
+    assert rig.agent.calls == 4
+
+
+def test_an_unknown_quota_registers_nothing(rig: Rig) -> None:
+    with pytest.raises(ValidationError, match=r"policy\.quota") as refused:
+        rig.proxy.register("q9", ENDPOINT, policy={"quota": "nobody"})
+    assert refused.value.errors[0]["field"] == "policy.quota"
+    assert [a.agent_id for a in rig.proxy.list_agents()] == ["a1"]
+
+
+@pytest.mark.parametrize(
+    ("policy", "field"),
+    [
+        ({"maxRequests": 0}, "policy.maxRequests"),
+        ({"maxRequests": -5}, "policy.maxRequests"),
+        ({"maxRequests": 10**12}, "policy.maxRequests"),
+        ({"windowMs": 0}, "policy.windowMs"),
+        ({"windowMs": 10**10}, "policy.windowMs"),
+        ({"quota": "no spaces"}, "policy.quota"),
+    ],
+)
+def test_bad_policy_limits_name_the_field(rig: Rig, policy: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        rig.proxy.register("bad", ENDPOINT, policy=policy)
+    assert refused.value.errors[0]["field"] == field
+    assert rig.proxy.registry.get("bad") is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"name": "team", "max_requests": 0}, "quota.maxRequests"),
+        ({"name": "team", "max_requests": 5, "window_ms": -1}, "quota.windowMs"),
+        ({"name": "", "max_requests": 5}, "quota.name"),
+    ],
+)
+def test_bad_quotas_name_the_field(rig: Rig, kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        rig.proxy.register_quota(**kwargs)
+    assert refused.value.errors[0]["field"] == field
+    assert rig.proxy.list_quotas() == []

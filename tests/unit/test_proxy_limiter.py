@@ -20,6 +20,7 @@ from taskplane.proxy.limiter import (
     RateLimiter,
     RedisLimiterBackend,
 )
+from taskplane.proxy.policy import AgentPolicy, Quota
 
 CONFIG = RateLimitConfig(max_requests=3, window_ms=1000)
 START = 1_700_000_000.0
@@ -135,3 +136,68 @@ def test_unreachable_redis_fails_open(caplog: Any) -> None:
         for _ in range(5):
             assert wait_for(rl, "a", time.now + 1) == 0.0
     assert caplog.text.count("failing open") == 1
+
+
+# -- per-agent limits and shared quotas ----------------------------------------
+
+TEAM = Quota(name="team-key", max_requests=4, window_ms=1000)
+
+
+def wait_with(
+    rl: RateLimiter,
+    agent: str,
+    *,
+    policy: AgentPolicy | None = None,
+    quota: Quota | None = None,
+) -> float:
+    try:
+        rl.reserve(agent, deadline=rl.clock() + 100, policy=policy, quota=quota)
+    except RateLimitedError as exc:
+        assert exc.reserved
+        return exc.wait_s
+    return 0.0
+
+
+def test_an_agent_policy_overrides_the_settings_limit(backend: LimiterBackend) -> None:
+    time = FakeTime()
+    rl = limiter(backend, time)
+    own = AgentPolicy(max_requests=1, window_ms=500)
+    assert [wait_with(rl, "a", policy=own) for _ in range(3)] == [
+        0.0,
+        pytest.approx(0.5),
+        pytest.approx(1.0),
+    ]
+    roomy = AgentPolicy(max_requests=10)  # window from the settings (1 s)
+    assert [wait_with(rl, "b", policy=roomy) for _ in range(10)] == [0.0] * 10
+
+
+def test_agents_on_one_quota_hold_it_together_and_others_are_unaffected(
+    backend: LimiterBackend,
+) -> None:
+    time = FakeTime()
+    rl = limiter(backend, time)  # each agent alone: 3 per s
+    slots = [START + wait_with(rl, agent, quota=TEAM) for _ in range(6) for agent in ("a", "b")]
+    # 12 calls at 4 per s over both agents: three windows' worth
+    for first in slots:
+        assert len([s for s in slots if first <= s < first + 1.0]) <= 4
+    assert max(slots) - START == pytest.approx(2.0)
+    assert [wait_for(rl, "c", time.now + 5) for _ in range(3)] == [0.0, 0.0, 0.0]
+
+
+def test_a_call_on_a_quota_still_keeps_its_agent_limit(backend: LimiterBackend) -> None:
+    time = FakeTime()
+    rl = limiter(backend, time)
+    roomy = Quota(name="roomy", max_requests=100, window_ms=1000)
+    waits = [wait_with(rl, "a", quota=roomy) for _ in range(4)]
+    assert waits == [0.0, 0.0, 0.0, pytest.approx(1.0)]  # the agent's 3 per s binds
+
+
+def test_a_slot_past_the_deadline_is_booked_in_no_window(backend: LimiterBackend) -> None:
+    time = FakeTime()
+    rl = limiter(backend, time)
+    for _ in range(4):
+        wait_with(rl, "x" if _ % 2 else "y", quota=TEAM)
+    with pytest.raises(RateLimitedError, match="quota team-key") as raised:
+        rl.reserve("z", deadline=time.now + 0.5, quota=TEAM)
+    assert not raised.value.reserved
+    assert wait_for(rl, "z", time.now + 5) == 0.0  # z's own window took nothing
