@@ -306,6 +306,9 @@ def agents_add(
     quota: str | None = typer.Option(
         None, help="A registered quota this agent also draws from (see `agents quota`)."
     ),
+    max_in_flight: int | None = typer.Option(
+        None, help="At most this many calls in flight to this agent, cluster-wide."
+    ),
     policy: str | None = typer.Option(None, help="The whole policy as a JSON object."),
 ) -> None:
     """Register (or re-register) an agent for every worker; its health is checked first."""
@@ -321,6 +324,7 @@ def agents_add(
         "system": system,
         "tool": tool,
         "quota": quota,
+        "maxInFlight": max_in_flight,
     }
     fields.update({key: value for key, value in options.items() if value is not None})
     if rpm is not None:

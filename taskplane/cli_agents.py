@@ -39,6 +39,19 @@ def window_usage(engine: ExecutionEngine, window: Window, *, now_s: float) -> in
         raise BackendError(f"rate limiter window {key}: {exc}") from exc
 
 
+def in_flight(engine: ExecutionEngine, agent_id: str, *, now_s: float) -> int:
+    """Leases on calls in flight to *agent_id* held now, cluster-wide (expired ones not counted).
+
+    Raises:
+        BackendError: Redis cannot be reached.
+    """
+    key = f"{engine.settings.key_prefix}:inflight:{agent_id}"
+    try:
+        return int(engine.redis.zcount(key, f"({now_s * 1000.0!r}", "+inf"))
+    except redis.RedisError as exc:
+        raise BackendError(f"calls in flight to {agent_id}: {exc}") from exc
+
+
 def _usage(engine: ExecutionEngine, window: Window, now_s: float) -> dict[str, Any]:
     used = window_usage(engine, window, now_s=now_s)
     return {"used": used, "limit": window.limit, "windowMs": window.window_ms}
@@ -47,10 +60,11 @@ def _usage(engine: ExecutionEngine, window: Window, now_s: float) -> dict[str, A
 def agent_state(
     engine: ExecutionEngine, agent: AgentInfo, *, check: bool, timeout_s: float
 ) -> dict[str, Any]:
-    """The agent's record plus ``breaker``, ``rateLimit``, ``quotaUsage``, with *check* ``health``.
+    """The agent's record plus ``breaker``, limit usage and, with *check*, ``health``.
 
     ``rateLimit`` is the agent's own window (its policy's limit, else the
-    settings'); ``quotaUsage`` the shared quota's, when the policy names one.
+    settings'); ``quotaUsage`` the shared quota's, when the policy names one;
+    ``inFlight`` the calls in flight, when it sets ``maxInFlight``.
 
     Without *check*, ``health`` is what the check at registration found
     (``healthAt: "registration"``); with it, what the agent says now.
@@ -67,6 +81,11 @@ def agent_state(
         if quota is not None:
             window = Window(quota_window_key(quota.name), quota.max_requests, quota.window_ms)
             row["quotaUsage"] = {"quota": quota.name, **_usage(engine, window, now_s)}
+    if agent.policy.max_in_flight is not None:
+        row["inFlight"] = {
+            "held": in_flight(engine, agent.agent_id, now_s=now_s),
+            "limit": agent.policy.max_in_flight,
+        }
     if check:
         report = engine.proxy.health(agent.agent_id, timeout_s=timeout_s)
         row["healthy"], row["healthMessage"] = report.healthy, report.message
@@ -103,6 +122,8 @@ def agents_table(rows: list[dict[str, Any]]) -> Table:
                 f"; quota {quota['quota']} {quota['used']}/{quota['limit']}"
                 f" per {quota['windowMs'] / 1000:g}s"
             )
+        if "inFlight" in row:
+            limits += f"; in flight {row['inFlight']['held']}/{row['inFlight']['limit']}"
         table.add_row(
             row["agentId"],
             row["protocol"],

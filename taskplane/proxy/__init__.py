@@ -32,6 +32,7 @@ from taskplane.proxy.aio import LoopThread
 from taskplane.proxy.breaker import Admission, CircuitBreaker, Emit
 from taskplane.proxy.grpc import GrpcTransport
 from taskplane.proxy.http import HttpTransport, make_http_client
+from taskplane.proxy.inflight import InFlightLimiter, RedisInFlightBackend
 from taskplane.proxy.limiter import RateLimiter, RedisLimiterBackend
 from taskplane.proxy.mcp import MCPTransport
 from taskplane.proxy.openai import OpenAITransport
@@ -107,7 +108,9 @@ class AgentProxy:
         grpc_transport: Calls ``protocol="grpc"`` agents.
         transports: More transports by protocol (``openai``, ``a2a``, ``mcp``).
         breaker: Per-agent circuit breakers.
-        limiter: Per-agent rate limits.
+        limiter: Per-agent rate limits and shared quotas.
+        inflight: Cluster-wide caps on calls in flight (policies' ``maxInFlight``);
+            in this process's memory when not given.
         clock: Wall clock in epoch seconds.
     """
 
@@ -120,12 +123,14 @@ class AgentProxy:
         transports: dict[str, AgentTransport] | None = None,
         breaker: CircuitBreaker,
         limiter: RateLimiter,
+        inflight: InFlightLimiter | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.registry = registry
         self.transports = {"http": http_transport, "grpc": grpc_transport, **(transports or {})}
         self.breaker = breaker
         self.limiter = limiter
+        self.inflight = inflight if inflight is not None else InFlightLimiter(clock=clock)
         self.clock = clock
 
     def agent(self, agent_id: str) -> AgentInfo:
@@ -144,7 +149,8 @@ class AgentProxy:
 
         Raises:
             RateLimitedError: No slot now (one is booked ``wait_s`` from now,
-                unless that is after the deadline).
+                unless that is after the deadline), or ``maxInFlight`` calls
+                are in flight (try again ``wait_s`` from now).
             ExecutionError: ``NotFoundError``, ``CircuitOpenError`` or whatever
                 the transport raised.
         """
@@ -153,19 +159,30 @@ class AgentProxy:
         admission = self.breaker.before_call(
             agent.agent_id, lease_s=call.timeout_s + TRIAL_LEASE_GRACE_S
         )
-        if not call.slot_reserved:
-            horizon = call.deadline if call.deadline is not None else self.clock() + call.timeout_s
-            try:
+        horizon = call.deadline if call.deadline is not None else self.clock() + call.timeout_s
+        lease: str | None = None
+        try:
+            if not call.slot_reserved:
                 quota = None
                 if agent.policy.quota is not None:
                     quota = self.registry.get_quota(agent.policy.quota)
                 self.limiter.reserve(
                     agent.agent_id, deadline=horizon, policy=agent.policy, quota=quota
                 )
-            except BaseException:
-                self.breaker.abandon(admission)
-                raise
-        outcome = self._send(transport, agent, task, call, call.timeout_s, admission)
+            if agent.policy.max_in_flight is not None:
+                lease = self.inflight.acquire(
+                    agent.agent_id,
+                    limit=agent.policy.max_in_flight,
+                    lease_s=call.timeout_s + TRIAL_LEASE_GRACE_S,
+                    deadline=horizon,
+                )
+        except BaseException:
+            self.breaker.abandon(admission)
+            raise
+        try:
+            outcome = self._send(transport, agent, task, call, call.timeout_s, admission)
+        finally:
+            self.inflight.release(agent.agent_id, lease)
         outcome.metadata.update(agentId=agent.agent_id, protocol=agent.protocol)
         return outcome
 
@@ -337,5 +354,6 @@ def build_agent_proxy(
             settings.rate_limit,
             clock=clock,
         ),
+        inflight=InFlightLimiter(RedisInFlightBackend(redis_client, prefix=prefix), clock=clock),
         clock=clock,
     )

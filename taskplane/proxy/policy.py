@@ -3,8 +3,9 @@
 An :class:`AgentPolicy` travels inside the agent's registry entry (camelCase
 JSON), so every worker sees the same policy at once. It carries what the
 ``openai`` and ``mcp`` transports need, the agent's own request limit
-(``maxRequests`` per ``windowMs``) and the named :class:`Quota` it shares
-with other agents. Unset fields mean "use the settings' default".
+(``maxRequests`` per ``windowMs``), its cap on calls in flight
+(``maxInFlight``) and the named :class:`Quota` it shares with other agents.
+Unset fields mean "use the settings' default" (no in-flight cap by default).
 
 Secrets are never part of a policy: an API key is named by the environment
 variable that holds it (``apiKeyEnv``) and read by the worker at call time.
@@ -29,6 +30,8 @@ SECRET_KEYS = frozenset({"apiKey", "api_key", "key", "token", "secret", "passwor
 MODEL_PROTOCOLS = ("openai",)
 #: Highest accepted request limit per window (more is a typo, not a limit).
 MAX_REQUESTS_CEILING = 10_000_000
+#: Highest accepted ``maxInFlight``.
+MAX_IN_FLIGHT_CEILING = 1_000_000
 #: Longest accepted limit window: one day (ms).
 MAX_WINDOW_MS = 86_400_000
 _QUOTA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,99}$")
@@ -54,6 +57,8 @@ class AgentPolicy(BaseModel):
             ``window_ms``, cluster-wide (unset: the settings' ``rate_limit``).
         window_ms: The window of ``max_requests`` (unset: the settings').
         quota: Name of a registered :class:`Quota` this agent also draws from.
+        max_in_flight: At most this many calls to the agent in flight at once,
+            cluster-wide (unset: no cap).
     """
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
@@ -70,6 +75,7 @@ class AgentPolicy(BaseModel):
     max_requests: int | None = Field(default=None, ge=1, le=MAX_REQUESTS_CEILING)
     window_ms: int | None = Field(default=None, ge=1, le=MAX_WINDOW_MS)
     quota: str | None = None
+    max_in_flight: int | None = Field(default=None, ge=1, le=MAX_IN_FLIGHT_CEILING)
 
     @field_validator("quota")
     @classmethod

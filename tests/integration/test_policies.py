@@ -8,6 +8,7 @@ a quota: what the agent servers see is what the limits allow.
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -102,3 +103,32 @@ def test_agents_on_one_quota_hold_it_together_and_an_agent_limit_holds_alone(
     # the third agent is held by its own policy (3/s), not by the quota or the settings
     assert busiest_window(own) <= 3
     assert 2.0 - ARRIVAL_JITTER_S <= own[-1] - own[0] < 4.0
+
+
+def test_max_in_flight_holds_across_two_workers_without_holding_their_slots(
+    cluster: SmallCluster, uid: str
+) -> None:
+    cluster.add_worker("left", slots=8)
+    cluster.add_worker("right", slots=8)
+    engine = cluster.engine
+    with HttpAgentServer("slow", delay_ms=200) as capped, HttpAgentServer("ok") as free:
+        engine.register_agent(f"cap-{uid}", capped.endpoint, policy={"maxInFlight": 3})
+        engine.register_agent(f"free-{uid}", free.endpoint)
+        backlog = engine.submit(
+            {"id": f"cap-{uid}", "maxConcurrency": 16, "strategy": "allSettled",
+             "tasks": [agent_task(f"t{i}", f"cap-{uid}") for i in range(15)]}
+        )  # fmt: skip
+        # 15 calls wait for one of 3 places on 16 worker slots: the slots stay free for others
+        started = time.monotonic()
+        others = engine.execute_parallel(
+            {"id": f"free-{uid}", "tasks": [agent_task(f"f{i}", f"free-{uid}") for i in range(4)]}
+        )
+        took = time.monotonic() - started
+        results = backlog.wait(30)
+        peak = capped.max_in_flight
+    assert [r.status for r in results] == [TaskStatus.SUCCESS] * 15
+    assert [r.status for r in others] == [TaskStatus.SUCCESS] * 4
+    assert capped.calls == 15 and peak <= 3, f"{peak} calls in flight at once"
+    assert peak == 3  # the cap, not something lower, was the bound
+    assert took < 1.0, f"the free agent's plan took {took:.2f} s behind the capped backlog"
+    assert {r.retries for r in results} == {0}  # waiting for a place is not an attempt

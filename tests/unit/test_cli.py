@@ -171,7 +171,18 @@ def test_agents_list_shows_breaker_limiter_and_a_fresh_check(
     assert made.exit_code == 0 and "quota team: 50 calls per 60s" in made.stdout
     added = cli.invoke(
         app,
-        ["agents", "add", "a2", "http://127.0.0.1:9", "--rpm", "500", "--quota", "team"],
+        [
+            "agents",
+            "add",
+            "a2",
+            "http://127.0.0.1:9",
+            "--rpm",
+            "500",
+            "--quota",
+            "team",
+            "--max-in-flight",
+            "20",
+        ],
     )
     assert added.exit_code == 0, added.stdout
     rows = {
@@ -182,7 +193,8 @@ def test_agents_list_shows_breaker_limiter_and_a_fresh_check(
     assert (policy["maxRequests"], policy["windowMs"], policy["quota"]) == (500, 60000, "team")
     assert rows["a2"]["rateLimit"] == {"used": 0, "limit": 500, "windowMs": 60000}
     assert rows["a2"]["quotaUsage"] == {"quota": "team", "used": 0, "limit": 50, "windowMs": 60000}
-    assert "quota team 0/50 per 60s" in cli.invoke(app, ["agents", "list"]).stdout
+    assert rows["a2"]["inFlight"] == {"held": 0, "limit": 20}
+    assert "quota team 0/50 per 60s; in flight 0/20" in cli.invoke(app, ["agents", "list"]).stdout
     unknown = cli.invoke(app, ["agents", "add", "a3", "http://127.0.0.1:9", "--quota", "ghost"])
     assert unknown.exit_code != 0 and "policy.quota" in unknown.output
     cli.invoke(app, ["agents", "remove", "a2"])

@@ -224,6 +224,8 @@ def test_an_unknown_quota_registers_nothing(rig: Rig) -> None:
         ({"windowMs": 0}, "policy.windowMs"),
         ({"windowMs": 10**10}, "policy.windowMs"),
         ({"quota": "no spaces"}, "policy.quota"),
+        ({"maxInFlight": 0}, "policy.maxInFlight"),
+        ({"maxInFlight": 10**9}, "policy.maxInFlight"),
     ],
 )
 def test_bad_policy_limits_name_the_field(rig: Rig, policy: dict[str, Any], field: str) -> None:
@@ -246,3 +248,35 @@ def test_bad_quotas_name_the_field(rig: Rig, kwargs: dict[str, Any], field: str)
         rig.proxy.register_quota(**kwargs)
     assert refused.value.errors[0]["field"] == field
     assert rig.proxy.list_quotas() == []
+
+
+def test_max_in_flight_reschedules_a_call_beyond_the_cap_and_frees_its_lease(rig: Rig) -> None:
+    seen: list[int] = []
+
+    def busy(payload: dict[str, Any], call: CallContext) -> dict[str, Any]:
+        held = rig.proxy.inflight.backend.held("capped")  # type: ignore[attr-defined]
+        seen.append(held)
+        if len(seen) == 1:  # a second call arrives while the first is in flight
+            with pytest.raises(RateLimitedError, match="maxInFlight") as full:
+                rig.proxy(task("capped"), CALL)
+            assert full.value.reserved
+        return {"value": 1, "confidence": 0.9}
+
+    rig.proxy.transports["http"] = InMemoryTransport({"http://capped.test:1": busy})
+    rig.proxy.register(
+        "capped", "http://capped.test:1", policy={"maxInFlight": 1, "maxRequests": 10}
+    )
+    rig.proxy(task("capped"), CALL)
+    rig.proxy(task("capped"), CALL)  # the lease came back when the first call ended
+    assert seen == [1, 1]
+    assert rig.proxy.breaker.state("capped") == STATE_CLOSED
+
+
+def test_a_failing_call_gives_its_lease_back(rig: Rig) -> None:
+    rig.proxy.register("capped", ENDPOINT, policy={"maxInFlight": 1})
+    rig.agent.failing = True
+    with pytest.raises(UpstreamError):
+        rig.proxy(task("capped"), CALL)
+    rig.agent.failing = False
+    rig.time.now += 1
+    rig.proxy(task("capped"), CALL)

@@ -166,7 +166,7 @@ def test_policy_round_trips_in_camel_case() -> None:
     assert wire["maxTokens"] == 50
     assert AgentInfo.model_validate_json(info.model_dump_json(by_alias=True)) == info
     # An entry written by a newer taskplane with more policy fields still reads.
-    newer = {**info.to_json_dict(), "policy": {**wire, "maxInFlight": 3}}
+    newer = {**info.to_json_dict(), "policy": {**wire, "futureField": 3}}
     assert AgentInfo.model_validate(newer).policy == info.policy
 
 
