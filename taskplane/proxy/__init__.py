@@ -95,6 +95,9 @@ def require_sdk(protocol: str) -> None:
 
 #: Connections to HTTP agents when the caller does not size the pool.
 DEFAULT_HTTP_POOL_SIZE = 100
+#: A process reads a quota's limits from the registry at most this often (s): a
+#: changed quota holds on every worker within this long.
+QUOTA_CACHE_S = 1.0
 #: A half-open trial's lease is its call's timeout plus this (s).
 TRIAL_LEASE_GRACE_S = 5.0
 
@@ -132,6 +135,7 @@ class AgentProxy:
         self.limiter = limiter
         self.inflight = inflight if inflight is not None else InFlightLimiter(clock=clock)
         self.clock = clock
+        self._quotas: dict[str, tuple[float, Quota | None]] = {}  # name -> (read at, quota)
 
     def agent(self, agent_id: str) -> AgentInfo:
         """The registered agent *agent_id*.
@@ -165,7 +169,7 @@ class AgentProxy:
             if not call.slot_reserved:
                 quota = None
                 if agent.policy.quota is not None:
-                    quota = self.registry.get_quota(agent.policy.quota)
+                    quota = self._quota(agent.policy.quota)
                 self.limiter.reserve(
                     agent.agent_id, deadline=horizon, policy=agent.policy, quota=quota
                 )
@@ -185,6 +189,16 @@ class AgentProxy:
             self.inflight.release(agent.agent_id, lease)
         outcome.metadata.update(agentId=agent.agent_id, protocol=agent.protocol)
         return outcome
+
+    def _quota(self, name: str) -> Quota | None:
+        """The quota *name*, read from the registry at most every :data:`QUOTA_CACHE_S`."""
+        now = self.clock()
+        cached = self._quotas.get(name)
+        if cached is not None and now - cached[0] < QUOTA_CACHE_S:
+            return cached[1]
+        quota = self.registry.get_quota(name)
+        self._quotas[name] = (now, quota)
+        return quota
 
     def _send(
         self,
@@ -265,7 +279,9 @@ class AgentProxy:
     def register_quota(self, name: str, *, max_requests: int, window_ms: int = 60000) -> Quota:
         """Register (or change) a quota: *max_requests* per *window_ms* over all its agents.
 
-        Its window (calls already started or booked) is kept.
+        Its window (calls already started or booked) is kept. Workers read a
+        quota's limits at most every :data:`QUOTA_CACHE_S`, so a change holds
+        everywhere within that long.
 
         Raises:
             ValidationError: A bad ``quota.name``, ``quota.maxRequests`` or ``quota.windowMs``.
@@ -273,6 +289,7 @@ class AgentProxy:
         """
         quota = make_quota(name, max_requests=max_requests, window_ms=window_ms)
         self.registry.register_quota(quota)
+        self._quotas.pop(name, None)
         return quota
 
     def list_quotas(self) -> list[Quota]:

@@ -18,7 +18,14 @@ from taskplane.errors import (
 )
 from taskplane.executor import CallContext, TaskRunner
 from taskplane.models import ExecutionTask, TaskStatus, TaskType
-from taskplane.proxy import AgentProxy, CircuitBreaker, InMemoryAgentRegistry, InMemoryTransport
+from taskplane.proxy import (
+    QUOTA_CACHE_S,
+    AgentProxy,
+    CircuitBreaker,
+    InMemoryAgentRegistry,
+    InMemoryTransport,
+    Quota,
+)
 from taskplane.proxy.breaker_storage import STATE_CLOSED, STATE_OPEN
 from taskplane.proxy.limiter import RateLimiter
 
@@ -280,3 +287,15 @@ def test_a_failing_call_gives_its_lease_back(rig: Rig) -> None:
     rig.agent.failing = False
     rig.time.now += 1
     rig.proxy(task("capped"), CALL)
+
+
+def test_a_quota_changed_elsewhere_holds_within_the_cache_period(rig: Rig) -> None:
+    rig.proxy.register_quota("team", max_requests=1, window_ms=1000)
+    rig.proxy.register("q1", ENDPOINT, policy={"maxRequests": 100, "quota": "team"})
+    rig.proxy(task("q1"), CALL)
+    # another process raises the quota: this one reads it again within QUOTA_CACHE_S
+    rig.proxy.registry.register_quota(Quota(name="team", max_requests=50, window_ms=1000))
+    with pytest.raises(RateLimitedError):
+        rig.proxy(task("q1"), CALL)
+    rig.time.now += QUOTA_CACHE_S
+    rig.proxy(task("q1"), CallContext(timeout_s=5.0, idempotency_key="k2"))

@@ -1,0 +1,103 @@
+"""What per-agent limits add to a call: own limit + shared quota + in-flight cap vs none.
+
+Usage::
+
+    python -m bench.bench_policies --redis-url redis://127.0.0.1:6379/0 --calls 500
+
+Starts one local HTTP test agent and registers it twice through a Redis-backed
+:class:`~taskplane.proxy.AgentProxy`: once with no policy (the settings' rate
+limit only, the path every call already takes) and once with its own
+``maxRequests``, a shared quota and ``maxInFlight`` (limits far above what the
+run reaches, so nothing waits). Times N sequential calls of each, interleaved
+so machine noise hits both alike, plus N direct httpx calls as the bare
+baseline. Writes only keys under a throw-away prefix and removes them afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import uuid
+
+import redis
+
+from bench.bench_proxy import CALL, PAYLOAD, WARMUP_CALLS, row, timed_ms
+from taskplane.config import RateLimitConfig, Settings
+from taskplane.models import ExecutionTask
+from taskplane.proxy import HttpTransport, build_agent_proxy
+from tests.agents import HttpAgentServer
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_CALLS = 500
+#: The goal: what the limits add at p50, over a call with none.
+GOAL_MS = 0.5
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--redis-url", default=DEFAULT_URL)
+    parser.add_argument("--calls", type=int, default=DEFAULT_CALLS)
+    args = parser.parse_args()
+
+    client = redis.Redis.from_url(args.redis_url, decode_responses=True)
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    settings = Settings(
+        key_prefix=prefix, rate_limit=RateLimitConfig(max_requests=1_000_000, window_ms=60_000)
+    )
+    proxy = build_agent_proxy(settings, client, emit=lambda t, d: None)
+    agent = HttpAgentServer().start()
+    try:
+        proxy.register_quota("bench-quota", max_requests=1_000_000, window_ms=60_000)
+        proxy.register("bench-plain", agent.endpoint)
+        proxy.register(
+            "bench-limited",
+            agent.endpoint,
+            policy={
+                "maxRequests": 1_000_000,
+                "windowMs": 60_000,
+                "quota": "bench-quota",
+                "maxInFlight": 1000,
+            },
+        )
+        http = proxy.transports["http"]
+        assert isinstance(http, HttpTransport)
+        plain = ExecutionTask(id="b", type="agent", target="bench-plain", payload=PAYLOAD)
+        limited = ExecutionTask(id="b", type="agent", target="bench-limited", payload=PAYLOAD)
+        headers = {"Idempotency-Key": "bench", "X-Taskplane-Task-Id": "b"}
+        url = f"{agent.endpoint}/analyze"
+
+        def direct() -> object:
+            return http.client.post(url, json=PAYLOAD, headers=headers, timeout=5.0).json()
+
+        steps = (direct, lambda: proxy(plain, CALL), lambda: proxy(limited, CALL))
+        for _ in range(WARMUP_CALLS):
+            for step in steps:
+                step()
+        samples: list[list[float]] = [[], [], []]
+        for _ in range(args.calls):
+            for kept, step in zip(samples, steps, strict=True):
+                kept.append(timed_ms(step))
+    finally:
+        proxy.close()
+        agent.stop()
+        keys = list(client.scan_iter(f"{prefix}:*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+    print("| path                         |     n | p50 (ms) | p95 (ms) |")
+    print("|------------------------------|------:|---------:|---------:|")
+    print(row("HTTP direct (httpx)", samples[0]))
+    print(row("proxy, no policy", samples[1]))
+    print(row("proxy, limit+quota+inFlight", samples[2]))
+    direct_p50, plain_p50, limited_p50 = (statistics.median(s) for s in samples)
+    added = limited_p50 - plain_p50
+    print()
+    print(
+        f"limits added at p50: {added:.3f} ms over no policy (goal <= {GOAL_MS} ms); "
+        f"the proxy with no policy adds {plain_p50 - direct_p50:.3f} ms over bare httpx"
+    )
+
+
+if __name__ == "__main__":
+    main()
