@@ -303,6 +303,9 @@ def agents_add(
     rpm: int | None = typer.Option(
         None, help="At most this many calls per minute to this agent (policy maxRequests)."
     ),
+    tpm: int | None = typer.Option(
+        None, help="At most this many tokens per minute to this agent (policy maxTokens)."
+    ),
     quota: str | None = typer.Option(
         None, help="A registered quota this agent also draws from (see `agents quota`)."
     ),
@@ -329,6 +332,8 @@ def agents_add(
     fields.update({key: value for key, value in options.items() if value is not None})
     if rpm is not None:
         fields.update(maxRequests=rpm, windowMs=60000)
+    if tpm is not None:
+        fields.update(maxTokens=tpm, windowMs=60000)
     if json_reply:
         fields["json"] = True
     if logprobs:
@@ -351,13 +356,20 @@ def agents_add(
 @agents_app.command("quota")
 def agents_quota(
     name: str = typer.Argument(..., metavar="NAME", help="The name agents' --quota gives."),
-    rpm: int = typer.Option(..., help="At most this many calls per minute, over all its agents."),
+    rpm: int | None = typer.Option(
+        None, help="At most this many calls per minute, over all its agents."
+    ),
+    tpm: int | None = typer.Option(
+        None, help="At most this many tokens per minute, over all its agents."
+    ),
 ) -> None:
-    """Register (or change) a quota several agents share, cluster-wide."""
+    """Register (or change) a quota several agents share, cluster-wide (--rpm, --tpm or both)."""
     with engine_session() as engine:
-        made = engine.register_quota(name, max_requests=rpm, window_ms=60000)
+        made = engine.register_quota(name, max_requests=rpm, max_tokens=tpm, window_ms=60000)
+    limits = [f"{made.max_requests} calls"] if made.max_requests is not None else []
+    limits += [f"{made.max_tokens} tokens"] if made.max_tokens is not None else []
     console.print(
-        f"quota {made.name}: {made.max_requests} calls per {made.window_ms / 1000:g}s",
+        f"quota {made.name}: {' and '.join(limits)} per {made.window_ms / 1000:g}s",
         markup=False,
         highlight=False,
     )

@@ -18,15 +18,22 @@ from rich.text import Text
 from taskplane.engine import ExecutionEngine
 from taskplane.errors import BackendError
 from taskplane.proxy import AgentInfo
-from taskplane.proxy.limiter import Window, quota_window_key
+from taskplane.proxy.limiter import (
+    Window,
+    agent_tokens_key,
+    agent_window_key,
+    quota_tokens_key,
+    quota_window_key,
+)
 
 
 def window_usage(engine: ExecutionEngine, window: Window, *, now_s: float) -> int:
-    """Calls started within the current *window*, cluster-wide.
+    """Calls (or, for a token window, tokens) started within the current *window*, cluster-wide.
 
     Reads the limiter's window (``{prefix}:{window.key}``, a sorted set scored
-    by start time in ms) without taking a slot. Slots booked for later (tasks
-    rescheduled to their slot) are not counted until they come.
+    by start time in ms, and for tokens its ``:amounts`` hash) without taking
+    a slot. Slots booked for later (tasks rescheduled to their slot) are not
+    counted until they come; a call in flight counts its estimate until settled.
 
     Raises:
         BackendError: Redis cannot be reached.
@@ -34,9 +41,15 @@ def window_usage(engine: ExecutionEngine, window: Window, *, now_s: float) -> in
     key = f"{engine.settings.key_prefix}:{window.key}"
     since = repr(now_s * 1000.0 - window.window_ms)
     try:
-        return int(engine.redis.zcount(key, f"({since}", repr(now_s * 1000.0)))
+        if not window.counts_tokens:
+            return int(engine.redis.zcount(key, f"({since}", repr(now_s * 1000.0)))
+        members = engine.redis.zrangebyscore(key, f"({since}", repr(now_s * 1000.0))
+        if not members:
+            return 0
+        amounts = engine.redis.hmget(f"{key}:amounts", members)
     except redis.RedisError as exc:
         raise BackendError(f"rate limiter window {key}: {exc}") from exc
+    return int(sum(float(a) for a in amounts if a is not None))
 
 
 def in_flight(engine: ExecutionEngine, agent_id: str, *, now_s: float) -> int:
@@ -63,7 +76,9 @@ def agent_state(
     """The agent's record plus ``breaker``, limit usage and, with *check*, ``health``.
 
     ``rateLimit`` is the agent's own window (its policy's limit, else the
-    settings'); ``quotaUsage`` the shared quota's, when the policy names one;
+    settings'), ``tokenLimit`` its token window when the policy sets
+    ``maxTokens``; ``quotaUsage`` the shared quota's ``requests`` and
+    ``tokens`` windows, when the policy names one;
     ``inFlight`` the calls in flight, when it sets ``maxInFlight``.
 
     Without *check*, ``health`` is what the check at registration found
@@ -73,14 +88,22 @@ def agent_state(
     row["policy"] = agent.policy.to_json_dict()  # what was set; the rest is the settings'
     row["breaker"] = engine.proxy.breaker.state(agent.agent_id)
     now_s = time.time()
-    row["rateLimit"] = _usage(
-        engine, engine.proxy.limiter.agent_window(agent.agent_id, agent.policy), now_s
-    )
+    quota = None
     if agent.policy.quota is not None:
         quota = engine.proxy.registry.get_quota(agent.policy.quota)
-        if quota is not None:
-            window = Window(quota_window_key(quota.name), quota.max_requests, quota.window_ms)
-            row["quotaUsage"] = {"quota": quota.name, **_usage(engine, window, now_s)}
+    windows = engine.proxy.limiter.windows(agent.agent_id, agent.policy, quota)
+    usage = {w.key: _usage(engine, w, now_s) for w in windows}
+    row["rateLimit"] = usage[agent_window_key(agent.agent_id)]
+    if agent_tokens_key(agent.agent_id) in usage:
+        row["tokenLimit"] = usage[agent_tokens_key(agent.agent_id)]
+    if quota is not None:
+        row["quotaUsage"] = {"quota": quota.name}
+        for kind, key in (
+            ("requests", quota_window_key(quota.name)),
+            ("tokens", quota_tokens_key(quota.name)),
+        ):
+            if key in usage:
+                row["quotaUsage"][kind] = usage[key]
     if agent.policy.max_in_flight is not None:
         row["inFlight"] = {
             "held": in_flight(engine, agent.agent_id, now_s=now_s),
@@ -93,6 +116,10 @@ def agent_state(
     else:
         row["healthAt"] = "registration"
     return row
+
+
+def _shown(usage: dict[str, Any]) -> str:
+    return f"{usage['used']}/{usage['limit']} per {usage['windowMs'] / 1000:g}s"
 
 
 def agents_table(rows: list[dict[str, Any]]) -> Table:
@@ -115,13 +142,14 @@ def agents_table(rows: list[dict[str, Any]]) -> Table:
         health += " (checked now)" if row["healthAt"] == "now" else " (at registration)"
         when = datetime.fromtimestamp(row["registeredAt"], UTC).strftime("%Y-%m-%d %H:%M:%S")
         limit = row["rateLimit"]
-        limits = f"{limit['used']}/{limit['limit']} per {limit['windowMs'] / 1000:g}s"
+        limits = _shown(limit)
+        if "tokenLimit" in row:
+            limits += f"; tokens {_shown(row['tokenLimit'])}"
         if "quotaUsage" in row:
             quota = row["quotaUsage"]
-            limits += (
-                f"; quota {quota['quota']} {quota['used']}/{quota['limit']}"
-                f" per {quota['windowMs'] / 1000:g}s"
-            )
+            parts = [_shown(quota[k]) + (" tokens" if k == "tokens" else "")
+                     for k in ("requests", "tokens") if k in quota]  # fmt: skip
+            limits += f"; quota {quota['quota']} {', '.join(parts)}"
         if "inFlight" in row:
             limits += f"; in flight {row['inFlight']['held']}/{row['inFlight']['limit']}"
         table.add_row(

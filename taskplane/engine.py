@@ -209,17 +209,30 @@ class ExecutionEngine:
             agent_id, endpoint, protocol, capabilities, policy=policy, check_health=check_health
         )
 
-    def register_quota(self, name: str, *, max_requests: int, window_ms: int = 60000) -> Quota:
+    def register_quota(
+        self,
+        name: str,
+        *,
+        max_requests: int | None = None,
+        max_tokens: int | None = None,
+        window_ms: int = 60000,
+    ) -> Quota:
         """Register (or change) a named limit several agents share, cluster-wide.
+
+        It limits calls (*max_requests*), tokens (*max_tokens*) or both, per
+        *window_ms*, over all the agents that name it.
 
         Agents draw from it by naming it in their policy (``{"quota": name}``);
         a call then needs a slot in its agent's window and in the quota's.
         Register the quota before the agents that name it.
 
         Raises:
-            ValidationError: A bad ``quota.name``, ``quota.maxRequests`` or ``quota.windowMs``.
+            ValidationError: A bad ``quota.name``, ``quota.maxRequests``,
+                ``quota.maxTokens`` or ``quota.windowMs``, or no limit at all.
         """
-        return self.proxy.register_quota(name, max_requests=max_requests, window_ms=window_ms)
+        return self.proxy.register_quota(
+            name, max_requests=max_requests, max_tokens=max_tokens, window_ms=window_ms
+        )
 
     def list_quotas(self) -> list[Quota]:
         """Every registered quota."""

@@ -165,13 +165,20 @@ class AgentProxy:
         )
         horizon = call.deadline if call.deadline is not None else self.clock() + call.timeout_s
         lease: str | None = None
+        # a booking for later is named after the attempt, so the rescheduled
+        # attempt (another delivery) settles the tokens it reserved
+        member = f"{call.idempotency_key}#{task.id}#{call.attempt}"
+        policy = agent.policy
+        quota = self._quota(policy.quota) if policy.quota is not None else None
         try:
             if not call.slot_reserved:
-                quota = None
-                if agent.policy.quota is not None:
-                    quota = self._quota(agent.policy.quota)
-                self.limiter.reserve(
-                    agent.agent_id, deadline=horizon, policy=agent.policy, quota=quota
+                member = self.limiter.reserve(
+                    agent.agent_id,
+                    deadline=horizon,
+                    policy=policy,
+                    quota=quota,
+                    later=member,
+                    estimate=estimated_tokens(task),
                 )
             if agent.policy.max_in_flight is not None:
                 lease = self.inflight.acquire(
@@ -187,6 +194,11 @@ class AgentProxy:
             outcome = self._send(transport, agent, task, call, call.timeout_s, admission)
         finally:
             self.inflight.release(agent.agent_id, lease)
+        used = tokens_used(outcome.metadata.get("usage"))
+        if used is not None:
+            self.limiter.settle(
+                agent.agent_id, member=member, tokens=used, policy=policy, quota=quota
+            )
         outcome.metadata.update(agentId=agent.agent_id, protocol=agent.protocol)
         return outcome
 
@@ -276,8 +288,16 @@ class AgentProxy:
             return
         info.capabilities.extend(cap for cap in offered if cap not in info.capabilities)
 
-    def register_quota(self, name: str, *, max_requests: int, window_ms: int = 60000) -> Quota:
-        """Register (or change) a quota: *max_requests* per *window_ms* over all its agents.
+    def register_quota(
+        self,
+        name: str,
+        *,
+        max_requests: int | None = None,
+        max_tokens: int | None = None,
+        window_ms: int = 60000,
+    ) -> Quota:
+        """Register (or change) a quota: *max_requests* calls and/or *max_tokens* tokens
+        per *window_ms*, over all its agents.
 
         Its window (calls already started or booked) is kept. Workers read a
         quota's limits at most every :data:`QUOTA_CACHE_S`, so a change holds
@@ -287,7 +307,9 @@ class AgentProxy:
             ValidationError: A bad ``quota.name``, ``quota.maxRequests`` or ``quota.windowMs``.
             BackendError: The registry cannot be reached.
         """
-        quota = make_quota(name, max_requests=max_requests, window_ms=window_ms)
+        quota = make_quota(
+            name, max_requests=max_requests, max_tokens=max_tokens, window_ms=window_ms
+        )
         self.registry.register_quota(quota)
         self._quotas.pop(name, None)
         return quota
@@ -322,6 +344,24 @@ class AgentProxy:
         """Close the transports' pooled connections and channels."""
         for transport in self.transports.values():
             transport.close()
+
+
+def estimated_tokens(task: ExecutionTask) -> int | None:
+    """The task's ``metadata.estimatedTokens``, when it is a positive integer."""
+    value = (task.metadata.model_extra or {}).get("estimatedTokens")
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
+
+
+def tokens_used(usage: Any) -> int | None:
+    """Input plus output tokens of a result's ``metadata.usage``, if it has them."""
+    if not isinstance(usage, dict):
+        return None
+    counts = [usage.get("inputTokens", 0), usage.get("outputTokens", 0)]
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
+        return None
+    return sum(counts)
 
 
 def build_agent_proxy(

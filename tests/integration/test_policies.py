@@ -132,3 +132,53 @@ def test_max_in_flight_holds_across_two_workers_without_holding_their_slots(
     assert peak == 3  # the cap, not something lower, was the bound
     assert took < 1.0, f"the free agent's plan took {took:.2f} s behind the capped backlog"
     assert {r.retries for r in results} == {0}  # waiting for a place is not an attempt
+
+
+def test_a_token_limit_and_a_request_limit_hold_together_across_two_workers(
+    cluster: SmallCluster, uid: str
+) -> None:
+    cluster.add_worker("left", slots=8)
+    cluster.add_worker("right", slots=8)
+    engine = cluster.engine
+    with HttpAgentServer("ok") as agent:
+        agent.usage = {"inputTokens": 200, "outputTokens": 100}  # 300 tokens a call
+        engine.register_agent(
+            f"tok-{uid}",
+            agent.endpoint,
+            policy={"maxRequests": 5, "maxTokens": 2000, "windowMs": 1000, "estimatedTokens": 300},
+        )
+        results = engine.execute_parallel(
+            {"id": f"tok-{uid}", "maxConcurrency": 25, "strategy": "allSettled",
+             "tasks": [agent_task(f"t{i}", f"tok-{uid}") for i in range(25)]}
+        )  # fmt: skip
+        stamps = sorted(agent.timestamps)
+    assert [r.status for r in results] == [TaskStatus.SUCCESS] * 25
+    assert {tuple(r.metadata["usage"].items()) for r in results} == {
+        (("inputTokens", 200), ("outputTokens", 100))
+    }
+    busiest = busiest_window(stamps)
+    assert busiest <= 5 and busiest * 300 <= 2000, f"{busiest} calls within one window"
+    # 25 calls at 5/s: four more windows, drained at the limit
+    assert 4.0 - ARRIVAL_JITTER_S <= stamps[-1] - stamps[0] < 6.0
+
+
+def test_calls_without_an_estimate_learn_the_agents_mean(cluster: SmallCluster, uid: str) -> None:
+    cluster.add_worker("left", slots=8)
+    engine = cluster.engine
+    with HttpAgentServer("ok") as agent:
+        agent.usage = {"prompt_tokens": 400, "completion_tokens": 100}  # 500 tokens a call
+        engine.register_agent(
+            f"mean-{uid}", agent.endpoint, policy={"maxTokens": 2000, "windowMs": 1000}
+        )
+        first = engine.execute_task(agent_task("warm", f"mean-{uid}"))  # reserves the default
+        assert first.status == TaskStatus.SUCCESS
+        assert first.metadata["usage"] == {"inputTokens": 400, "outputTokens": 100}
+        results = engine.execute_parallel(
+            {"id": f"mean-{uid}", "maxConcurrency": 8, "strategy": "allSettled",
+             "tasks": [agent_task(f"t{i}", f"mean-{uid}") for i in range(8)]}
+        )  # fmt: skip
+        stamps = sorted(agent.timestamps[1:])
+    assert [r.status for r in results] == [TaskStatus.SUCCESS] * 8
+    # each reserves the recent mean (500): at most 4 a window, 2000 tokens
+    assert busiest_window(stamps) <= 4
+    assert stamps[-1] - stamps[0] >= 1.0 - ARRIVAL_JITTER_S

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -156,7 +157,11 @@ def test_agents_list_shows_breaker_limiter_and_a_fresh_check(
     limiter = RedisLimiterBackend(redis_client)
     for _ in range(2):
         limiter.reserve(
-            [Window("ratelimit:a1", 100, 60000)], now_ms=time.time() * 1000, horizon_ms=0
+            [Window("ratelimit:a1", 100, 60000)],
+            member=uuid.uuid4().hex,
+            later=uuid.uuid4().hex,
+            now_ms=time.time() * 1000,
+            horizon_ms=0,
         )
     listed = json.loads(cli.invoke(app, ["agents", "list", "--json"]).stdout)
     assert listed[0]["breaker"] == "closed"
@@ -167,8 +172,8 @@ def test_agents_list_shows_breaker_limiter_and_a_fresh_check(
     table = cli.invoke(app, ["agents", "list"]).stdout
     assert "closed" in table and "2/100 per 60s" in table
 
-    made = cli.invoke(app, ["agents", "quota", "team", "--rpm", "50"])
-    assert made.exit_code == 0 and "quota team: 50 calls per 60s" in made.stdout
+    made = cli.invoke(app, ["agents", "quota", "team", "--rpm", "50", "--tpm", "9000"])
+    assert made.exit_code == 0 and "quota team: 50 calls and 9000 tokens per 60s" in made.stdout
     added = cli.invoke(
         app,
         [
@@ -182,6 +187,8 @@ def test_agents_list_shows_breaker_limiter_and_a_fresh_check(
             "team",
             "--max-in-flight",
             "20",
+            "--tpm",
+            "200000",
         ],
     )
     assert added.exit_code == 0, added.stdout
@@ -192,9 +199,16 @@ def test_agents_list_shows_breaker_limiter_and_a_fresh_check(
     policy = rows["a2"]["policy"]
     assert (policy["maxRequests"], policy["windowMs"], policy["quota"]) == (500, 60000, "team")
     assert rows["a2"]["rateLimit"] == {"used": 0, "limit": 500, "windowMs": 60000}
-    assert rows["a2"]["quotaUsage"] == {"quota": "team", "used": 0, "limit": 50, "windowMs": 60000}
+    assert rows["a2"]["tokenLimit"] == {"used": 0, "limit": 200000, "windowMs": 60000}
+    assert rows["a2"]["quotaUsage"] == {
+        "quota": "team",
+        "requests": {"used": 0, "limit": 50, "windowMs": 60000},
+        "tokens": {"used": 0, "limit": 9000, "windowMs": 60000},
+    }
     assert rows["a2"]["inFlight"] == {"held": 0, "limit": 20}
-    assert "quota team 0/50 per 60s; in flight 0/20" in cli.invoke(app, ["agents", "list"]).stdout
+    shown = cli.invoke(app, ["agents", "list"]).stdout
+    assert "tokens 0/200000 per 60s" in shown and "in flight 0/20" in shown
+    assert "quota team 0/50 per 60s, 0/9000 per 60s tokens" in shown
     unknown = cli.invoke(app, ["agents", "add", "a3", "http://127.0.0.1:9", "--quota", "ghost"])
     assert unknown.exit_code != 0 and "policy.quota" in unknown.output
     cli.invoke(app, ["agents", "remove", "a2"])

@@ -299,3 +299,45 @@ def test_a_quota_changed_elsewhere_holds_within_the_cache_period(rig: Rig) -> No
         rig.proxy(task("q1"), CALL)
     rig.time.now += QUOTA_CACHE_S
     rig.proxy(task("q1"), CallContext(timeout_s=5.0, idempotency_key="k2"))
+
+
+def test_a_call_reserves_its_estimate_and_settles_to_the_usage_it_reports(rig: Rig) -> None:
+    def reporting(payload: dict[str, Any], call: CallContext) -> dict[str, Any]:
+        return {"value": 1, "confidence": 0.9, "usage": {"inputTokens": 50, "outputTokens": 50}}
+
+    rig.proxy.transports["http"] = InMemoryTransport({"http://tok.test:1": reporting})
+    policy = {"maxRequests": 100, "maxTokens": 1000, "windowMs": 1000}
+    rig.proxy.register("tok", "http://tok.test:1", policy=policy)
+
+    def run(estimate: int | None, key: str) -> None:
+        meta = {"estimatedTokens": estimate} if estimate is not None else {}
+        work = ExecutionTask(id=key, type="agent", target="tok", payload={}, metadata=meta)
+        rig.proxy(work, CallContext(timeout_s=5.0, idempotency_key=key))
+
+    run(900, "big")  # reserves 900, settles to 100
+    for i in range(8):  # the mean is 100 now: eight more fit in the window
+        run(None, f"k{i}")
+    with pytest.raises(RateLimitedError):
+        run(200, "over")  # 900 used + 200 > 1000
+
+
+@pytest.mark.parametrize(
+    ("policy", "field"),
+    [
+        ({"maxTokens": 0}, "policy.maxTokens"),
+        ({"maxTokens": -100}, "policy.maxTokens"),
+        ({"estimatedTokens": 0}, "policy.estimatedTokens"),
+        ({"maxTokens": 10**15}, "policy.maxTokens"),
+    ],
+)
+def test_bad_token_limits_name_the_field(rig: Rig, policy: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        rig.proxy.register("bad", ENDPOINT, policy=policy)
+    assert refused.value.errors[0]["field"] == field
+
+
+def test_a_quota_must_limit_something(rig: Rig) -> None:
+    with pytest.raises(ValidationError) as refused:
+        rig.proxy.register_quota("team")
+    assert refused.value.errors[0]["field"] == "quota"
+    assert rig.proxy.register_quota("team", max_tokens=5000).max_requests is None

@@ -1,29 +1,81 @@
--- Reserve the earliest instant free in every one of several sliding windows
--- (an agent's own window and the quota it shares), booked in all of them at once.
--- KEYS[i]  a window: a sorted set of reserved call times (ms), members unique per call
--- ARGV[1]  now (ms)   ARGV[2] horizon (ms): reserve nothing if the slot is further away
--- ARGV[3]  member     ARGV[2+2i] window i (ms)   ARGV[3+2i] limit i
--- Returns {reserved (1|0), ms from now until the slot}.
-local now, horizon, member = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
-local at = now
-for i, key in ipairs(KEYS) do
-  local window, limit = tonumber(ARGV[2 + 2 * i]), tonumber(ARGV[3 + 2 * i])
+-- Reserve the earliest instant free in every one of several sliding windows (an
+-- agent's request and token windows, its quota's), booked in all of them at once.
+-- Window i: KEYS[2i-1] a sorted set of reserved call times (ms), members unique per call;
+--           KEYS[2i]   its call -> tokens hash (token windows; field 'avg' = recent mean).
+-- ARGV[1] now (ms)   ARGV[2] horizon (ms): reserve nothing if the slot is further away
+-- ARGV[3] member if the slot is now, ARGV[4] member if it is later (a name the
+--   rescheduled call knows)     window i: ARGV[4i+1] window (ms), ARGV[4i+2] limit,
+--   ARGV[4i+3] cost: 0 = a request window (each call counts 1), > 0 = tokens to reserve,
+--   -1 = the window's recent mean, else ARGV[4i+4] (the default estimate)
+-- A full window never books before a call already booked there, so a backlog keeps its order.
+-- Returns {reserved (1|0), ms from now until the slot, tokens reserved (last token window)}.
+local now, horizon = tonumber(ARGV[1]), tonumber(ARGV[2])
+local at, reserved = now, 0
+local costs = {}
+for i = 1, #KEYS / 2 do
+  local key, amounts = KEYS[2 * i - 1], KEYS[2 * i]
+  local window, limit = tonumber(ARGV[4 * i + 1]), tonumber(ARGV[4 * i + 2])
+  local cost = tonumber(ARGV[4 * i + 3])
+  if cost ~= 0 then
+    if redis.call('EXISTS', key) == 0 then
+      -- the window emptied and expired: keep only the recent mean
+      local avg = redis.call('HGET', amounts, 'avg')
+      redis.call('DEL', amounts)
+      if avg then redis.call('HSET', amounts, 'avg', avg) end
+    end
+    local gone = redis.call('ZRANGEBYSCORE', key, '-inf', tostring(now - window))
+    for _, old in ipairs(gone) do redis.call('HDEL', amounts, old) end
+    if cost < 0 then
+      cost = tonumber(redis.call('HGET', amounts, 'avg') or ARGV[4 * i + 4])
+    end
+    cost = math.max(math.min(cost, limit), 1)
+    reserved = cost
+  end
+  costs[i] = cost
   redis.call('ZREMRANGEBYSCORE', key, '-inf', tostring(now - window))
   local n = redis.call('ZCARD', key)
-  if n > 0 then
-    -- never before a call already booked here: the new call is each window's latest
+  local full = false
+  if cost == 0 then
+    if n >= limit then
+      -- a window after the limit-th latest reserved call
+      local kth = redis.call('ZRANGE', key, n - limit, n - limit, 'WITHSCORES')
+      at = math.max(at, tonumber(kth[2]) + window)
+      full = true
+    end
+  elseif n > 0 then
+    local calls = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+    local spent, times, total = {}, {}, 0
+    for j = 1, #calls, 2 do
+      local tokens = tonumber(redis.call('HGET', amounts, calls[j])) or 0
+      spent[#spent + 1] = tokens
+      times[#times + 1] = tonumber(calls[j + 1])
+      total = total + tokens
+    end
+    -- a window after the oldest calls whose leaving makes room for this one
+    local excess = total + cost - limit
+    full = excess > 0
+    local j = 1
+    while excess > 0 and j <= #times do
+      excess = excess - spent[j]
+      if excess <= 0 then at = math.max(at, times[j] + window) end
+      j = j + 1
+    end
+  end
+  if full then
     local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
     at = math.max(at, tonumber(last[2]))
   end
-  if n >= limit then
-    -- a window after the limit-th latest reserved call
-    local kth = redis.call('ZRANGE', key, n - limit, n - limit, 'WITHSCORES')
-    at = math.max(at, tonumber(kth[2]) + window)
+end
+if at - now > horizon then return {0, tostring(at - now), tostring(reserved)} end
+local member = ARGV[3]
+if at > now then member = ARGV[4] end
+for i = 1, #KEYS / 2 do
+  local key, window = KEYS[2 * i - 1], tonumber(ARGV[4 * i + 1])
+  redis.call('ZADD', key, at, member)
+  redis.call('PEXPIRE', key, math.ceil(at - now + window))
+  if costs[i] ~= 0 then
+    redis.call('HSET', KEYS[2 * i], member, costs[i])
+    redis.call('PEXPIRE', KEYS[2 * i], 86400000)
   end
 end
-if at - now > horizon then return {0, tostring(at - now)} end
-for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, at, member)
-  redis.call('PEXPIRE', key, math.ceil(at - now + tonumber(ARGV[2 + 2 * i])))
-end
-return {1, tostring(at - now)}
+return {1, tostring(at - now), tostring(reserved)}
