@@ -1,16 +1,18 @@
-"""What per-agent limits add to a call: own limit + shared quota + in-flight cap vs none.
+"""What per-agent limits add to a call: own request and token limits + quota + in-flight cap.
 
 Usage::
 
     python -m bench.bench_policies --redis-url redis://127.0.0.1:6379/0 --calls 500
 
-Starts one local HTTP test agent and registers it twice through a Redis-backed
-:class:`~taskplane.proxy.AgentProxy`: once with no policy (the settings' rate
-limit only, the path every call already takes) and once with its own
-``maxRequests``, a shared quota and ``maxInFlight`` (limits far above what the
-run reaches, so nothing waits). Times N sequential calls of each, interleaved
-so machine noise hits both alike, plus N direct httpx calls as the bare
-baseline. Writes only keys under a throw-away prefix and removes them afterwards.
+Starts one local HTTP test agent and registers it three times through a
+Redis-backed :class:`~taskplane.proxy.AgentProxy`: with no policy (the
+settings' rate limit only, the path every call already takes); with its own
+``maxRequests`` and ``maxTokens`` and a shared quota in requests and tokens;
+and with ``maxInFlight`` on top (limits far above what the run reaches, so
+nothing waits; the agent reports its usage, so every call is settled). Times
+N sequential calls of each, interleaved so machine noise hits all alike, plus
+N direct httpx calls as the bare baseline. Writes only keys under a
+throw-away prefix and removes them afterwards.
 """
 
 from __future__ import annotations
@@ -47,33 +49,40 @@ def main() -> None:
     proxy = build_agent_proxy(settings, client, emit=lambda t, d: None)
     agent = HttpAgentServer().start()
     try:
-        proxy.register_quota("bench-quota", max_requests=1_000_000, window_ms=60_000)
-        proxy.register("bench-plain", agent.endpoint)
-        proxy.register(
-            "bench-limited",
-            agent.endpoint,
-            policy={
-                "maxRequests": 1_000_000,
-                "windowMs": 60_000,
-                "quota": "bench-quota",
-                "maxInFlight": 1000,
-            },
+        agent.usage = {"inputTokens": 200, "outputTokens": 100}
+        proxy.register_quota(
+            "bench-quota", max_requests=1_000_000, max_tokens=10**9, window_ms=60_000
         )
+        proxy.register("bench-plain", agent.endpoint)
+        limits = {
+            "maxRequests": 1_000_000,
+            "maxTokens": 10**9,
+            "windowMs": 60_000,
+            "quota": "bench-quota",
+        }
+        proxy.register("bench-limited", agent.endpoint, policy=limits)
+        proxy.register("bench-capped", agent.endpoint, policy={**limits, "maxInFlight": 1000})
         http = proxy.transports["http"]
         assert isinstance(http, HttpTransport)
         plain = ExecutionTask(id="b", type="agent", target="bench-plain", payload=PAYLOAD)
         limited = ExecutionTask(id="b", type="agent", target="bench-limited", payload=PAYLOAD)
+        capped = ExecutionTask(id="b", type="agent", target="bench-capped", payload=PAYLOAD)
         headers = {"Idempotency-Key": "bench", "X-Taskplane-Task-Id": "b"}
         url = f"{agent.endpoint}/analyze"
 
         def direct() -> object:
             return http.client.post(url, json=PAYLOAD, headers=headers, timeout=5.0).json()
 
-        steps = (direct, lambda: proxy(plain, CALL), lambda: proxy(limited, CALL))
+        steps = (
+            direct,
+            lambda: proxy(plain, CALL),
+            lambda: proxy(limited, CALL),
+            lambda: proxy(capped, CALL),
+        )
         for _ in range(WARMUP_CALLS):
             for step in steps:
                 step()
-        samples: list[list[float]] = [[], [], []]
+        samples: list[list[float]] = [[] for _ in steps]
         for _ in range(args.calls):
             for kept, step in zip(samples, steps, strict=True):
                 kept.append(timed_ms(step))
@@ -89,12 +98,13 @@ def main() -> None:
     print("|------------------------------|------:|---------:|---------:|")
     print(row("HTTP direct (httpx)", samples[0]))
     print(row("proxy, no policy", samples[1]))
-    print(row("proxy, limit+quota+inFlight", samples[2]))
-    direct_p50, plain_p50, limited_p50 = (statistics.median(s) for s in samples)
-    added = limited_p50 - plain_p50
+    print(row("proxy, token limit + quota", samples[2]))
+    print(row("  ... + maxInFlight", samples[3]))
+    direct_p50, plain_p50, limited_p50, capped_p50 = (statistics.median(s) for s in samples)
     print()
     print(
-        f"limits added at p50: {added:.3f} ms over no policy (goal <= {GOAL_MS} ms); "
+        f"token limit + quota added at p50: {limited_p50 - plain_p50:.3f} ms over no policy "
+        f"(goal <= {GOAL_MS} ms); with maxInFlight too: {capped_p50 - plain_p50:.3f} ms; "
         f"the proxy with no policy adds {plain_p50 - direct_p50:.3f} ms over bare httpx"
     )
 

@@ -1,7 +1,8 @@
 -- Reserve the earliest instant free in every one of several sliding windows (an
 -- agent's request and token windows, its quota's), booked in all of them at once.
 -- Window i: KEYS[2i-1] a sorted set of reserved call times (ms), members unique per call;
---           KEYS[2i]   its call -> tokens hash (token windows; field 'avg' = recent mean).
+--           KEYS[2i]   its call -> tokens hash (token windows; field 'avg' = recent mean,
+--                      'total' = the tokens of every call in the sorted set).
 -- ARGV[1] now (ms)   ARGV[2] horizon (ms): reserve nothing if the slot is further away
 -- ARGV[3] member if the slot is now, ARGV[4] member if it is later (a name the
 --   rescheduled call knows)     window i: ARGV[4i+1] window (ms), ARGV[4i+2] limit,
@@ -24,7 +25,11 @@ for i = 1, #KEYS / 2 do
       if avg then redis.call('HSET', amounts, 'avg', avg) end
     end
     local gone = redis.call('ZRANGEBYSCORE', key, '-inf', tostring(now - window))
-    for _, old in ipairs(gone) do redis.call('HDEL', amounts, old) end
+    for _, old in ipairs(gone) do
+      local spent = redis.call('HGET', amounts, old)
+      if spent then redis.call('HINCRBYFLOAT', amounts, 'total', -tonumber(spent)) end
+      redis.call('HDEL', amounts, old)
+    end
     if cost < 0 then
       cost = tonumber(redis.call('HGET', amounts, 'avg') or ARGV[4 * i + 4])
     end
@@ -43,22 +48,21 @@ for i = 1, #KEYS / 2 do
       full = true
     end
   elseif n > 0 then
-    local calls = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
-    local spent, times, total = {}, {}, 0
-    for j = 1, #calls, 2 do
-      local tokens = tonumber(redis.call('HGET', amounts, calls[j])) or 0
-      spent[#spent + 1] = tokens
-      times[#times + 1] = tonumber(calls[j + 1])
-      total = total + tokens
-    end
+    local total = tonumber(redis.call('HGET', amounts, 'total') or '0')
     -- a window after the oldest calls whose leaving makes room for this one
     local excess = total + cost - limit
     full = excess > 0
-    local j = 1
-    while excess > 0 and j <= #times do
-      excess = excess - spent[j]
-      if excess <= 0 then at = math.max(at, times[j] + window) end
-      j = j + 1
+    local from = 0
+    while excess > 0 and from < n do
+      local calls = redis.call('ZRANGE', key, from, from + 99, 'WITHSCORES')
+      for j = 1, #calls, 2 do
+        excess = excess - (tonumber(redis.call('HGET', amounts, calls[j])) or 0)
+        if excess <= 0 then
+          at = math.max(at, tonumber(calls[j + 1]) + window)
+          break
+        end
+      end
+      from = from + 100
     end
   end
   if full then
@@ -74,7 +78,12 @@ for i = 1, #KEYS / 2 do
   redis.call('ZADD', key, at, member)
   redis.call('PEXPIRE', key, math.ceil(at - now + window))
   if costs[i] ~= 0 then
+    local previous = redis.call('HGET', KEYS[2 * i], member)
+    if previous then  -- the same name booked again (a redelivery): count it once
+      redis.call('HINCRBYFLOAT', KEYS[2 * i], 'total', -tonumber(previous))
+    end
     redis.call('HSET', KEYS[2 * i], member, costs[i])
+    redis.call('HINCRBYFLOAT', KEYS[2 * i], 'total', costs[i])
     redis.call('PEXPIRE', KEYS[2 * i], 86400000)
   end
 end
