@@ -10,6 +10,14 @@ and says how far away it is; in Redis that is one Lua script, one round trip.
 In a full window a new booking never goes before one already made there,
 so a backlog drains in arrival order.
 
+Token windows (an agent's ``maxTokens``, a quota's) count tokens instead of
+calls: a booking reserves an estimate, and :meth:`RateLimiter.settle` sets it
+to the usage the agent reported once the call ends (and folds that into the
+window's recent mean, the estimate of calls that give none). Each keeps a
+running total, so a booking reads the calls' amounts only when the window is
+full. A booking for later is named by the caller, so the rescheduled call —
+another delivery, perhaps on another worker — settles the right one.
+
 A limited call never waits in a thread: :meth:`RateLimiter.reserve` returns
 raises :class:`~taskplane.errors.RateLimitedError` saying when the booked
 slot comes, and the task is rescheduled for it (a Celery retry with a
@@ -110,7 +118,8 @@ class LimiterBackend(ABC):
     ) -> tuple[bool, float, int]:
         """Book the earliest instant free in every one of *windows*, in all of them.
 
-        The booking is named *member* when it is now, *later* when it is in the future.
+        The booking is named *member*, except in token windows when it is in
+        the future: *later* there, so the rescheduled call can settle it.
 
         Returns:
             ``(booked, ms_until_slot, tokens_reserved)``; nothing is booked
@@ -173,12 +182,12 @@ class InMemoryLimiterBackend(LimiterBackend):
                     at = max(at, window[-1][0])
             if at - now_ms > horizon_ms:
                 return False, at - now_ms, reserved
-            if at > now_ms:
-                member = later
+            named = later if at > now_ms else member
             for spec, cost in zip(windows, costs, strict=True):
-                bisect.insort(self._windows[spec.key], (at, member), key=lambda c: c[0])
+                name = named if cost != 0 else member
+                bisect.insort(self._windows[spec.key], (at, name), key=lambda c: c[0])
                 if cost != 0:
-                    self._tokens[spec.key][member] = float(cost)
+                    self._tokens[spec.key][name] = float(cost)
             return True, at - now_ms, reserved
 
     def settle(self, windows: Sequence[Window], *, member: str, tokens: int) -> None:

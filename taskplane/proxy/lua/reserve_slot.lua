@@ -4,8 +4,8 @@
 --           KEYS[2i]   its call -> tokens hash (token windows; field 'avg' = recent mean,
 --                      'total' = the tokens of every call in the sorted set).
 -- ARGV[1] now (ms)   ARGV[2] horizon (ms): reserve nothing if the slot is further away
--- ARGV[3] member if the slot is now, ARGV[4] member if it is later (a name the
---   rescheduled call knows)     window i: ARGV[4i+1] window (ms), ARGV[4i+2] limit,
+-- ARGV[3] member (a fresh name), ARGV[4] the name of a token booking for later (one
+--   the rescheduled call knows)     window i: ARGV[4i+1] window (ms), ARGV[4i+2] limit,
 --   ARGV[4i+3] cost: 0 = a request window (each call counts 1), > 0 = tokens to reserve,
 --   -1 = the window's recent mean, else ARGV[4i+4] (the default estimate)
 -- A full window never books before a call already booked there, so a backlog keeps its order.
@@ -71,10 +71,13 @@ for i = 1, #KEYS / 2 do
   end
 end
 if at - now > horizon then return {0, tostring(at - now), tostring(reserved)} end
-local member = ARGV[3]
-if at > now then member = ARGV[4] end
+-- only a token booking for later needs the caller's name (its settling comes in another call)
+local named = ARGV[3]
+if at > now then named = ARGV[4] end
 for i = 1, #KEYS / 2 do
   local key, window = KEYS[2 * i - 1], tonumber(ARGV[4 * i + 1])
+  local member = ARGV[3]
+  if costs[i] ~= 0 then member = named end
   redis.call('ZADD', key, at, member)
   redis.call('PEXPIRE', key, math.ceil(at - now + window))
   if costs[i] ~= 0 then
