@@ -47,6 +47,13 @@ def sections(redis_url: str, quick: bool) -> list[tuple[str, str, list[str]]]:
             + (["--calls", "200"] if quick else []),
         ),
         (
+            "Per-agent limits per call",
+            "An agent with its own limit, a shared quota and `maxInFlight` vs one with no policy, "
+            "through the same Redis-backed AgentProxy; bare httpx as the baseline.",
+            ["-m", "bench.bench_policies", "--redis-url", redis_url]
+            + (["--calls", "200"] if quick else []),
+        ),
+        (
             "Result cache operations",
             "One Lua script per operation against the same Redis.",
             ["-m", "bench.bench_cache", "--redis-url", redis_url],

@@ -300,6 +300,18 @@ def agents_add(
     logprobs: bool = typer.Option(False, help="openai: ask for token log-probabilities."),
     stream: bool = typer.Option(False, help="openai: stream the reply."),
     tool: str | None = typer.Option(None, help="mcp: the tool to call."),
+    rpm: int | None = typer.Option(
+        None, help="At most this many calls per minute to this agent (policy maxRequests)."
+    ),
+    tpm: int | None = typer.Option(
+        None, help="At most this many tokens per minute to this agent (policy maxTokens)."
+    ),
+    quota: str | None = typer.Option(
+        None, help="A registered quota this agent also draws from (see `agents quota`)."
+    ),
+    max_in_flight: int | None = typer.Option(
+        None, help="At most this many calls in flight to this agent, cluster-wide."
+    ),
     policy: str | None = typer.Option(None, help="The whole policy as a JSON object."),
 ) -> None:
     """Register (or re-register) an agent for every worker; its health is checked first."""
@@ -309,8 +321,19 @@ def agents_add(
             fields = json.loads(policy)
         except ValueError as exc:
             fail(f"--policy is not JSON: {exc}")
-    options = {"model": model, "apiKeyEnv": api_key_env, "system": system, "tool": tool}
+    options = {
+        "model": model,
+        "apiKeyEnv": api_key_env,
+        "system": system,
+        "tool": tool,
+        "quota": quota,
+        "maxInFlight": max_in_flight,
+    }
     fields.update({key: value for key, value in options.items() if value is not None})
+    if rpm is not None:
+        fields.update(maxRequests=rpm, windowMs=60000)
+    if tpm is not None:
+        fields.update(maxTokens=tpm, windowMs=60000)
     if json_reply:
         fields["json"] = True
     if logprobs:
@@ -327,6 +350,28 @@ def agents_add(
         markup=False,
         highlight=False,
         soft_wrap=True,
+    )
+
+
+@agents_app.command("quota")
+def agents_quota(
+    name: str = typer.Argument(..., metavar="NAME", help="The name agents' --quota gives."),
+    rpm: int | None = typer.Option(
+        None, help="At most this many calls per minute, over all its agents."
+    ),
+    tpm: int | None = typer.Option(
+        None, help="At most this many tokens per minute, over all its agents."
+    ),
+) -> None:
+    """Register (or change) a quota several agents share, cluster-wide (--rpm, --tpm or both)."""
+    with engine_session() as engine:
+        made = engine.register_quota(name, max_requests=rpm, max_tokens=tpm, window_ms=60000)
+    limits = [f"{made.max_requests} calls"] if made.max_requests is not None else []
+    limits += [f"{made.max_tokens} tokens"] if made.max_tokens is not None else []
+    console.print(
+        f"quota {made.name}: {' and '.join(limits)} per {made.window_ms / 1000:g}s",
+        markup=False,
+        highlight=False,
     )
 
 

@@ -43,7 +43,7 @@ from taskplane.models import (
 from taskplane.patterns import PatternExecutionResult, PatternExecutor, PatternHandler
 from taskplane.plans import PlanState
 from taskplane.planstore import PlanStore
-from taskplane.proxy import AgentInfo, AgentProxy, build_agent_proxy
+from taskplane.proxy import AgentInfo, AgentProxy, Quota, build_agent_proxy
 from taskplane.runtime import redis_client
 from taskplane.tasks import deliver_results
 from taskplane.tasks.app import create_app
@@ -195,16 +195,48 @@ class ExecutionEngine:
         Breaker and rate-limit state survive re-registration. *policy* is
         stored with the agent (camelCase keys, e.g. ``{"model": "gpt-4o-mini",
         "apiKeyEnv": "OPENAI_API_KEY"}`` for ``protocol="openai"``, ``{"tool":
-        "search"}`` for ``"mcp"``); secrets are never stored, only the name of
-        the environment variable the workers read them from.
+        "search"}`` for ``"mcp"``), and its own limits (``{"maxRequests": 500,
+        "windowMs": 60000, "quota": "team-key"}``; unset ones fall back to the
+        settings); secrets are never stored, only the name of the environment
+        variable the workers read them from.
 
         Raises:
             ValidationError: The id, endpoint, protocol, capabilities or a
-                ``policy.<field>`` is malformed.
+                ``policy.<field>`` is malformed, or ``policy.quota`` names no
+                registered quota; nothing is registered then.
         """
         return self.proxy.register(
             agent_id, endpoint, protocol, capabilities, policy=policy, check_health=check_health
         )
+
+    def register_quota(
+        self,
+        name: str,
+        *,
+        max_requests: int | None = None,
+        max_tokens: int | None = None,
+        window_ms: int = 60000,
+    ) -> Quota:
+        """Register (or change) a named limit several agents share, cluster-wide.
+
+        It limits calls (*max_requests*), tokens (*max_tokens*) or both, per
+        *window_ms*, over all the agents that name it.
+
+        Agents draw from it by naming it in their policy (``{"quota": name}``);
+        a call then needs a slot in its agent's window and in the quota's.
+        Register the quota before the agents that name it.
+
+        Raises:
+            ValidationError: A bad ``quota.name``, ``quota.maxRequests``,
+                ``quota.maxTokens`` or ``quota.windowMs``, or no limit at all.
+        """
+        return self.proxy.register_quota(
+            name, max_requests=max_requests, max_tokens=max_tokens, window_ms=window_ms
+        )
+
+    def list_quotas(self) -> list[Quota]:
+        """Every registered quota."""
+        return self.proxy.list_quotas()
 
     def unregister_agent(self, agent_id: str) -> bool:
         """Remove an agent; True when it was registered."""

@@ -69,6 +69,7 @@ class _Recorder:
         self.first_mode: str | None = None
         self.first_calls = 0
         self.per_task: dict[str, int] = {}
+        self.usage: dict[str, int] | None = None  # reported with every good reply when set
 
     def enter(self, request: dict[str, Any], task_id: str = "") -> str:
         with self.lock:
@@ -143,7 +144,10 @@ class _HttpHandler(BaseHTTPRequestHandler):
             rec.leave()
 
     def _reply(self, rec: _Recorder, mode: str, body: Any) -> None:
-        ok = {"value": {"echo": body}, "confidence": rec.confidence, "reasoning": "echoed"}
+        ok: dict[str, Any] = {"value": {"echo": body}, "confidence": rec.confidence}
+        ok["reasoning"] = "echoed"
+        if rec.usage is not None:
+            ok["usage"] = rec.usage
         if mode in ("ok", "slow", "hang"):
             self._send(200, json.dumps(ok).encode())
         elif mode == "fail":

@@ -32,10 +32,11 @@ from taskplane.proxy.aio import LoopThread
 from taskplane.proxy.breaker import Admission, CircuitBreaker, Emit
 from taskplane.proxy.grpc import GrpcTransport
 from taskplane.proxy.http import HttpTransport, make_http_client
+from taskplane.proxy.inflight import InFlightLimiter, RedisInFlightBackend
 from taskplane.proxy.limiter import RateLimiter, RedisLimiterBackend
 from taskplane.proxy.mcp import MCPTransport
 from taskplane.proxy.openai import OpenAITransport
-from taskplane.proxy.policy import AgentPolicy
+from taskplane.proxy.policy import AgentPolicy, Quota, make_quota, unknown_quota
 from taskplane.proxy.registry import (
     AgentInfo,
     AgentRegistry,
@@ -65,6 +66,7 @@ __all__ = [
     "OpenAITransport",
     # Per-agent policy
     "AgentPolicy",
+    "Quota",
     # Breaker and limiter
     "CircuitBreaker",
     "RateLimiter",
@@ -93,6 +95,9 @@ def require_sdk(protocol: str) -> None:
 
 #: Connections to HTTP agents when the caller does not size the pool.
 DEFAULT_HTTP_POOL_SIZE = 100
+#: A process reads a quota's limits from the registry at most this often (s): a
+#: changed quota holds on every worker within this long.
+QUOTA_CACHE_S = 1.0
 #: A half-open trial's lease is its call's timeout plus this (s).
 TRIAL_LEASE_GRACE_S = 5.0
 
@@ -106,7 +111,9 @@ class AgentProxy:
         grpc_transport: Calls ``protocol="grpc"`` agents.
         transports: More transports by protocol (``openai``, ``a2a``, ``mcp``).
         breaker: Per-agent circuit breakers.
-        limiter: Per-agent rate limits.
+        limiter: Per-agent rate limits and shared quotas.
+        inflight: Cluster-wide caps on calls in flight (policies' ``maxInFlight``);
+            in this process's memory when not given.
         clock: Wall clock in epoch seconds.
     """
 
@@ -119,13 +126,16 @@ class AgentProxy:
         transports: dict[str, AgentTransport] | None = None,
         breaker: CircuitBreaker,
         limiter: RateLimiter,
+        inflight: InFlightLimiter | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.registry = registry
         self.transports = {"http": http_transport, "grpc": grpc_transport, **(transports or {})}
         self.breaker = breaker
         self.limiter = limiter
+        self.inflight = inflight if inflight is not None else InFlightLimiter(clock=clock)
         self.clock = clock
+        self._quotas: dict[str, tuple[float, Quota | None]] = {}  # name -> (read at, quota)
 
     def agent(self, agent_id: str) -> AgentInfo:
         """The registered agent *agent_id*.
@@ -143,7 +153,8 @@ class AgentProxy:
 
         Raises:
             RateLimitedError: No slot now (one is booked ``wait_s`` from now,
-                unless that is after the deadline).
+                unless that is after the deadline), or ``maxInFlight`` calls
+                are in flight (try again ``wait_s`` from now).
             ExecutionError: ``NotFoundError``, ``CircuitOpenError`` or whatever
                 the transport raised.
         """
@@ -152,16 +163,54 @@ class AgentProxy:
         admission = self.breaker.before_call(
             agent.agent_id, lease_s=call.timeout_s + TRIAL_LEASE_GRACE_S
         )
-        if not call.slot_reserved:
-            horizon = call.deadline if call.deadline is not None else self.clock() + call.timeout_s
-            try:
-                self.limiter.reserve(agent.agent_id, deadline=horizon)
-            except BaseException:
-                self.breaker.abandon(admission)
-                raise
-        outcome = self._send(transport, agent, task, call, call.timeout_s, admission)
+        horizon = call.deadline if call.deadline is not None else self.clock() + call.timeout_s
+        lease: str | None = None
+        # a booking for later is named after the attempt, so the rescheduled
+        # attempt (another delivery) settles the tokens it reserved
+        member = f"{call.idempotency_key}#{task.id}#{call.attempt}"
+        policy = agent.policy
+        quota = self._quota(policy.quota) if policy.quota is not None else None
+        try:
+            if not call.slot_reserved:
+                member = self.limiter.reserve(
+                    agent.agent_id,
+                    deadline=horizon,
+                    policy=policy,
+                    quota=quota,
+                    later=member,
+                    estimate=estimated_tokens(task),
+                )
+            if agent.policy.max_in_flight is not None:
+                lease = self.inflight.acquire(
+                    agent.agent_id,
+                    limit=agent.policy.max_in_flight,
+                    lease_s=call.timeout_s + TRIAL_LEASE_GRACE_S,
+                    deadline=horizon,
+                )
+        except BaseException:
+            self.breaker.abandon(admission)
+            raise
+        try:
+            outcome = self._send(transport, agent, task, call, call.timeout_s, admission)
+        finally:
+            self.inflight.release(agent.agent_id, lease)
+        used = tokens_used(outcome.metadata.get("usage"))
+        if used is not None:
+            self.limiter.settle(
+                agent.agent_id, member=member, tokens=used, policy=policy, quota=quota
+            )
         outcome.metadata.update(agentId=agent.agent_id, protocol=agent.protocol)
         return outcome
+
+    def _quota(self, name: str) -> Quota | None:
+        """The quota *name*, read from the registry at most every :data:`QUOTA_CACHE_S`."""
+        now = self.clock()
+        cached = self._quotas.get(name)
+        if cached is not None and now - cached[0] < QUOTA_CACHE_S:
+            return cached[1]
+        quota = self.registry.get_quota(name)
+        self._quotas[name] = (now, quota)
+        return quota
 
     def _send(
         self,
@@ -210,6 +259,8 @@ class AgentProxy:
         info = make_agent_info(
             agent_id, endpoint, protocol, capabilities, policy=policy, registered_at=self.clock()
         )
+        if info.policy.quota is not None and self.registry.get_quota(info.policy.quota) is None:
+            raise unknown_quota(info.policy.quota)
         require_sdk(info.protocol)
         if check_health:
             transport = self.transports[info.protocol]
@@ -237,6 +288,36 @@ class AgentProxy:
             return
         info.capabilities.extend(cap for cap in offered if cap not in info.capabilities)
 
+    def register_quota(
+        self,
+        name: str,
+        *,
+        max_requests: int | None = None,
+        max_tokens: int | None = None,
+        window_ms: int = 60000,
+    ) -> Quota:
+        """Register (or change) a quota: *max_requests* calls and/or *max_tokens* tokens
+        per *window_ms*, over all its agents.
+
+        Its window (calls already started or booked) is kept. Workers read a
+        quota's limits at most every :data:`QUOTA_CACHE_S`, so a change holds
+        everywhere within that long.
+
+        Raises:
+            ValidationError: A bad ``quota.name``, ``quota.maxRequests`` or ``quota.windowMs``.
+            BackendError: The registry cannot be reached.
+        """
+        quota = make_quota(
+            name, max_requests=max_requests, max_tokens=max_tokens, window_ms=window_ms
+        )
+        self.registry.register_quota(quota)
+        self._quotas.pop(name, None)
+        return quota
+
+    def list_quotas(self) -> list[Quota]:
+        """Every registered quota, ordered by name."""
+        return self.registry.list_quotas()
+
     def unregister(self, agent_id: str) -> bool:
         """Remove an agent; True if it was registered."""
         return self.registry.unregister(agent_id)
@@ -263,6 +344,24 @@ class AgentProxy:
         """Close the transports' pooled connections and channels."""
         for transport in self.transports.values():
             transport.close()
+
+
+def estimated_tokens(task: ExecutionTask) -> int | None:
+    """The task's ``metadata.estimatedTokens``, when it is a positive integer."""
+    value = (task.metadata.model_extra or {}).get("estimatedTokens")
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
+
+
+def tokens_used(usage: Any) -> int | None:
+    """Input plus output tokens of a result's ``metadata.usage``, if it has them."""
+    if not isinstance(usage, dict):
+        return None
+    counts = [usage.get("inputTokens", 0), usage.get("outputTokens", 0)]
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
+        return None
+    return sum(counts)
 
 
 def build_agent_proxy(
@@ -312,5 +411,6 @@ def build_agent_proxy(
             settings.rate_limit,
             clock=clock,
         ),
+        inflight=InFlightLimiter(RedisInFlightBackend(redis_client, prefix=prefix), clock=clock),
         clock=clock,
     )

@@ -192,8 +192,8 @@ def build_body(task: ExecutionTask, policy: AgentPolicy) -> dict[str, Any]:
         body["logprobs"] = True
     if policy.temperature is not None:
         body["temperature"] = policy.temperature
-    if policy.max_tokens is not None:
-        body["max_tokens"] = policy.max_tokens
+    if policy.max_reply_tokens is not None:
+        body["max_tokens"] = policy.max_reply_tokens
     return body
 
 

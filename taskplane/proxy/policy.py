@@ -1,9 +1,11 @@
 """Per-agent policy: how taskplane talks to one agent, stored with its registration.
 
 An :class:`AgentPolicy` travels inside the agent's registry entry (camelCase
-JSON), so every worker sees the same policy at once. Today it carries what
-the ``openai`` and ``mcp`` transports need; limits and breaker settings join
-it as fields of the same model. Unset fields mean "use the settings' default".
+JSON), so every worker sees the same policy at once. It carries what the
+``openai`` and ``mcp`` transports need, the agent's own request limit
+(``maxRequests`` per ``windowMs``), its cap on calls in flight
+(``maxInFlight``) and the named :class:`Quota` it shares with other agents.
+Unset fields mean "use the settings' default" (no in-flight cap by default).
 
 Secrets are never part of a policy: an API key is named by the environment
 variable that holds it (``apiKeyEnv``) and read by the worker at call time.
@@ -16,7 +18,7 @@ import re
 from typing import Any
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from taskplane.errors import ValidationError
@@ -26,6 +28,15 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SECRET_KEYS = frozenset({"apiKey", "api_key", "key", "token", "secret", "password"})
 #: Protocols that need a ``model`` in their policy.
 MODEL_PROTOCOLS = ("openai",)
+#: Highest accepted request limit per window (more is a typo, not a limit).
+MAX_REQUESTS_CEILING = 10_000_000
+#: Highest accepted token limit or estimate per window.
+MAX_TOKENS_CEILING = 10_000_000_000
+#: Highest accepted ``maxInFlight``.
+MAX_IN_FLIGHT_CEILING = 1_000_000
+#: Longest accepted limit window: one day (ms).
+MAX_WINDOW_MS = 86_400_000
+_QUOTA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,99}$")
 
 
 class AgentPolicy(BaseModel):
@@ -42,8 +53,21 @@ class AgentPolicy(BaseModel):
             states no confidence gets one (the mean token probability).
         stream: ``openai``: stream the reply (server-sent chunks), folded into one.
         temperature: ``openai``: sampling temperature, if set.
-        max_tokens: ``openai``: longest reply, in tokens, if set.
+        max_reply_tokens: ``openai``: longest reply, in tokens, if set (sent as
+            ``max_tokens``).
         tool: ``mcp``: the tool to call (a task's ``metadata.tool`` overrides it).
+        max_requests: At most this many calls to the agent start in any
+            ``window_ms``, cluster-wide (unset: the settings' ``rate_limit``).
+        max_tokens: At most this many tokens used by calls to the agent that
+            start in any ``window_ms``, cluster-wide (unset: no token limit). A
+            call reserves an estimate and is settled to its reported usage.
+        estimated_tokens: What a call is expected to use when its task gives no
+            ``metadata.estimatedTokens`` and the agent has no recent mean yet
+            (unset: 1000).
+        window_ms: The window of ``max_requests`` and ``max_tokens`` (unset: the settings').
+        quota: Name of a registered :class:`Quota` this agent also draws from.
+        max_in_flight: At most this many calls to the agent in flight at once,
+            cluster-wide (unset: no cap).
     """
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
@@ -55,8 +79,21 @@ class AgentPolicy(BaseModel):
     logprobs: bool = False
     stream: bool = False
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    max_tokens: int | None = Field(default=None, gt=0)
+    max_reply_tokens: int | None = Field(default=None, gt=0)
     tool: str | None = None
+    max_requests: int | None = Field(default=None, ge=1, le=MAX_REQUESTS_CEILING)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_CEILING)
+    estimated_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_CEILING)
+    window_ms: int | None = Field(default=None, ge=1, le=MAX_WINDOW_MS)
+    quota: str | None = None
+    max_in_flight: int | None = Field(default=None, ge=1, le=MAX_IN_FLIGHT_CEILING)
+
+    @field_validator("quota")
+    @classmethod
+    def _quota_name(cls, value: str | None) -> str | None:
+        if value is not None and not _QUOTA_NAME.fullmatch(value):
+            raise ValueError("must be a quota name (letters, digits, . _ -; at most 100)")
+        return value
 
     @field_validator("api_key_env")
     @classmethod
@@ -77,11 +114,76 @@ class AgentPolicy(BaseModel):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
 
 
+class Quota(BaseModel):
+    """A named limit several agents draw from together, in requests and tokens (a provider key).
+
+    A call to an agent whose policy names the quota needs a slot in the
+    agent's own windows *and* in the quota's, cluster-wide.
+
+    Attributes:
+        name: What agents' ``policy.quota`` names.
+        max_requests: At most this many calls, over all its agents, per ``window_ms``.
+        max_tokens: At most this many tokens, over all its agents, per ``window_ms``.
+        window_ms: The window, in ms.
+    """
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    name: str
+    max_requests: int | None = Field(default=None, ge=1, le=MAX_REQUESTS_CEILING)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_CEILING)
+    window_ms: int = Field(default=60000, ge=1, le=MAX_WINDOW_MS)
+
+    @model_validator(mode="after")
+    def _limits_something(self) -> Quota:
+        if self.max_requests is None and self.max_tokens is None:
+            raise ValueError("needs maxRequests, maxTokens or both")
+        return self
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _QUOTA_NAME.fullmatch(value):
+            raise ValueError("must be a quota name (letters, digits, . _ -; at most 100)")
+        return value
+
+
+def make_quota(
+    name: str,
+    *,
+    max_requests: int | None = None,
+    max_tokens: int | None = None,
+    window_ms: int = 60000,
+) -> Quota:
+    """Validate a quota.
+
+    Raises:
+        ValidationError: Names the bad field (``quota.name``, ``quota.maxRequests``,
+            ``quota.maxTokens``, ``quota.windowMs``; ``quota`` when it limits nothing).
+    """
+    try:
+        return Quota(
+            name=name, max_requests=max_requests, max_tokens=max_tokens, window_ms=window_ms
+        )
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        field = to_camel(str(first["loc"][0])) if first["loc"] else ""
+        name_ = f"quota.{field}" if field else "quota"
+        raise ValidationError(
+            f"invalid quota: {name_}: {first['msg']}", [{"field": name_, "message": first["msg"]}]
+        ) from None
+
+
 def _problem(field: str, message: str) -> ValidationError:
     name = f"policy.{field}" if field else "policy"
     return ValidationError(
         f"invalid agent registration: {name}: {message}", [{"field": name, "message": message}]
     )
+
+
+def unknown_quota(name: str) -> ValidationError:
+    """The error for a policy naming a quota nobody registered."""
+    return _problem("quota", f"unknown quota {name!r}; register it first (register_quota)")
 
 
 def make_policy(raw: AgentPolicy | dict[str, Any] | None, protocol: str) -> AgentPolicy:

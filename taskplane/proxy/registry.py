@@ -6,7 +6,9 @@ worker on every host sees a registration at once. :class:`InMemoryAgentRegistry`
 is the same thing for tests and local use.
 
 Registering an agent again replaces its entry only; its circuit breaker and
-rate limiter are keyed by agent id elsewhere and keep their state.
+rate limiter are keyed by agent id elsewhere and keep their state. Quotas
+(named limits several agents share) live beside the agents, in
+``{prefix}:quotas``; registering a quota again changes its limit, not its window.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from taskplane.errors import BackendError, ValidationError
-from taskplane.proxy.policy import AgentPolicy, make_policy
+from taskplane.proxy.policy import AgentPolicy, Quota, make_policy
 
 AgentProtocol = Literal["http", "grpc", "openai", "a2a", "mcp"]
 #: Every protocol an agent may speak.
@@ -177,12 +179,25 @@ class AgentRegistry(ABC):
     def list(self) -> builtins.list[AgentInfo]:
         """Every registered agent, ordered by id."""
 
+    @abstractmethod
+    def register_quota(self, quota: Quota) -> None:
+        """Add *quota*, replacing any quota with the same name."""
+
+    @abstractmethod
+    def get_quota(self, name: str) -> Quota | None:
+        """The quota called *name*, or None."""
+
+    @abstractmethod
+    def list_quotas(self) -> builtins.list[Quota]:
+        """Every registered quota, ordered by name."""
+
 
 class InMemoryAgentRegistry(AgentRegistry):
     """A registry in this process's memory, for tests and single-process use."""
 
     def __init__(self) -> None:
         self._agents: dict[str, AgentInfo] = {}
+        self._quotas: dict[str, Quota] = {}
         self._lock = threading.Lock()
 
     def register(self, info: AgentInfo) -> None:
@@ -202,13 +217,26 @@ class InMemoryAgentRegistry(AgentRegistry):
         with self._lock:
             return [self._agents[key].model_copy(deep=True) for key in sorted(self._agents)]
 
+    def register_quota(self, quota: Quota) -> None:
+        with self._lock:
+            self._quotas[quota.name] = quota.model_copy()
+
+    def get_quota(self, name: str) -> Quota | None:
+        with self._lock:
+            quota = self._quotas.get(name)
+        return None if quota is None else quota.model_copy()
+
+    def list_quotas(self) -> builtins.list[Quota]:
+        with self._lock:
+            return [self._quotas[name].model_copy() for name in sorted(self._quotas)]
+
 
 class RedisAgentRegistry(AgentRegistry):
     """A registry in one Redis hash, shared by every process.
 
     Args:
         client: A Redis client (``decode_responses`` either way).
-        prefix: Key prefix; the hash is ``{prefix}:agents``.
+        prefix: Key prefix; the hashes are ``{prefix}:agents`` and ``{prefix}:quotas``.
 
     Raises:
         BackendError: From every method, when Redis cannot be reached.
@@ -217,6 +245,7 @@ class RedisAgentRegistry(AgentRegistry):
     def __init__(self, client: redis.Redis, *, prefix: str = "taskplane") -> None:
         self.client = client
         self.key = f"{prefix}:agents"
+        self.quotas_key = f"{prefix}:quotas"
 
     def _decode(self, raw: Any) -> AgentInfo | None:
         if raw is None:
@@ -252,3 +281,29 @@ class RedisAgentRegistry(AgentRegistry):
             raise BackendError(f"cannot list agents in Redis: {exc}") from exc
         agents = [self._decode(raw) for raw in entries.values()]
         return sorted((a for a in agents if a is not None), key=lambda a: a.agent_id)
+
+    def register_quota(self, quota: Quota) -> None:
+        try:
+            self.client.hset(self.quotas_key, quota.name, quota.model_dump_json(by_alias=True))
+        except redis.RedisError as exc:
+            raise BackendError(f"cannot register quota {quota.name} in Redis: {exc}") from exc
+
+    def _decode_quota(self, raw: Any) -> Quota:
+        try:
+            return Quota.model_validate_json(raw)
+        except pydantic.ValidationError as exc:
+            raise BackendError(f"quota entry in {self.quotas_key} is corrupt: {exc}") from exc
+
+    def get_quota(self, name: str) -> Quota | None:
+        try:
+            raw = self.client.hget(self.quotas_key, name)
+        except redis.RedisError as exc:
+            raise BackendError(f"cannot read quota {name} from Redis: {exc}") from exc
+        return None if raw is None else self._decode_quota(raw)
+
+    def list_quotas(self) -> builtins.list[Quota]:
+        try:
+            entries = self.client.hgetall(self.quotas_key)
+        except redis.RedisError as exc:
+            raise BackendError(f"cannot list quotas in Redis: {exc}") from exc
+        return sorted((self._decode_quota(raw) for raw in entries.values()), key=lambda q: q.name)

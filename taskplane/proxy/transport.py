@@ -86,8 +86,34 @@ def confidence_of(value: Any) -> float:
     return number
 
 
+#: Token counts an agent may report, in either spelling: (input, output).
+USAGE_KEYS = (("inputTokens", "outputTokens"), ("prompt_tokens", "completion_tokens"))
+
+
+def usage_from(usage: Any) -> dict[str, int] | None:
+    """``{inputTokens, outputTokens}`` from a reply's ``usage``, if it reports them.
+
+    Both ``{inputTokens, outputTokens}`` and the common
+    ``{prompt_tokens, completion_tokens}`` are read; counts must be
+    non-negative integers, else the usage is ignored.
+    """
+    if not isinstance(usage, dict):
+        return None
+    for inputs_key, outputs_key in USAGE_KEYS:
+        inputs, outputs = usage.get(inputs_key), usage.get(outputs_key)
+        if inputs is None and outputs is None:
+            continue
+        counts = (inputs or 0, outputs or 0)
+        if all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
+            return {"inputTokens": counts[0], "outputTokens": counts[1]}
+        return None
+    return None
+
+
 def outcome_from_reply(reply: Any) -> Outcome:
-    """Turn an agent's ``{value, confidence, reasoning?}`` reply into an :class:`Outcome`.
+    """Turn an agent's ``{value, confidence, reasoning?, usage?}`` reply into an :class:`Outcome`.
+
+    A reported ``usage`` (see :func:`usage_from`) becomes ``metadata.usage``.
 
     Raises:
         InvalidReplyError: The reply is not an object, or lacks ``value`` or a
@@ -106,6 +132,9 @@ def outcome_from_reply(reply: Any) -> Outcome:
     metadata: dict[str, Any] = {}
     if reasoning is not None:
         metadata["reasoning"] = reasoning
+    usage = usage_from(reply.get("usage"))
+    if usage is not None:
+        metadata["usage"] = usage
     return Outcome(result=reply["value"], confidence=confidence, metadata=metadata)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from taskplane.events import EVENT_TYPES, RedisEventBus
 from taskplane.models import ExecutionTask
 from taskplane.plans import Mode, PlanLayout, PlanState
 from taskplane.planstore import PlanStore
-from taskplane.proxy.limiter import RedisLimiterBackend
+from taskplane.proxy.limiter import RedisLimiterBackend, Window
 from tests.support import cli_runner
 
 
@@ -155,7 +156,13 @@ def test_agents_list_shows_breaker_limiter_and_a_fresh_check(
         engine.register_agent("a1", "http://127.0.0.1:9", check_health=False)
     limiter = RedisLimiterBackend(redis_client)
     for _ in range(2):
-        limiter.reserve("a1", now_ms=time.time() * 1000, limit=100, window_ms=60000, horizon_ms=0)
+        limiter.reserve(
+            [Window("ratelimit:a1", 100, 60000)],
+            member=uuid.uuid4().hex,
+            later=uuid.uuid4().hex,
+            now_ms=time.time() * 1000,
+            horizon_ms=0,
+        )
     listed = json.loads(cli.invoke(app, ["agents", "list", "--json"]).stdout)
     assert listed[0]["breaker"] == "closed"
     assert listed[0]["rateLimit"] == {"used": 2, "limit": 100, "windowMs": 60000}
@@ -164,6 +171,47 @@ def test_agents_list_shows_breaker_limiter_and_a_fresh_check(
     assert checked[0]["healthy"] is False and checked[0]["healthAt"] == "now"
     table = cli.invoke(app, ["agents", "list"]).stdout
     assert "closed" in table and "2/100 per 60s" in table
+
+    made = cli.invoke(app, ["agents", "quota", "team", "--rpm", "50", "--tpm", "9000"])
+    assert made.exit_code == 0 and "quota team: 50 calls and 9000 tokens per 60s" in made.stdout
+    added = cli.invoke(
+        app,
+        [
+            "agents",
+            "add",
+            "a2",
+            "http://127.0.0.1:9",
+            "--rpm",
+            "500",
+            "--quota",
+            "team",
+            "--max-in-flight",
+            "20",
+            "--tpm",
+            "200000",
+        ],
+    )
+    assert added.exit_code == 0, added.stdout
+    rows = {
+        row["agentId"]: row
+        for row in json.loads(cli.invoke(app, ["agents", "list", "--json"]).stdout)
+    }
+    policy = rows["a2"]["policy"]
+    assert (policy["maxRequests"], policy["windowMs"], policy["quota"]) == (500, 60000, "team")
+    assert rows["a2"]["rateLimit"] == {"used": 0, "limit": 500, "windowMs": 60000}
+    assert rows["a2"]["tokenLimit"] == {"used": 0, "limit": 200000, "windowMs": 60000}
+    assert rows["a2"]["quotaUsage"] == {
+        "quota": "team",
+        "requests": {"used": 0, "limit": 50, "windowMs": 60000},
+        "tokens": {"used": 0, "limit": 9000, "windowMs": 60000},
+    }
+    assert rows["a2"]["inFlight"] == {"held": 0, "limit": 20}
+    shown = cli.invoke(app, ["agents", "list"]).stdout
+    assert "tokens 0/200000 per 60s" in shown and "in flight 0/20" in shown
+    assert "quota team 0/50 per 60s, 0/9000 per 60s tokens" in shown
+    unknown = cli.invoke(app, ["agents", "add", "a3", "http://127.0.0.1:9", "--quota", "ghost"])
+    assert unknown.exit_code != 0 and "policy.quota" in unknown.output
+    cli.invoke(app, ["agents", "remove", "a2"])
 
     with ExecutionEngine(Settings(redis_url=redis_url)) as engine:  # five failures: open
         for _ in range(5):

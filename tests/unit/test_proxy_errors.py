@@ -52,6 +52,23 @@ def raising(exc: Exception) -> Handler:
     return handler
 
 
+@pytest.mark.parametrize(
+    ("usage", "expected"),
+    [
+        ({"inputTokens": 120, "outputTokens": 30}, {"inputTokens": 120, "outputTokens": 30}),
+        ({"prompt_tokens": 7, "completion_tokens": 5}, {"inputTokens": 7, "outputTokens": 5}),
+        ({"outputTokens": 9}, {"inputTokens": 0, "outputTokens": 9}),
+        ({"inputTokens": -1, "outputTokens": 3}, None),
+        ({"inputTokens": "many"}, None),
+        ({"total": 12}, None),
+        ("lots", None),
+    ],
+)
+def test_reported_usage_becomes_metadata_usage(usage: object, expected: object) -> None:
+    outcome = send(answer(200, {"value": 1, "confidence": 0.5, "usage": usage}))
+    assert outcome.metadata.get("usage") == expected  # type: ignore[attr-defined]
+
+
 def test_a_good_reply_becomes_an_outcome_and_the_request_is_as_documented() -> None:
     seen: list[httpx.Request] = []
 

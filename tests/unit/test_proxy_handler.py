@@ -14,10 +14,18 @@ from taskplane.errors import (
     NotFoundError,
     RateLimitedError,
     UpstreamError,
+    ValidationError,
 )
 from taskplane.executor import CallContext, TaskRunner
 from taskplane.models import ExecutionTask, TaskStatus, TaskType
-from taskplane.proxy import AgentProxy, CircuitBreaker, InMemoryAgentRegistry, InMemoryTransport
+from taskplane.proxy import (
+    QUOTA_CACHE_S,
+    AgentProxy,
+    CircuitBreaker,
+    InMemoryAgentRegistry,
+    InMemoryTransport,
+    Quota,
+)
 from taskplane.proxy.breaker_storage import STATE_CLOSED, STATE_OPEN
 from taskplane.proxy.limiter import RateLimiter
 
@@ -191,3 +199,145 @@ def test_the_task_runner_retries_what_the_proxy_raises(rig: Rig) -> None:
     assert result.status is TaskStatus.FAILURE and result.retries == 1
     assert rig.agent.calls == 2
     assert result.metadata["agentId"] == "a1"
+
+
+def test_an_agent_policy_limit_and_its_quota_apply_to_calls(rig: Rig) -> None:
+    rig.proxy.register_quota("team", max_requests=3, window_ms=1000)
+    rig.proxy.register("q1", ENDPOINT, policy={"maxRequests": 5, "quota": "team"})
+    rig.proxy.register("q2", ENDPOINT, policy={"quota": "team"})
+    rig.proxy(task("q1"), CALL)
+    rig.proxy(task("q1"), CALL)
+    rig.proxy(task("q2"), CALL)
+    with pytest.raises(RateLimitedError, match="quota team") as limited:
+        rig.proxy(task("q1"), CALL)
+    assert limited.value.reserved
+    rig.proxy(task("a1"), CALL)  # not on the quota: unaffected
+    assert rig.agent.calls == 4
+
+
+def test_an_unknown_quota_registers_nothing(rig: Rig) -> None:
+    with pytest.raises(ValidationError, match=r"policy\.quota") as refused:
+        rig.proxy.register("q9", ENDPOINT, policy={"quota": "nobody"})
+    assert refused.value.errors[0]["field"] == "policy.quota"
+    assert [a.agent_id for a in rig.proxy.list_agents()] == ["a1"]
+
+
+@pytest.mark.parametrize(
+    ("policy", "field"),
+    [
+        ({"maxRequests": 0}, "policy.maxRequests"),
+        ({"maxRequests": -5}, "policy.maxRequests"),
+        ({"maxRequests": 10**12}, "policy.maxRequests"),
+        ({"windowMs": 0}, "policy.windowMs"),
+        ({"windowMs": 10**10}, "policy.windowMs"),
+        ({"quota": "no spaces"}, "policy.quota"),
+        ({"maxInFlight": 0}, "policy.maxInFlight"),
+        ({"maxInFlight": 10**9}, "policy.maxInFlight"),
+    ],
+)
+def test_bad_policy_limits_name_the_field(rig: Rig, policy: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        rig.proxy.register("bad", ENDPOINT, policy=policy)
+    assert refused.value.errors[0]["field"] == field
+    assert rig.proxy.registry.get("bad") is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"name": "team", "max_requests": 0}, "quota.maxRequests"),
+        ({"name": "team", "max_requests": 5, "window_ms": -1}, "quota.windowMs"),
+        ({"name": "", "max_requests": 5}, "quota.name"),
+    ],
+)
+def test_bad_quotas_name_the_field(rig: Rig, kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        rig.proxy.register_quota(**kwargs)
+    assert refused.value.errors[0]["field"] == field
+    assert rig.proxy.list_quotas() == []
+
+
+def test_max_in_flight_reschedules_a_call_beyond_the_cap_and_frees_its_lease(rig: Rig) -> None:
+    seen: list[int] = []
+
+    def busy(payload: dict[str, Any], call: CallContext) -> dict[str, Any]:
+        held = rig.proxy.inflight.backend.held("capped")  # type: ignore[attr-defined]
+        seen.append(held)
+        if len(seen) == 1:  # a second call arrives while the first is in flight
+            with pytest.raises(RateLimitedError, match="maxInFlight") as full:
+                rig.proxy(task("capped"), CALL)
+            assert full.value.reserved
+        return {"value": 1, "confidence": 0.9}
+
+    rig.proxy.transports["http"] = InMemoryTransport({"http://capped.test:1": busy})
+    rig.proxy.register(
+        "capped", "http://capped.test:1", policy={"maxInFlight": 1, "maxRequests": 10}
+    )
+    rig.proxy(task("capped"), CALL)
+    rig.proxy(task("capped"), CALL)  # the lease came back when the first call ended
+    assert seen == [1, 1]
+    assert rig.proxy.breaker.state("capped") == STATE_CLOSED
+
+
+def test_a_failing_call_gives_its_lease_back(rig: Rig) -> None:
+    rig.proxy.register("capped", ENDPOINT, policy={"maxInFlight": 1})
+    rig.agent.failing = True
+    with pytest.raises(UpstreamError):
+        rig.proxy(task("capped"), CALL)
+    rig.agent.failing = False
+    rig.time.now += 1
+    rig.proxy(task("capped"), CALL)
+
+
+def test_a_quota_changed_elsewhere_holds_within_the_cache_period(rig: Rig) -> None:
+    rig.proxy.register_quota("team", max_requests=1, window_ms=1000)
+    rig.proxy.register("q1", ENDPOINT, policy={"maxRequests": 100, "quota": "team"})
+    rig.proxy(task("q1"), CALL)
+    # another process raises the quota: this one reads it again within QUOTA_CACHE_S
+    rig.proxy.registry.register_quota(Quota(name="team", max_requests=50, window_ms=1000))
+    with pytest.raises(RateLimitedError):
+        rig.proxy(task("q1"), CALL)
+    rig.time.now += QUOTA_CACHE_S
+    rig.proxy(task("q1"), CallContext(timeout_s=5.0, idempotency_key="k2"))
+
+
+def test_a_call_reserves_its_estimate_and_settles_to_the_usage_it_reports(rig: Rig) -> None:
+    def reporting(payload: dict[str, Any], call: CallContext) -> dict[str, Any]:
+        return {"value": 1, "confidence": 0.9, "usage": {"inputTokens": 50, "outputTokens": 50}}
+
+    rig.proxy.transports["http"] = InMemoryTransport({"http://tok.test:1": reporting})
+    policy = {"maxRequests": 100, "maxTokens": 1000, "windowMs": 1000}
+    rig.proxy.register("tok", "http://tok.test:1", policy=policy)
+
+    def run(estimate: int | None, key: str) -> None:
+        meta = {"estimatedTokens": estimate} if estimate is not None else {}
+        work = ExecutionTask(id=key, type="agent", target="tok", payload={}, metadata=meta)
+        rig.proxy(work, CallContext(timeout_s=5.0, idempotency_key=key))
+
+    run(900, "big")  # reserves 900, settles to 100
+    for i in range(8):  # the mean is 100 now: eight more fit in the window
+        run(None, f"k{i}")
+    with pytest.raises(RateLimitedError):
+        run(200, "over")  # 900 used + 200 > 1000
+
+
+@pytest.mark.parametrize(
+    ("policy", "field"),
+    [
+        ({"maxTokens": 0}, "policy.maxTokens"),
+        ({"maxTokens": -100}, "policy.maxTokens"),
+        ({"estimatedTokens": 0}, "policy.estimatedTokens"),
+        ({"maxTokens": 10**15}, "policy.maxTokens"),
+    ],
+)
+def test_bad_token_limits_name_the_field(rig: Rig, policy: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        rig.proxy.register("bad", ENDPOINT, policy=policy)
+    assert refused.value.errors[0]["field"] == field
+
+
+def test_a_quota_must_limit_something(rig: Rig) -> None:
+    with pytest.raises(ValidationError) as refused:
+        rig.proxy.register_quota("team")
+    assert refused.value.errors[0]["field"] == "quota"
+    assert rig.proxy.register_quota("team", max_tokens=5000).max_requests is None

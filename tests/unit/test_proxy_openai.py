@@ -160,13 +160,13 @@ def test_a_key_is_refused_and_never_echoed() -> None:
 
 
 def test_policy_round_trips_in_camel_case() -> None:
-    info = agent(apiKeyEnv="OPENAI_API_KEY", json=True, maxTokens=50)
+    info = agent(apiKeyEnv="OPENAI_API_KEY", json=True, maxReplyTokens=50)
     wire = info.to_json_dict()["policy"]
     assert wire["apiKeyEnv"] == "OPENAI_API_KEY" and wire["json"] is True
-    assert wire["maxTokens"] == 50
+    assert wire["maxReplyTokens"] == 50
     assert AgentInfo.model_validate_json(info.model_dump_json(by_alias=True)) == info
     # An entry written by a newer taskplane with more policy fields still reads.
-    newer = {**info.to_json_dict(), "policy": {**wire, "maxInFlight": 3}}
+    newer = {**info.to_json_dict(), "policy": {**wire, "futureField": 3}}
     assert AgentInfo.model_validate(newer).policy == info.policy
 
 

@@ -6,6 +6,7 @@ import pytest
 import redis
 
 from taskplane.errors import ValidationError
+from taskplane.proxy.policy import Quota
 from taskplane.proxy.registry import (
     AgentInfo,
     AgentRegistry,
@@ -104,3 +105,14 @@ def test_bad_registrations_name_the_field(
         make_agent_info(agent_id, endpoint, protocol, capabilities)  # type: ignore[arg-type]
     assert caught.value.errors[0]["field"] == field
     assert field in str(caught.value)
+
+
+def test_quotas_are_registered_beside_the_agents(registry: AgentRegistry) -> None:
+    registry.register_quota(Quota(name="team", max_requests=5))
+    registry.register_quota(Quota(name="alpha", max_requests=9, window_ms=1000))
+    assert registry.get_quota("team") == Quota(name="team", max_requests=5, window_ms=60000)
+    assert [q.name for q in registry.list_quotas()] == ["alpha", "team"]
+    registry.register_quota(Quota(name="team", max_requests=7))
+    team = registry.get_quota("team")
+    assert team is not None and team.max_requests == 7
+    assert registry.get_quota("ghost") is None

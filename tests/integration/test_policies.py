@@ -1,0 +1,184 @@
+"""Per-agent limits and shared quotas hold cluster-wide, across two workers.
+
+A cluster of its own (its own broker and state databases), a generous
+settings-wide limit, and agents whose policies set their own limits or name
+a quota: what the agent servers see is what the limits allow.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from taskplane import ExecutionEngine, Settings, TaskStatus
+from taskplane.devtools import redis_server
+from tests.agents import HttpAgentServer
+from tests.integration.conftest import cluster_env
+from tests.integration.test_waiting import ARRIVAL_JITTER_S, SmallCluster, agent_task
+
+pytestmark = pytest.mark.integration
+
+#: Broker and state databases of this cluster (test_waiting uses 7 and 8, the shared one 13, 14).
+BROKER_DB, STATE_DB = 5, 6
+
+
+@pytest.fixture
+def cluster(redis_url: str) -> Iterator[SmallCluster]:
+    """An engine and no workers yet, 100 calls/s per agent unless its policy says otherwise."""
+    env = {
+        **cluster_env(redis_url),
+        "TASKPLANE_REDIS_URL": redis_server.with_db(redis_url, STATE_DB),
+        "TASKPLANE_BROKER_URL": redis_server.with_db(redis_url, BROKER_DB),
+        "TASKPLANE_RATE_LIMIT__MAX_REQUESTS": "100",
+        "TASKPLANE_RATE_LIMIT__WINDOW_MS": "1000",
+        "TASKPLANE_VISIBILITY_TIMEOUT_S": "12",
+    }
+    for db in (BROKER_DB, STATE_DB):
+        client = redis.Redis.from_url(redis_server.with_db(redis_url, db))
+        client.flushdb()
+        client.close()
+    settings = Settings(
+        redis_url=env["TASKPLANE_REDIS_URL"],
+        broker_url=env["TASKPLANE_BROKER_URL"],
+        database_url=env["TASKPLANE_DATABASE_URL"],
+        default_timeout=10000,
+        visibility_timeout_s=12,
+        redelivery_sweep_s=1,
+    )
+    engine = ExecutionEngine(settings)
+    small = SmallCluster(env, engine, [])
+    try:
+        yield small
+    finally:
+        for worker in small.workers:
+            worker.stop()
+        engine.close()
+
+
+def busiest_window(stamps: list[float]) -> int:
+    """Most calls seen within one window (less the allowed arrival lateness)."""
+    window = 1.0 - ARRIVAL_JITTER_S
+    return max(sum(1 for s in stamps if first <= s < first + window) for first in stamps)
+
+
+def test_agents_on_one_quota_hold_it_together_and_an_agent_limit_holds_alone(
+    cluster: SmallCluster, uid: str
+) -> None:
+    cluster.add_worker("left", slots=8)
+    cluster.add_worker("right", slots=8)
+    engine = cluster.engine
+    with (
+        HttpAgentServer("ok") as first,
+        HttpAgentServer("ok") as second,
+        HttpAgentServer("ok") as third,
+    ):
+        engine.register_quota(f"team-{uid}", max_requests=4, window_ms=1000)
+        for name, server in (("a", first), ("b", second)):
+            engine.register_agent(f"{name}-{uid}", server.endpoint, policy={"quota": f"team-{uid}"})
+        engine.register_agent(
+            f"c-{uid}", third.endpoint, policy={"maxRequests": 3, "windowMs": 1000}
+        )
+        shared = engine.submit(
+            {"id": f"ab-{uid}", "maxConcurrency": 12, "strategy": "allSettled",
+             "tasks": [agent_task(f"t{i}", f"{'ab'[i % 2]}-{uid}") for i in range(12)]}
+        )  # fmt: skip
+        alone = engine.submit(
+            {"id": f"c-{uid}", "maxConcurrency": 9, "strategy": "allSettled",
+             "tasks": [agent_task(f"c{i}", f"c-{uid}") for i in range(9)]}
+        )  # fmt: skip
+        results = shared.wait(30) + alone.wait(30)
+        on_quota = sorted(first.timestamps + second.timestamps)
+        own = sorted(third.timestamps)
+    assert [r.status for r in results] == [TaskStatus.SUCCESS] * 21
+    assert first.calls == second.calls == 6 and third.calls == 9
+    gaps = [round(b - a, 3) for a, b in itertools.pairwise(on_quota)]
+    assert busiest_window(on_quota) <= 4, f"quota overrun; gaps {gaps}"
+    # 12 calls at 4/s over both agents: two more windows; each agent alone could do 100/s
+    assert on_quota[-1] - on_quota[0] >= 2.0 - ARRIVAL_JITTER_S
+    assert on_quota[-1] - on_quota[0] < 4.0, f"the quota drained slower than its limit: {gaps}"
+    # the third agent is held by its own policy (3/s), not by the quota or the settings
+    assert busiest_window(own) <= 3
+    assert 2.0 - ARRIVAL_JITTER_S <= own[-1] - own[0] < 4.0
+
+
+def test_max_in_flight_holds_across_two_workers_without_holding_their_slots(
+    cluster: SmallCluster, uid: str
+) -> None:
+    cluster.add_worker("left", slots=8)
+    cluster.add_worker("right", slots=8)
+    engine = cluster.engine
+    with HttpAgentServer("slow", delay_ms=200) as capped, HttpAgentServer("ok") as free:
+        engine.register_agent(f"cap-{uid}", capped.endpoint, policy={"maxInFlight": 3})
+        engine.register_agent(f"free-{uid}", free.endpoint)
+        backlog = engine.submit(
+            {"id": f"cap-{uid}", "maxConcurrency": 16, "strategy": "allSettled",
+             "tasks": [agent_task(f"t{i}", f"cap-{uid}") for i in range(15)]}
+        )  # fmt: skip
+        # 15 calls wait for one of 3 places on 16 worker slots: the slots stay free for others
+        started = time.monotonic()
+        others = engine.execute_parallel(
+            {"id": f"free-{uid}", "tasks": [agent_task(f"f{i}", f"free-{uid}") for i in range(4)]}
+        )
+        took = time.monotonic() - started
+        results = backlog.wait(30)
+        peak = capped.max_in_flight
+    assert [r.status for r in results] == [TaskStatus.SUCCESS] * 15
+    assert [r.status for r in others] == [TaskStatus.SUCCESS] * 4
+    assert capped.calls == 15 and peak <= 3, f"{peak} calls in flight at once"
+    assert peak == 3  # the cap, not something lower, was the bound
+    assert took < 1.0, f"the free agent's plan took {took:.2f} s behind the capped backlog"
+    assert {r.retries for r in results} == {0}  # waiting for a place is not an attempt
+
+
+def test_a_token_limit_and_a_request_limit_hold_together_across_two_workers(
+    cluster: SmallCluster, uid: str
+) -> None:
+    cluster.add_worker("left", slots=8)
+    cluster.add_worker("right", slots=8)
+    engine = cluster.engine
+    with HttpAgentServer("ok") as agent:
+        agent.usage = {"inputTokens": 200, "outputTokens": 100}  # 300 tokens a call
+        engine.register_agent(
+            f"tok-{uid}",
+            agent.endpoint,
+            policy={"maxRequests": 5, "maxTokens": 2000, "windowMs": 1000, "estimatedTokens": 300},
+        )
+        results = engine.execute_parallel(
+            {"id": f"tok-{uid}", "maxConcurrency": 25, "strategy": "allSettled",
+             "tasks": [agent_task(f"t{i}", f"tok-{uid}") for i in range(25)]}
+        )  # fmt: skip
+        stamps = sorted(agent.timestamps)
+    assert [r.status for r in results] == [TaskStatus.SUCCESS] * 25
+    assert {tuple(r.metadata["usage"].items()) for r in results} == {
+        (("inputTokens", 200), ("outputTokens", 100))
+    }
+    busiest = busiest_window(stamps)
+    assert busiest <= 5 and busiest * 300 <= 2000, f"{busiest} calls within one window"
+    # 25 calls at 5/s: four more windows, drained at the limit
+    assert 4.0 - ARRIVAL_JITTER_S <= stamps[-1] - stamps[0] < 6.0
+
+
+def test_calls_without_an_estimate_learn_the_agents_mean(cluster: SmallCluster, uid: str) -> None:
+    cluster.add_worker("left", slots=8)
+    engine = cluster.engine
+    with HttpAgentServer("ok") as agent:
+        agent.usage = {"prompt_tokens": 400, "completion_tokens": 100}  # 500 tokens a call
+        engine.register_agent(
+            f"mean-{uid}", agent.endpoint, policy={"maxTokens": 2000, "windowMs": 1000}
+        )
+        first = engine.execute_task(agent_task("warm", f"mean-{uid}"))  # reserves the default
+        assert first.status == TaskStatus.SUCCESS
+        assert first.metadata["usage"] == {"inputTokens": 400, "outputTokens": 100}
+        results = engine.execute_parallel(
+            {"id": f"mean-{uid}", "maxConcurrency": 8, "strategy": "allSettled",
+             "tasks": [agent_task(f"t{i}", f"mean-{uid}") for i in range(8)]}
+        )  # fmt: skip
+        stamps = sorted(agent.timestamps[1:])
+    assert [r.status for r in results] == [TaskStatus.SUCCESS] * 8
+    # each reserves the recent mean (500): at most 4 a window, 2000 tokens
+    assert busiest_window(stamps) <= 4
+    assert stamps[-1] - stamps[0] >= 1.0 - ARRIVAL_JITTER_S
