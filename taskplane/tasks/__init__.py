@@ -132,7 +132,7 @@ def register_tasks(app: Celery) -> None:
             raise self.retry(
                 kwargs=kwargs,
                 countdown=countdown,
-                exc=Rescheduled(f"attempt {step.attempt.number}, {why}"),
+                exc=Rescheduled(f"{why}; next: attempt {step.attempt.number}"),
                 shadow=shadow_name(task),
                 kwargsrepr=kwargs_repr(kwargs),
             )
