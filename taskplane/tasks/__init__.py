@@ -192,3 +192,9 @@ def connect_signals(app: Celery) -> None:
 
     task_postrun.connect(finished, weak=False)
     worker_shutdown.connect(shutdown, weak=False)
+    from taskplane.tasks.app import settings_of
+
+    if settings_of(app).log_format == "json":
+        from taskplane.observability.logs import use_json_logs
+
+        use_json_logs(app)
