@@ -89,6 +89,24 @@ def worker(
     os.execv(sys.executable, argv)
 
 
+@app.command("worker-health")
+def worker_health(
+    node: str = typer.Option(
+        None, help="Also ping this worker (e.g. celery@$HOSTNAME) through the broker."
+    ),
+    timeout: float = typer.Option(5.0, min=0.1, help="Seconds each check may take."),
+) -> None:
+    """Exit 0 when the worker's broker and Redis answer (and NODE pings back); else 1."""
+    from taskplane.observability.health import worker_problems
+    from taskplane.tasks.app import create_app
+
+    settings = load_settings()
+    problems = worker_problems(create_app(settings), settings, node=node, timeout_s=timeout)
+    if problems:
+        fail("; ".join(problems))
+    console.print("healthy", markup=False, highlight=False)
+
+
 @app.command()
 def beat(
     loglevel: str = typer.Option("INFO", metavar="LEVEL", help="Celery log level."),

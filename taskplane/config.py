@@ -159,6 +159,9 @@ class Settings(BaseSettings):
         "$XDG_CACHE_HOME/taskplane/celerybeat-schedule (~/.cache when unset)",
     )
     events_enabled: bool = True
+    log_format: Literal["text", "json"] = Field(
+        "text", description="worker log lines: readable text, or one JSON object per line"
+    )
     events_stream_maxlen: int = Field(10000, ge=1)
     tracking_enabled: bool = True
 

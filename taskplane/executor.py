@@ -132,11 +132,13 @@ class Reschedule:
         attempt: The state the next delivery starts from.
         reason: ``retry`` (a failed attempt, backoff), ``rate-limit`` (a booked
             slot; not an attempt) or ``early`` (a capped countdown came back early).
+        error: What failed, for a ``retry`` (the worker logs it).
     """
 
     delay_s: float
     attempt: Attempt
     reason: str
+    error: str = ""
 
 
 @dataclass
@@ -409,7 +411,7 @@ class TaskRunner:
                 task, ctx, attempt=number, delay_ms=delay_s * 1000.0, error=error
             )
             again = Attempt(number + 1, started, not_before=now + delay_s)
-            return Reschedule(delay_s, again, "retry")
+            return Reschedule(delay_s, again, "retry", error)
         except ExecutionError as exc:
             return finish(TaskStatus.FAILURE, _describe(exc))
         except Exception as exc:

@@ -449,6 +449,11 @@ class PlanStore:
         raw = self._call("results", lambda: self.client.hgetall(self._keys(plan_id)["results"]))
         return [_result(raw.get(str(i))) for i in range(count)]
 
+    def result(self, plan_id: str, index: int) -> ExecutionResult | None:
+        """Task *index*'s recorded outcome, or None."""
+        key = self._keys(plan_id)["results"]
+        return _result(self._call("result", lambda: self.client.hget(key, str(index))))
+
     def fill_missing(self, plan_id: str, status: TaskStatus, error: str) -> None:
         """Record *status* for every task that has no outcome yet (first outcome still wins)."""
         keys = self._keys(plan_id)

@@ -1,9 +1,12 @@
 """The Celery tasks: thin wrappers that validate, get the runtime and call the domain.
 
-* ``taskplane.run_task`` — one task of a plan (every task runs as one). A task
-  that must wait — a retry's backoff or ``Retry-After``, a booked rate-limit
-  slot — is rescheduled with Celery's own retry and a countdown, so Flower and
-  Celery's events show RETRY and no worker slot is held while it waits;
+* ``taskplane.run_task`` — one task of a plan (every task runs as one), shown
+  in Flower and logs under a readable name (``agent:reviewer``). A task that
+  must wait — a retry's backoff or ``Retry-After``, a booked rate-limit slot —
+  is rescheduled with Celery's own retry and a countdown, so Flower and
+  Celery's events show RETRY and no worker slot is held while it waits; a
+  failed or timed-out task ends in FAILURE, a cancelled one in REVOKED (see
+  :mod:`taskplane.tasks.states`);
 * ``taskplane.check_anomalies`` / ``taskplane.prune_tracking`` — Celery beat jobs;
 * ``taskplane.execute_plan`` — a whole plan sent by name from any service::
 
@@ -15,7 +18,6 @@
 
 from __future__ import annotations
 
-import json
 from functools import partial
 from typing import Any
 
@@ -25,10 +27,19 @@ from celery.signals import task_postrun, worker_shutdown
 
 from taskplane.config import COUNTDOWN_MARGIN_S, MIN_COUNTDOWN_CAP_S, Settings
 from taskplane.executor import Attempt, Reschedule
-from taskplane.models import ExecutionPlan, parse_plan
+from taskplane.models import ExecutionPlan, TaskStatus, parse_plan
+from taskplane.observability.celery_view import kwargs_repr, shadow_name
 from taskplane.planstore import TERMINAL
 from taskplane.runtime import WorkerRuntime, close_runtimes, runtime_for
 from taskplane.tasks.canvas import RUN_TASK, enqueue_member, submit_plan
+from taskplane.tasks.states import (
+    Finished,
+    Rescheduled,
+    TaskCancelled,
+    TaskFailed,
+    continue_chain,
+    envelope_of,
+)
 
 
 def deliver_results(app: Celery, celery_task_id: str, results: list[dict[str, Any]]) -> None:
@@ -80,7 +91,12 @@ def register_tasks(app: Celery) -> None:
     """Register taskplane's tasks on *app*."""
 
     @app.task(
-        name="taskplane.run_task", bind=True, ignore_result=True, shared=False, max_retries=None
+        name="taskplane.run_task",
+        bind=True,
+        ignore_result=True,
+        shared=False,
+        max_retries=None,
+        throws=(TaskFailed,),
     )
     def run_task(
         self: Task,
@@ -90,7 +106,7 @@ def register_tasks(app: Celery) -> None:
         deadline: float | None = None,
         previous_index: int | None = None,
         attempt: dict[str, Any] | None = None,
-    ) -> dict[str, Any] | None:
+    ) -> Finished | None:
         worker = self.request.hostname or ""
         runtime = worker_runtime(app, worker)
         step = runtime.coordinator.run_member(
@@ -107,12 +123,30 @@ def register_tasks(app: Celery) -> None:
         if isinstance(step, Reschedule):
             kwargs = {**(self.request.kwargs or {}), "attempt": step.attempt.to_json()}
             countdown = capped_countdown_s(step.delay_s, runtime.settings, task)
+            why = f"{step.reason}: {step.error}" if step.error else step.reason
             raise self.retry(
                 kwargs=kwargs,
                 countdown=countdown,
-                kwargsrepr=json.dumps(kwargs, separators=(",", ":")),
+                exc=Rescheduled(f"{why}; next: attempt {step.attempt.number}"),
+                shadow=shadow_name(task),
+                kwargsrepr=kwargs_repr(kwargs),
             )
-        return None if step is None else step.to_json_dict()
+        if step is None:  # nothing run: a replay, or the plan ended while this one waited
+            recorded = runtime.store.result(plan_id, index)
+            if recorded is None or recorded.status is not TaskStatus.CANCELLED:
+                return None
+            continue_chain(self)
+            self.send_event("task-revoked", terminated=False, signum=None, expired=False)
+            raise TaskCancelled(recorded.to_json_dict(), fresh=False)
+        envelope = step.to_json_dict()
+        if step.status is not TaskStatus.SUCCESS:
+            continue_chain(self)
+        if step.status is TaskStatus.CANCELLED:
+            self.send_event("task-revoked", terminated=False, signum=None, expired=False)
+            raise TaskCancelled(envelope)
+        if step.status is not TaskStatus.SUCCESS:
+            raise TaskFailed(envelope)
+        return Finished(envelope)
 
     @app.task(name="taskplane.execute_plan", bind=True, shared=False)
     def execute_plan(self: Task, plan: dict[str, Any]) -> list[dict[str, Any]]:
@@ -144,11 +178,18 @@ def connect_signals(app: Celery) -> None:
 
     def finished(sender: Any = None, retval: Any = None, **_: Any) -> None:
         mine = getattr(sender, "name", "") == RUN_TASK and getattr(sender, "app", None) is app
-        if mine and isinstance(retval, dict):
-            worker_runtime(app).task_finished(retval)
+        envelope = envelope_of(retval) if mine else None
+        if envelope is not None:
+            worker_runtime(app).task_finished(envelope)
 
     def shutdown(**_: Any) -> None:
         close_runtimes()
 
     task_postrun.connect(finished, weak=False)
     worker_shutdown.connect(shutdown, weak=False)
+    from taskplane.tasks.app import settings_of
+
+    if settings_of(app).log_format == "json":
+        from taskplane.observability.logs import use_json_logs
+
+        use_json_logs(app)

@@ -84,7 +84,11 @@ def create_app(settings: Settings | None = None) -> Celery:
     """A Celery app configured from *settings* (the environment when None), tasks registered."""
     settings = settings or load_settings()
     prepare_process()
-    app = Celery("taskplane", task_cls="taskplane.tasks.guard:GuardedTask")
+    app = Celery(
+        "taskplane",
+        task_cls="taskplane.tasks.guard:GuardedTask",
+        amqp="taskplane.observability.celery_view:NamingAMQP",
+    )
     app.conf.update(celery_config(settings))
     app.taskplane_settings = settings
     from taskplane.tasks import register_tasks

@@ -9,7 +9,6 @@ weighted plans are a Celery chain.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -19,6 +18,7 @@ from celery.canvas import Signature
 from taskplane.config import COUNTDOWN_MARGIN_S, MIN_COUNTDOWN_CAP_S, Settings
 from taskplane.errors import BackendError, ValidationError
 from taskplane.models import ExecutionPlan, ExecutionTask
+from taskplane.observability.celery_view import kwargs_repr, shadow_name
 from taskplane.plans import Mode, PlanLayout, layout
 from taskplane.planstore import PlanStore
 
@@ -44,8 +44,8 @@ def member(
     if previous_index is not None:
         kwargs["previous_index"] = previous_index
     signature = app.signature(RUN_TASK, kwargs=kwargs, immutable=True)
-    # Flower and worker logs show the arguments as JSON, not as a Python repr
-    return signature.set(kwargsrepr=json.dumps(kwargs, separators=(",", ":")))
+    # Flower and worker logs show a readable name and redacted JSON arguments
+    return signature.set(shadow=shadow_name(task_json), kwargsrepr=kwargs_repr(kwargs))
 
 
 def enqueue_member(

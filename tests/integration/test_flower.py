@@ -1,4 +1,7 @@
-"""Flower against the test cluster: every task of a plan shows up, with readable arguments."""
+"""Flower against the test cluster: every task of a plan shows up, in its true state.
+
+States, names and arguments are read through Flower's own HTTP API.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +18,10 @@ from typing import Any
 import httpx
 import pytest
 
+from taskplane import PlanFailedError, TaskStatus
 from taskplane.devtools.cluster import worker_env
 from taskplane.devtools.redis_server import free_port
+from tests.httpserver import HttpTestServer
 from tests.integration.conftest import LOG_DIR, ROOT, Cluster
 
 pytestmark = pytest.mark.integration
@@ -99,8 +104,19 @@ def _wait_until_listening(flower: Flower, cluster: Cluster, uid: str) -> None:
 
 
 def _plan_tasks(flower: Flower, plan_id: str) -> list[dict[str, Any]]:
-    tasks = flower.get("/api/tasks", taskname="taskplane.run_task", limit="1000")
-    return [t for t in tasks.values() if plan_id in (t.get("kwargs") or "")]
+    tasks = flower.get("/api/tasks", limit="1000")
+    return [t for t in tasks.values() if f'"{plan_id}"' in (t.get("kwargs") or "")]
+
+
+def _wait_for(flower: Flower, plan_id: str, done: Any) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
+    deadline = time.monotonic() + EVENTS_TIMEOUT_S
+    while time.monotonic() < deadline:
+        seen = _plan_tasks(flower, plan_id)
+        if done(seen):
+            break
+        time.sleep(0.3)
+    return seen
 
 
 def test_flower_lists_a_plans_tasks_with_readable_kwargs(
@@ -123,7 +139,7 @@ def test_flower_lists_a_plans_tasks_with_readable_kwargs(
             break
         time.sleep(0.3)
     assert len(seen) == 3, seen
-    assert {t["name"] for t in seen} == {"taskplane.run_task"}
+    assert {t["name"] for t in seen} == {"function:add"}
     assert all(t["state"] == "SUCCESS" for t in seen), [t["state"] for t in seen]
     assert {t["worker"].split("@")[0] for t in seen} <= {w.name for w in cluster.workers}
     kwargs = [json.loads(t["kwargs"]) for t in seen]  # JSON, never pickled bytes
@@ -131,3 +147,74 @@ def test_flower_lists_a_plans_tasks_with_readable_kwargs(
     assert sorted(k["index"] for k in kwargs) == [0, 1, 2]
     assert {k["task"]["target"] for k in kwargs} == {"add"}
     assert sorted(k["task"]["payload"]["a"] for k in kwargs) == [0, 1, 2]
+
+
+SECRET = "sk-flower-must-not-see-this"
+
+
+def test_flower_shows_success_retry_failure_and_cancel(
+    cluster: Cluster, flower: Flower, uid: str
+) -> None:
+    _wait_until_listening(flower, cluster, uid)
+    plan_id = f"flower-states-{uid}"
+    with HttpTestServer() as server:
+        tasks = [
+            {"id": "ok", "type": "function", "target": "add", "payload": {"a": 1, "b": 2}},
+            {"id": "boom", "type": "function", "target": "fail", "payload": {"token": SECRET}},
+            {
+                "id": "flaky",
+                "type": "http",
+                "target": f"{server.url}/flaky/{uid}/1?key={SECRET}",
+                "payload": {"headers": {"Authorization": f"Bearer {SECRET}"}},
+            },
+        ]
+        plan = {"id": plan_id, "tasks": tasks, "strategy": "allSettled"}
+        results = {r.task_id: r for r in cluster.engine.execute_parallel(plan)}
+    assert results["ok"].status is TaskStatus.SUCCESS
+    assert results["boom"].status is TaskStatus.FAILURE
+    assert results["flaky"].status is TaskStatus.SUCCESS and results["flaky"].retries == 1
+
+    def settled(seen: list[dict[str, Any]]) -> bool:
+        states = {t["name"]: t["state"] for t in seen}
+        return len(seen) == 3 and states.get("function:fail") == "FAILURE"
+
+    seen = _wait_for(flower, plan_id, settled)
+    by_name = {t["name"]: t for t in seen}
+    host = "127.0.0.1"
+    assert set(by_name) == {"function:add", "function:fail", f"http:GET {host}"}, by_name
+    assert by_name["function:add"]["state"] == "SUCCESS"
+    assert by_name["function:fail"]["state"] == "FAILURE"
+    assert "failed on purpose" in by_name["function:fail"]["exception"]
+    http = by_name[f"http:GET {host}"]
+    assert http["state"] == "SUCCESS" and http["retries"] == 1
+    for task in seen:
+        assert SECRET not in json.dumps(task), task["name"]
+        assert len(task["kwargs"]) <= 1024
+    assert json.loads(http["kwargs"])["task"]["payload"]["headers"] == "***"
+    assert json.loads(by_name["function:fail"]["kwargs"])["plan_id"] == plan_id
+
+
+def test_flower_shows_a_cancelled_task_as_revoked(
+    cluster: Cluster, flower: Flower, uid: str
+) -> None:
+    _wait_until_listening(flower, cluster, uid)
+    plan_id = f"flower-cancel-{uid}"
+    tasks = [
+        {"id": "slow", "type": "function", "target": "sleep", "payload": {"ms": 800}},
+        {"id": "after", "type": "function", "target": "add", "payload": {"a": 1, "b": 1}},
+    ]
+    handle = cluster.engine.submit({"id": plan_id, "tasks": tasks, "kind": "sequential"})
+    time.sleep(0.3)
+    handle.cancel()
+    with pytest.raises(PlanFailedError) as info:
+        handle.wait(10)
+    recorded = {r.task_id: r.status for r in info.value.results}
+    assert recorded["after"] is TaskStatus.CANCELLED
+    # what Flower shows is what the plan store recorded
+    celery_state = {TaskStatus.SUCCESS: "SUCCESS", TaskStatus.CANCELLED: "REVOKED"}
+    expected = {
+        "function:sleep": celery_state[recorded["slow"]],
+        "function:add": "REVOKED",
+    }
+    seen = _wait_for(flower, plan_id, lambda s: {t["name"]: t["state"] for t in s} == expected)
+    assert {t["name"]: t["state"] for t in seen} == expected

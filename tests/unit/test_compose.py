@@ -201,3 +201,8 @@ def test_agents_listen_on_every_interface(services: dict[str, Any]) -> None:
     for name in ("http-agent", "grpc-agent"):
         command = services[name]["command"]
         assert command[command.index("--host") + 1] == "0.0.0.0", name
+
+
+def test_worker_healthcheck_is_taskplane_worker_health(services: dict[str, Any]) -> None:
+    test = " ".join(services["worker"]["healthcheck"]["test"])
+    assert "taskplane worker-health --node celery@$$HOSTNAME" in test
