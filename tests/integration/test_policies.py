@@ -45,7 +45,7 @@ def cluster(redis_url: str) -> Iterator[SmallCluster]:
         redis_url=env["TASKPLANE_REDIS_URL"],
         broker_url=env["TASKPLANE_BROKER_URL"],
         database_url=env["TASKPLANE_DATABASE_URL"],
-        default_timeout=10000,
+        default_timeout=5000,  # the workers' (cluster_env): within the visibility timeout
         visibility_timeout_s=12,
         redelivery_sweep_s=1,
     )
