@@ -147,3 +147,21 @@ def test_a_calls_budget_stops_a_sequential_plan(cluster: SmallCluster, uid: str)
     assert [r.status for r in results[:6]] == [TaskStatus.SUCCESS] * 5 + [TaskStatus.CANCELLED]
     assert results[5].error == "plan budget exhausted: calls 5 of 5"
     assert len(budget_events(engine, f"seq-{uid}", "plan:budget-exhausted")) == 1
+
+
+def test_nested_pattern_runs_draw_from_the_plan_budget(cluster: SmallCluster, uid: str) -> None:
+    engine = cluster.engine
+    plan_id = f"nest-{uid}"
+    with HttpAgentServer("ok") as agent:
+        engine.register_agent(f"nest-{uid}", agent.endpoint)
+        results = engine.execute_parallel(
+            {"id": plan_id, "strategy": "allSettled", "budget": {"calls": 6},
+             "tasks": [{"id": f"p{i}", "type": "pattern", "target": "t-agent-fan",
+                        "payload": {"uid": uid}, "metadata": {"cache": False}}
+                       for i in range(3)]}
+        )  # fmt: skip
+        calls = agent.calls
+    assert calls == 6, f"{calls} calls on a budget of 6 across three nested runs of 4"
+    assert len(results) == 3 and all(r.metadata["childPlanId"] for r in results)
+    exhausted = budget_events(engine, plan_id, "plan:budget-exhausted")
+    assert len(exhausted) == 1 and exhausted[0]["data"]["runId"].startswith(f"{plan_id}/")
