@@ -64,6 +64,16 @@ def budget_meta(owner: str, budget: PlanBudget) -> dict[str, str]:
     return meta
 
 
+def exhausted_error(meta: dict[str, str]) -> str | None:
+    """The error of a task the spent budget in *meta* (its run's meta hash) cancels, if spent."""
+    measure = meta.get("budgetOut")
+    if measure not in MEASURES:
+        return None
+    name = measure.capitalize()
+    used, limit = meta.get(f"used{name}", "0"), meta.get(f"budget{name}")
+    return f"plan budget exhausted: {measure} {used} of {limit}"
+
+
 def admit(limit: int | None, used: int, held: int, cost: int) -> tuple[str, int]:
     """One measure's verdict on a call costing *cost*: ``(run|wait|exhausted, amount to hold)``."""
     if limit is None:

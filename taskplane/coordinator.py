@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from taskplane.budget import BudgetBackend, BudgetGate
+from taskplane.budget import BudgetBackend, BudgetGate, exhausted_error
 from taskplane.errors import ExecutionError
 from taskplane.executor import (
     Attempt,
@@ -157,8 +157,10 @@ class PlanCoordinator:
             is_cancelled=lambda: self.store.is_cancelled(plan_id),
         )
         if decision.action == "cancelled":
-            state = self.store.meta(plan_id).get("state", "")
+            meta = self.store.meta(plan_id)
+            state = meta.get("state", "")
             status, error = _FILL.get(state, (TaskStatus.CANCELLED, "plan cancelled"))
+            error = self._budget_error(meta) or error
             if status is TaskStatus.CANCELLED and deadline is not None and self.clock() >= deadline:
                 status, error = TaskStatus.TIMEOUT, "plan deadline passed"
             result = envelope(task, status, error=error, ctx=ctx)
@@ -347,7 +349,16 @@ class PlanCoordinator:
         status, error = _FILL.get(
             meta.get("state", ""), (TaskStatus.CANCELLED, "cancelled: the plan ended")
         )
+        error = self._budget_error(meta) or error
         self.store.fill_missing(plan_id, status, error)
+
+    def _budget_error(self, meta: dict[str, str]) -> str | None:
+        """Why a failed run's unstarted tasks are cancelled, when its plan budget ran out."""
+        held_by = meta.get("budget")
+        if meta.get("state") != PlanState.FAILED.value or not held_by:
+            return None
+        holds_it = "budgetTokens" in meta or "budgetCalls" in meta
+        return exhausted_error(meta if holds_it else self.store.meta(held_by))
 
     def collect(self, plan_id: str) -> PlanReport:
         """Results of an ended plan; unfinished tasks are recorded as cancelled or timed out."""

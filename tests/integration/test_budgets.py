@@ -132,6 +132,25 @@ def test_a_token_budget_holds_across_a_fan_out_over_two_workers(
     assert exhausted[0]["data"]["budget"] == {"tokens": 20 * PER_CALL, "calls": None}
 
 
+def test_an_all_plan_fails_and_every_unstarted_task_names_the_budget(
+    cluster: SmallCluster, uid: str
+) -> None:
+    engine = cluster.engine
+    with HttpAgentServer("ok") as agent:
+        engine.register_agent(f"all-{uid}", agent.endpoint)
+        with pytest.raises(PlanFailedError) as caught:
+            engine.execute_parallel(
+                {"id": f"all-{uid}", "maxConcurrency": 2, "budget": {"calls": 4},
+                 "tasks": [agent_task(f"a{i}", f"all-{uid}") for i in range(12)]}
+            )  # fmt: skip
+        calls = agent.calls
+    results = caught.value.results
+    assert calls == 4 and len(results) == 12
+    cancelled = [r for r in results if r.status is TaskStatus.CANCELLED]
+    assert len(cancelled) == 8
+    assert {r.error for r in cancelled} == {"plan budget exhausted: calls 4 of 4"}
+
+
 def test_a_calls_budget_stops_a_sequential_plan(cluster: SmallCluster, uid: str) -> None:
     engine = cluster.engine
     with HttpAgentServer("ok") as agent:
@@ -145,7 +164,8 @@ def test_a_calls_budget_stops_a_sequential_plan(cluster: SmallCluster, uid: str)
     results = caught.value.results
     assert calls == 5
     assert [r.status for r in results[:6]] == [TaskStatus.SUCCESS] * 5 + [TaskStatus.CANCELLED]
-    assert results[5].error == "plan budget exhausted: calls 5 of 5"
+    assert [r.error for r in results[5:]] == ["plan budget exhausted: calls 5 of 5"] * 3
+    assert [r.status for r in results[6:]] == [TaskStatus.CANCELLED] * 2
     assert len(budget_events(engine, f"seq-{uid}", "plan:budget-exhausted")) == 1
 
 

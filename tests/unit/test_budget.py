@@ -17,6 +17,7 @@ from taskplane.budget import (
     InMemoryBudgetBackend,
     admit,
     budget_meta,
+    exhausted_error,
 )
 from taskplane.errors import RateLimitedError, TransportError, ValidationError
 from taskplane.executor import BudgetRefusal, Outcome, Reschedule, RunContext, TaskRunner
@@ -81,6 +82,12 @@ def test_a_plan_carries_its_budget_in_both_kinds() -> None:
     assert plan.kind == "sequential" and plan.budget == PlanBudget(calls=2)
     assert budget_meta("p", PlanBudget(calls=2)) == {"budgetCalls": "2", "budget": "p"}
     assert budget_meta("p", PlanBudget()) == {}
+
+
+def test_the_error_of_a_spent_budget_is_read_from_its_run() -> None:
+    meta = {"budgetCalls": "5", "usedCalls": "5", "budgetOut": "calls"}
+    assert exhausted_error(meta) == "plan budget exhausted: calls 5 of 5"
+    assert exhausted_error({"budgetTokens": "10", "usedTokens": "3"}) is None
 
 
 # -- the rule ------------------------------------------------------------------------------
