@@ -132,7 +132,9 @@ class Reschedule:
         delay_s: Seconds to wait (the countdown of the Celery retry).
         attempt: The state the next delivery starts from.
         reason: ``retry`` (a failed attempt, backoff), ``rate-limit`` (a booked
-            slot; not an attempt) or ``early`` (a capped countdown came back early).
+            slot; not an attempt), ``budget`` (the plan budget's reservations in
+            flight leave no room yet; not an attempt) or ``early`` (a capped
+            countdown came back early).
         error: What failed, for a ``retry`` (the worker logs it).
     """
 
