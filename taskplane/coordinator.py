@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from taskplane.budget import BudgetBackend, BudgetGate, exhausted_error
 from taskplane.errors import ExecutionError
 from taskplane.executor import (
     Attempt,
@@ -81,6 +82,7 @@ class PlanCoordinator:
         patterns: Pattern definitions; ``pattern`` tasks expand into their plans.
         submit: Records and enqueues a nested pattern's plan.
         on_result: Told of pattern results, which finish outside any Celery task.
+        budgets: Where plan budgets live (None: budgets are not enforced).
         clock: Epoch seconds.
     """
 
@@ -94,6 +96,7 @@ class PlanCoordinator:
         patterns: FilePatternEngine | None = None,
         submit: Submit | None = None,
         on_result: OnResult | None = None,
+        budgets: BudgetBackend | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -103,6 +106,7 @@ class PlanCoordinator:
         self.patterns = patterns
         self.submit = submit
         self.on_result = on_result
+        self.budgets = budgets
         self.clock = clock
 
     def run_member(
@@ -153,8 +157,10 @@ class PlanCoordinator:
             is_cancelled=lambda: self.store.is_cancelled(plan_id),
         )
         if decision.action == "cancelled":
-            state = self.store.meta(plan_id).get("state", "")
+            meta = self.store.meta(plan_id)
+            state = meta.get("state", "")
             status, error = _FILL.get(state, (TaskStatus.CANCELLED, "plan cancelled"))
+            error = self._budget_error(meta) or error
             if status is TaskStatus.CANCELLED and deadline is not None and self.clock() >= deadline:
                 status, error = TaskStatus.TIMEOUT, "plan deadline passed"
             result = envelope(task, status, error=error, ctx=ctx)
@@ -167,6 +173,10 @@ class PlanCoordinator:
         if task.type is TaskType.PATTERN and self.patterns is not None:
             return self._expand(plan_id, index, task, ctx)
         assert self.runner is not None, "a collecting-only coordinator cannot run tasks"
+        if self.budgets is not None and task.type is TaskType.AGENT:
+            held_by = self.store.meta_field(plan_id, "budget")
+            if held_by:
+                ctx.budget = BudgetGate(self.budgets, held_by, plan_id, self.runner.hooks.emit)
         step = self.runner.step(task, ctx, attempt)
         if isinstance(step, Reschedule):
             lease_s = self.lease_s(task, deadline) + int(step.delay_s) + 1
@@ -212,7 +222,8 @@ class PlanCoordinator:
         name = task.metadata.pattern or task.target
         child_id = f"{plan_id}/{task.id}"
         try:
-            lineage = tuple(p for p in self.store.meta(plan_id).get("lineage", "").split(",") if p)
+            meta = self.store.meta(plan_id)
+            lineage = tuple(p for p in meta.get("lineage", "").split(",") if p)
             chain = check_nesting(lineage, name)
             plan = self.patterns.get(name).plan_for(task.payload, child_id)
         except ExecutionError as exc:
@@ -228,6 +239,8 @@ class PlanCoordinator:
             "worker": ctx.worker,
         }
         extra = {"parent": json.dumps(parent), "lineage": ",".join(chain), "pattern": name}
+        if meta.get("budget"):  # a nested run draws from the budget of the run it is in
+            extra["budget"] = meta["budget"]
         self.store.add_child(plan_id, child_id)
         if not plan.tasks:
             self.store.create(child_id, [], layout_for_empty(), self.clock(), extra_meta=extra)
@@ -336,7 +349,16 @@ class PlanCoordinator:
         status, error = _FILL.get(
             meta.get("state", ""), (TaskStatus.CANCELLED, "cancelled: the plan ended")
         )
+        error = self._budget_error(meta) or error
         self.store.fill_missing(plan_id, status, error)
+
+    def _budget_error(self, meta: dict[str, str]) -> str | None:
+        """Why a failed run's unstarted tasks are cancelled, when its plan budget ran out."""
+        held_by = meta.get("budget")
+        if meta.get("state") != PlanState.FAILED.value or not held_by:
+            return None
+        holds_it = "budgetTokens" in meta or "budgetCalls" in meta
+        return exhausted_error(meta if holds_it else self.store.meta(held_by))
 
     def collect(self, plan_id: str) -> PlanReport:
         """Results of an ended plan; unfinished tasks are recorded as cancelled or timed out."""

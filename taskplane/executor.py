@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from taskplane.config import RetryConfig
 from taskplane.errors import (
     RETRYABLE_ERRORS,
+    CircuitOpenError,
     ExecutionError,
     NotFoundError,
     RateLimitedError,
@@ -131,7 +132,9 @@ class Reschedule:
         delay_s: Seconds to wait (the countdown of the Celery retry).
         attempt: The state the next delivery starts from.
         reason: ``retry`` (a failed attempt, backoff), ``rate-limit`` (a booked
-            slot; not an attempt) or ``early`` (a capped countdown came back early).
+            slot; not an attempt), ``budget`` (the plan budget's reservations in
+            flight leave no room yet; not an attempt) or ``early`` (a capped
+            countdown came back early).
         error: What failed, for a ``retry`` (the worker logs it).
     """
 
@@ -166,6 +169,28 @@ class TaskCache(Protocol):
         """Offer a finished envelope to the cache (it decides whether to keep it)."""
 
 
+@dataclass(frozen=True)
+class BudgetRefusal:
+    """No call now: *wait* for a plan budget's reservations in flight, or it is spent (*error*)."""
+
+    wait: bool
+    error: str = ""
+
+
+class BudgetGuard(Protocol):
+    """The plan budget an agent call draws from (see :class:`taskplane.budget.BudgetGate`)."""
+
+    def reserve(self, task: ExecutionTask) -> Any:
+        """A hold to settle, a :class:`BudgetRefusal`, or None (the budget cannot be read)."""
+
+    def settle(self, hold: Any, *, tokens: int | None, called: bool) -> None:
+        """The call ended: settle *hold* to the *tokens* it used and whether it was made."""
+
+
+#: How long a call waits for a plan budget's reservations in flight to settle (s).
+BUDGET_WAIT_S = 0.25
+
+
 @dataclass
 class RunContext:
     """Where a task runs: its plan, its deadline, how to see a cancel.
@@ -176,6 +201,7 @@ class RunContext:
         worker: Name of the worker running it (goes into ``metadata.worker``).
         is_cancelled: Reads the plan's cancel flag; checked before every attempt.
         lineage: Enclosing pattern names, for nested patterns.
+        budget: The plan budget agent calls draw from, if the plan has one.
     """
 
     plan_id: str | None = None
@@ -183,6 +209,7 @@ class RunContext:
     worker: str = ""
     is_cancelled: Callable[[], bool] = lambda: False
     lineage: tuple[str, ...] = ()
+    budget: BudgetGuard | None = None
 
 
 def target_metadata(task: ExecutionTask) -> dict[str, Any]:
@@ -377,6 +404,18 @@ class TaskRunner:
             budget = min(budget, ctx.deadline - self.clock())
             if budget <= 0:
                 return finish(TaskStatus.TIMEOUT, "plan deadline passed", called=False)
+        hold = None
+        if ctx.budget is not None and task.type is TaskType.AGENT:
+            hold = ctx.budget.reserve(task)
+            if isinstance(hold, BudgetRefusal) and hold.wait:
+                now = self.clock()
+                if ctx.deadline is not None and now + BUDGET_WAIT_S >= ctx.deadline:
+                    error = "plan deadline passed waiting for the plan budget"
+                    return finish(TaskStatus.TIMEOUT, error, called=False)
+                later = replace(attempt, not_before=now + BUDGET_WAIT_S)
+                return Reschedule(BUDGET_WAIT_S, later, "budget")
+            if isinstance(hold, BudgetRefusal):
+                return finish(TaskStatus.CANCELLED, hold.error, called=False)
         call = CallContext(
             timeout_s=budget,
             attempt=number,
@@ -388,7 +427,7 @@ class TaskRunner:
             is_cancelled=ctx.is_cancelled,
         )
         try:
-            outcome = handler(task, call)
+            outcome = _call(handler, task, call, ctx.budget, hold)
         except TaskCancelledError as exc:
             return finish(TaskStatus.CANCELLED, str(exc) or "plan cancelled")
         except RateLimitedError as exc:
@@ -443,6 +482,36 @@ class TaskRunner:
         if hint is not None and math.isfinite(hint):
             delay_s = max(delay_s, min(max(hint, 0.0), MAX_RETRY_AFTER_S))
         return delay_s
+
+
+def _call(
+    handler: Handler,
+    task: ExecutionTask,
+    call: CallContext,
+    budget: BudgetGuard | None,
+    hold: Any,
+) -> Outcome:
+    """Make the call; settle its plan-budget *hold* (if any) when it ends."""
+    if budget is None or hold is None:
+        return handler(task, call)
+    try:
+        outcome = handler(task, call)
+    except BaseException as exc:
+        called = not isinstance(exc, RateLimitedError | CircuitOpenError)
+        budget.settle(hold, tokens=0, called=called)
+        raise
+    budget.settle(hold, tokens=tokens_used(outcome.metadata.get("usage")), called=True)
+    return outcome
+
+
+def tokens_used(usage: Any) -> int | None:
+    """Input plus output tokens of a result's ``metadata.usage``, if it has them."""
+    if not isinstance(usage, dict):
+        return None
+    counts = [usage.get("inputTokens", 0), usage.get("outputTokens", 0)]
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
+        return None
+    return sum(counts)
 
 
 def _float_or_none(value: Any) -> float | None:

@@ -168,9 +168,21 @@ class ExecutionResult(_Wire):
         return self.status is TaskStatus.SUCCESS
 
 
+#: Largest number a plan budget may hold (tokens or calls).
+MAX_BUDGET = 10**12
+
+
+class PlanBudget(_Wire):
+    """What a plan (and the patterns it runs) may spend on agent calls: tokens, calls or both."""
+
+    tokens: pydantic.StrictInt | None = Field(None, gt=0, le=MAX_BUDGET)
+    calls: pydantic.StrictInt | None = Field(None, gt=0, le=MAX_BUDGET)
+
+
 class _Plan(_Wire):
     id: Identifier
     tasks: list[ExecutionTask] = Field(max_length=MAX_PLAN_TASKS)
+    budget: PlanBudget | None = None
 
     @field_validator("tasks")
     @classmethod

@@ -420,6 +420,12 @@ class PlanStore:
         """The run's meta hash ({} when there is no such run)."""
         return self._call("meta", lambda: self.client.hgetall(self._keys(plan_id)["meta"]))
 
+    def meta_field(self, plan_id: str, name: str) -> str | None:
+        """One field of the run's meta hash (None when unset)."""
+        key = self._keys(plan_id)["meta"]
+        value = self._call("meta", lambda: self.client.hget(key, name))
+        return None if value is None else str(value)
+
     def is_cancelled(self, plan_id: str) -> bool:
         """The run's cancel flag."""
         flag = self._call(

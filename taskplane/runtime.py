@@ -18,6 +18,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from taskplane.budget import RedisBudgetBackend
 from taskplane.cache import RedisResultCache, RunnerCache
 from taskplane.config import Settings
 from taskplane.coordinator import Deliver, Enqueue, PlanCoordinator, Submit
@@ -167,6 +168,7 @@ class WorkerRuntime:
             deliver=deliver,
             patterns=patterns,
             submit=submit,
+            budgets=RedisBudgetBackend(client, prefix=settings.key_prefix),
         )
         runtime = cls(settings, client, store, runner, coordinator, hooks, http, worker, bus, proxy)
         runtime.closers += [client.close, fast.close, http.close, proxy.close]

@@ -10,6 +10,8 @@ TASK_CACHE_HIT = "task:cache-hit"
 CIRCUIT_OPEN = "circuit:open"
 CIRCUIT_CLOSE = "circuit:close"
 ANOMALY_DETECTED = "anomaly:detected"
+PLAN_BUDGET_WARNING = "plan:budget-warning"
+PLAN_BUDGET_EXHAUSTED = "plan:budget-exhausted"
 
 #: Every event type taskplane publishes.
 EVENT_TYPES: tuple[str, ...] = (
@@ -21,6 +23,8 @@ EVENT_TYPES: tuple[str, ...] = (
     CIRCUIT_OPEN,
     CIRCUIT_CLOSE,
     ANOMALY_DETECTED,
+    PLAN_BUDGET_WARNING,
+    PLAN_BUDGET_EXHAUSTED,
 )
 
 #: How task events are named on a control plane's event bus (see ``forward_events``).

@@ -25,7 +25,7 @@ import redis
 
 from taskplane.config import Settings
 from taskplane.errors import ExecutionError, NotFoundError, ValidationError
-from taskplane.executor import CallContext, Outcome
+from taskplane.executor import CallContext, Outcome, tokens_used
 from taskplane.models import ExecutionTask
 from taskplane.proxy.a2a import A2ATransport
 from taskplane.proxy.aio import LoopThread
@@ -352,16 +352,6 @@ def estimated_tokens(task: ExecutionTask) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
     return None
-
-
-def tokens_used(usage: Any) -> int | None:
-    """Input plus output tokens of a result's ``metadata.usage``, if it has them."""
-    if not isinstance(usage, dict):
-        return None
-    counts = [usage.get("inputTokens", 0), usage.get("outputTokens", 0)]
-    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
-        return None
-    return sum(counts)
 
 
 def build_agent_proxy(

@@ -15,6 +15,7 @@ from typing import Any
 from celery import Celery, chain, group
 from celery.canvas import Signature
 
+from taskplane.budget import budget_meta
 from taskplane.config import COUNTDOWN_MARGIN_S, MIN_COUNTDOWN_CAP_S, Settings
 from taskplane.errors import BackendError, ValidationError
 from taskplane.models import ExecutionPlan, ExecutionTask
@@ -129,9 +130,12 @@ def submit_plan(
     Args:
         deadline: Epoch seconds; the plan's own ``timeout`` from now when None,
             and never later than that.
-        extra_meta: Fields for the run's record (a nested pattern's parent).
+        extra_meta: Fields for the run's record (a nested pattern's parent); a nested
+            run that names its parent's ``budget`` draws from it, not from its own.
     """
     check_task_timeouts(plan, settings)
+    if plan.budget is not None and not (extra_meta or {}).get("budget"):
+        extra_meta = {**(extra_meta or {}), **budget_meta(plan.id, plan.budget)}
     plan_layout = layout(plan, default_max_concurrency=settings.max_concurrency)
     own_deadline = clock() + plan.timeout / 1000.0
     deadline = own_deadline if deadline is None else min(deadline, own_deadline)

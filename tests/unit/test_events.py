@@ -149,6 +149,8 @@ def test_event_types_lists_every_name() -> None:
         "circuit:open",
         "circuit:close",
         "anomaly:detected",
+        "plan:budget-warning",
+        "plan:budget-exhausted",
     }
 
 
