@@ -15,13 +15,11 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from taskplane import ExecutionEngine, PlanFailedError, Settings, TaskStatus
-from taskplane.devtools import redis_server
+from taskplane import ExecutionEngine, PlanFailedError, TaskStatus
 from taskplane.events import RedisEventBus
 from taskplane.events.bus import Event
 from tests.agents import HttpAgentServer
-from tests.integration.conftest import cluster_env
-from tests.integration.test_waiting import SmallCluster, agent_task
+from tests.integration.small import SmallCluster, agent_task, small_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -35,36 +33,22 @@ PER_CALL = 300
 def cluster(redis_url: str) -> Iterator[SmallCluster]:
     """An engine and two workers, 1000 calls/s per agent (no rate limit in the way)."""
     env = {
-        **cluster_env(redis_url),
-        "TASKPLANE_REDIS_URL": redis_server.with_db(redis_url, STATE_DB),
-        "TASKPLANE_BROKER_URL": redis_server.with_db(redis_url, BROKER_DB),
         "TASKPLANE_RATE_LIMIT__MAX_REQUESTS": "1000",
         "TASKPLANE_RATE_LIMIT__WINDOW_MS": "1000",
         "TASKPLANE_VISIBILITY_TIMEOUT_S": "30",
         "TASKPLANE_EVENTS_ENABLED": "true",
     }
-    for db in (BROKER_DB, STATE_DB):
-        client = redis.Redis.from_url(redis_server.with_db(redis_url, db))
-        client.flushdb()
-        client.close()
-    settings = Settings(
-        redis_url=env["TASKPLANE_REDIS_URL"],
-        broker_url=env["TASKPLANE_BROKER_URL"],
-        database_url=env["TASKPLANE_DATABASE_URL"],
+    with small_cluster(
+        redis_url,
+        broker_db=BROKER_DB,
+        state_db=STATE_DB,
+        env=env,
         default_timeout=10000,
         visibility_timeout_s=30,
-        redelivery_sweep_s=1,
-    )
-    engine = ExecutionEngine(settings)
-    small = SmallCluster(env, engine, [])
-    try:
+    ) as small:
         small.add_worker("left", slots=8)
         small.add_worker("right", slots=8)
         yield small
-    finally:
-        for worker in small.workers:
-            worker.stop()
-        engine.close()
 
 
 def budget_events(engine: ExecutionEngine, plan_id: str, event_type: str) -> list[Event]:

@@ -12,13 +12,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
-import redis
 
-from taskplane import ExecutionEngine, Settings, TaskStatus
-from taskplane.devtools import redis_server
+from taskplane import TaskStatus
 from tests.agents import HttpAgentServer
-from tests.integration.conftest import cluster_env
-from tests.integration.test_waiting import ARRIVAL_JITTER_S, SmallCluster, agent_task
+from tests.integration.small import ARRIVAL_JITTER_S, SmallCluster, agent_task, small_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -30,33 +27,19 @@ BROKER_DB, STATE_DB = 5, 6
 def cluster(redis_url: str) -> Iterator[SmallCluster]:
     """An engine and no workers yet, 100 calls/s per agent unless its policy says otherwise."""
     env = {
-        **cluster_env(redis_url),
-        "TASKPLANE_REDIS_URL": redis_server.with_db(redis_url, STATE_DB),
-        "TASKPLANE_BROKER_URL": redis_server.with_db(redis_url, BROKER_DB),
         "TASKPLANE_RATE_LIMIT__MAX_REQUESTS": "100",
         "TASKPLANE_RATE_LIMIT__WINDOW_MS": "1000",
         "TASKPLANE_VISIBILITY_TIMEOUT_S": "12",
     }
-    for db in (BROKER_DB, STATE_DB):
-        client = redis.Redis.from_url(redis_server.with_db(redis_url, db))
-        client.flushdb()
-        client.close()
-    settings = Settings(
-        redis_url=env["TASKPLANE_REDIS_URL"],
-        broker_url=env["TASKPLANE_BROKER_URL"],
-        database_url=env["TASKPLANE_DATABASE_URL"],
+    with small_cluster(
+        redis_url,
+        broker_db=BROKER_DB,
+        state_db=STATE_DB,
+        env=env,
         default_timeout=5000,  # the workers' (cluster_env): within the visibility timeout
         visibility_timeout_s=12,
-        redelivery_sweep_s=1,
-    )
-    engine = ExecutionEngine(settings)
-    small = SmallCluster(env, engine, [])
-    try:
+    ) as small:
         yield small
-    finally:
-        for worker in small.workers:
-            worker.stop()
-        engine.close()
 
 
 def busiest_window(stamps: list[float]) -> int:

@@ -12,80 +12,39 @@ import itertools
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import redis
 
-from taskplane import ExecutionEngine, Settings, TaskStatus
-from taskplane.devtools import redis_server
-from taskplane.devtools.cluster import WorkerProcess, start_worker, wait_ready
+from taskplane import ExecutionEngine, TaskStatus
 from tests.agents import HttpAgentServer
-from tests.integration.conftest import LOG_DIR, ROOT, cluster_env
+from tests.integration.small import ARRIVAL_JITTER_S, SmallCluster, agent_task, small_cluster
 
 pytestmark = pytest.mark.integration
 
 #: Broker and state databases of these clusters (the shared test cluster uses 13 and 14).
 BROKER_DB, STATE_DB = 7, 8
-#: Lateness allowed between a booked slot and the agent seeing the request (s): a
-#: rescheduled task comes due on the worker's ETA timer and then makes its call, which on
-#: a loaded two-core machine was seen 70 ms late. An unlimited backlog would land all 16
-#: calls within a few milliseconds, so the check still tells a limit from none.
-ARRIVAL_JITTER_S = 0.15
-
-
-@dataclass
-class SmallCluster:
-    env: dict[str, str]
-    engine: ExecutionEngine
-    workers: list[WorkerProcess]
-
-    def add_worker(self, name: str, slots: int) -> WorkerProcess:
-        worker = start_worker(self.env, concurrency=slots, name=name, log_dir=LOG_DIR, root=ROOT)
-        wait_ready([worker], self.engine.app.control.ping)
-        self.workers.append(worker)
-        return worker
 
 
 @pytest.fixture
 def small(redis_url: str) -> Iterator[SmallCluster]:
     """An engine and no workers yet, on databases of its own, 4 calls/s per agent."""
     env = {
-        **cluster_env(redis_url),
-        "TASKPLANE_REDIS_URL": redis_server.with_db(redis_url, STATE_DB),
-        "TASKPLANE_BROKER_URL": redis_server.with_db(redis_url, BROKER_DB),
         "TASKPLANE_RETRY_CONFIG__INITIAL_DELAY": "1000",
         "TASKPLANE_RATE_LIMIT__MAX_REQUESTS": "4",
         "TASKPLANE_RATE_LIMIT__WINDOW_MS": "1000",
         "TASKPLANE_VISIBILITY_TIMEOUT_S": "12",
         "TASKPLANE_EVENTS_ENABLED": "true",
     }
-    for db in (BROKER_DB, STATE_DB):
-        client = redis.Redis.from_url(redis_server.with_db(redis_url, db))
-        client.flushdb()
-        client.close()
-    settings = Settings(
-        redis_url=env["TASKPLANE_REDIS_URL"],
-        broker_url=env["TASKPLANE_BROKER_URL"],
-        database_url=env["TASKPLANE_DATABASE_URL"],
+    with small_cluster(
+        redis_url,
+        broker_db=BROKER_DB,
+        state_db=STATE_DB,
+        env=env,
         default_timeout=5000,
         visibility_timeout_s=12,
-        redelivery_sweep_s=1,
-    )
-    engine = ExecutionEngine(settings)
-    cluster = SmallCluster(env, engine, [])
-    try:
+    ) as cluster:
         yield cluster
-    finally:
-        for worker in cluster.workers:
-            worker.stop()
-        engine.close()
-
-
-def agent_task(task_id: str, agent_id: str, **metadata: Any) -> dict[str, Any]:
-    return {"id": task_id, "type": "agent", "target": agent_id, "payload": {"n": task_id},
-            "metadata": {"cache": False, **metadata}}  # fmt: skip
 
 
 class CeleryEvents:
