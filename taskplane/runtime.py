@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -178,6 +179,7 @@ class WorkerRuntime:
         runtime.closers += [client.close, fast.close, http.close, proxy.close]
         if metrics is not None and settings.metrics_port is not None:
             hooks.add(MetricsHooks(metrics, uses_cache=runner.uses_cache))
+            coordinator.on_plan_end = lambda meta: metrics.plan_ended(meta, now=time.time())
             runtime.metrics = metrics
             if metrics.serve(settings.metrics_port):
                 runtime.closers.append(metrics.close)

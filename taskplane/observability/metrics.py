@@ -2,9 +2,10 @@
 
 :class:`WorkerMetrics` holds one registry per worker runtime. It is fed from
 the runner's hook chain (:class:`MetricsHooks`: starts, retries, cache hits,
-finished envelopes, breaker and anomaly events) and from a thin wrapper
-around each task type's handler (:meth:`WorkerMetrics.measure`: one call,
-its duration, calls in flight). Labels are bounded: an agent's id, a task
+finished envelopes, anomaly events), from a thin wrapper around each task
+type's handler (:meth:`WorkerMetrics.measure`: one call, its duration, calls
+in flight, booked rate-limit waits) and from the coordinator's
+``on_plan_end`` (plan runs that end on this worker). Labels are bounded: an agent's id, a task
 type, an outcome, never a task or plan id. ``agent`` of a task that is not
 an agent call is its type (``function``, ``http``, ``pattern``).
 
@@ -49,6 +50,8 @@ log = logging.getLogger(__name__)
 
 #: Buckets of agent call durations (s): a cached echo to a slow model.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+#: Buckets of plan durations (s).
+PLAN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 #: Buckets of confidence scores.
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 #: Value of ``taskplane_breaker_state`` per breaker state.
@@ -153,6 +156,13 @@ class WorkerMetrics:
         self.in_flight = Gauge(
             "taskplane_agent_in_flight", "Calls in progress on this worker", ["agent"], registry=r
         )
+        self.rate_limit_wait = Histogram(
+            "taskplane_rate_limit_wait_seconds",
+            "Wait booked for a rate limit slot (the task waits off the worker)",
+            ["agent"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
         self.retries = Counter(
             "taskplane_retries", "Retries scheduled, by reason", ["agent", "reason"], registry=r
         )
@@ -175,6 +185,19 @@ class WorkerMetrics:
             ["agent", "direction"],
             registry=r,
         )
+        self.plans = Counter(
+            "taskplane_plans",
+            "Plan runs (nested pattern runs included) that ended on this worker, by final state",
+            ["strategy", "state"],
+            registry=r,
+        )
+        self.plan_duration = Histogram(
+            "taskplane_plan_duration_seconds",
+            "Time from a plan's submission to its end, for runs that ended on this worker",
+            ["strategy"],
+            buckets=PLAN_BUCKETS,
+            registry=r,
+        )
         self.anomalies = Counter(
             "taskplane_anomalies",
             "Confidence anomalies this worker detected, by type",
@@ -184,10 +207,20 @@ class WorkerMetrics:
         if breaker_redis is not None:
             self.registry.register(BreakerCollector(breaker_redis, prefix=prefix))
 
+    def plan_ended(self, meta: dict[str, str], *, now: float) -> None:
+        """Count a run that ended, from its meta; *now* in epoch seconds (the store's clock)."""
+        strategy = meta.get("rule") or "unknown"
+        self.plans.labels(strategy, meta.get("state") or "unknown").inc()
+        try:
+            took = now - float(meta["created"])
+        except (KeyError, ValueError):
+            return
+        self.plan_duration.labels(strategy).observe(max(took, 0.0))
+
     def measure(self, handler: Handler) -> Handler:
         """*handler*, counting and timing each call it makes."""
         calls, duration, in_flight, clock = self.calls, self.duration, self.in_flight, self.clock
-        reasons = self.reasons
+        reasons, rate_limit_wait = self.reasons, self.rate_limit_wait
 
         def measured(task: ExecutionTask, call: CallContext) -> Outcome:
             agent = agent_label(task)
@@ -206,6 +239,8 @@ class WorkerMetrics:
                 if outcome not in ("circuit_open", "rate_limited"):  # no call was made
                     duration.labels(agent).observe(clock() - started)
                 calls.labels(agent, outcome).inc()
+                if isinstance(error, RateLimitedError) and error.reserved:
+                    rate_limit_wait.labels(agent).observe(max(error.wait_s, 0.0))
                 if outcome in RETRY_REASONS and len(reasons) < MAX_PENDING_REASONS:
                     reasons[(call.plan_id, task.id)] = outcome
 

@@ -150,6 +150,11 @@ def test_a_scrape_counts_calls_retries_cache_breaker_and_tokens(
     assert value("taskplane_confidence_bucket", agent=ok_id, le="0.8") == 0
     assert value("taskplane_confidence_bucket", agent=ok_id, le="0.9") == 1
     assert value("taskplane_agent_in_flight", agent=ok_id) == 0
+    # five plans, each ended on this worker by its last outcome
+    plans = [v for (n, _), v in samples.items() if n == "taskplane_plans_total"]
+    assert plans == [5]  # allSettled ends completed, failures included
+    assert value("taskplane_plans_total", strategy="allSettled", state="completed") == 5
+    assert value("taskplane_plan_duration_seconds_count", strategy="allSettled") == 5
     # labels are bounded: no task or plan id anywhere
     labels = {v for (_, pairs) in samples for _, v in pairs}
     assert not [label for label in labels if label.startswith(("p1-", "p2-", "p3-"))]

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from taskplane.config import RetryConfig, Settings
-from taskplane.errors import CircuitOpenError, ThrottledError, UpstreamError
+from taskplane.errors import CircuitOpenError, RateLimitedError, ThrottledError, UpstreamError
 from taskplane.executor import CallContext, Outcome, TaskRunner
 from taskplane.hooks import HookChain
 from taskplane.models import ExecutionTask, TaskType
@@ -100,6 +100,29 @@ def test_a_refused_call_is_counted_but_not_timed_and_the_failure_is_a_task_statu
     assert sample(metrics, "taskplane_agent_call_duration_seconds_count", agent="rev") == 0
     assert sample(metrics, "taskplane_tasks_total", type="agent", status="failure") == 1
     assert sample(metrics, "taskplane_retries_total", agent="rev", reason="error") == 0
+
+
+def test_a_booked_rate_limit_wait_is_observed_and_is_not_a_retry() -> None:
+    clock = Clock()
+    metrics = WorkerMetrics(clock=clock)
+    handler = Scripted(clock, RateLimitedError("rpm", 1.5, reserved=True), Outcome("x", 0.9))
+    result = runner_with(metrics, handler, clock).run(task())
+    assert result.ok and result.retries == 0
+    assert sample(metrics, "taskplane_rate_limit_wait_seconds_sum", agent="rev") == 1.5
+    assert sample(metrics, "taskplane_rate_limit_wait_seconds_count", agent="rev") == 1
+    assert sample(metrics, "taskplane_agent_calls_total", agent="rev", outcome="rate_limited") == 1
+    assert sample(metrics, "taskplane_agent_call_duration_seconds_count", agent="rev") == 1
+    assert metrics.reasons == {}
+
+
+def test_a_plan_end_counts_its_strategy_state_and_duration() -> None:
+    metrics = WorkerMetrics()
+    metrics.plan_ended({"rule": "all", "state": "completed", "created": "100.0"}, now=102.5)
+    metrics.plan_ended({"rule": "race", "state": "failed"}, now=103.0)
+    assert sample(metrics, "taskplane_plans_total", strategy="all", state="completed") == 1
+    assert sample(metrics, "taskplane_plans_total", strategy="race", state="failed") == 1
+    assert sample(metrics, "taskplane_plan_duration_seconds_sum", strategy="all") == 2.5
+    assert sample(metrics, "taskplane_plan_duration_seconds_count", strategy="race") == 0
 
 
 def test_labels_are_bounded() -> None:
