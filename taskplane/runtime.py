@@ -194,6 +194,8 @@ class WorkerRuntime:
 
     def result_finished(self, result: ExecutionResult) -> None:
         """A result finished outside a Celery task's return (a nested pattern's task)."""
+        if self.metrics is not None:  # the runner's hooks did not see it finish
+            self.metrics.task_done(str(result.metadata.get("taskType", "pattern")), result)
         self.task_finished(result.to_json_dict())
 
     def task_finished(self, result: dict[str, Any]) -> None:

@@ -207,6 +207,10 @@ class WorkerMetrics:
         if breaker_redis is not None:
             self.registry.register(BreakerCollector(breaker_redis, prefix=prefix))
 
+    def task_done(self, task_type: str, result: ExecutionResult) -> None:
+        """Count a task that finished outside the runner (a nested pattern's task)."""
+        self.tasks.labels(task_type, result.status.value).inc()
+
     def plan_ended(self, meta: dict[str, str], *, now: float) -> None:
         """Count a run that ended, from its meta; *now* in epoch seconds (the store's clock)."""
         strategy = meta.get("rule") or "unknown"
@@ -297,7 +301,7 @@ class MetricsHooks(ExecutionHooks):
     def on_finished(self, task: ExecutionTask, ctx: RunContext, result: ExecutionResult) -> None:
         m = self.metrics
         self.metrics.reasons.pop((ctx.plan_id, task.id), None)
-        m.tasks.labels(task.type.value, result.status.value).inc()
+        m.task_done(task.type.value, result)
         cached = bool(result.metadata.get("cached"))
         if not cached and self.uses_cache(task):
             m.cache.labels("miss").inc()

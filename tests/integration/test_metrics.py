@@ -119,6 +119,11 @@ def test_a_scrape_counts_calls_retries_cache_breaker_and_tokens(
             (failed,) = run(engine, f"p3-{uid}-{n}", agent("d", down_id, {"n": n}, retries=0))
             assert failed.status is TaskStatus.FAILURE
         assert down.calls == 2 and ok.calls == 1 and flaky.calls == 2
+        # a nested pattern: two function tasks in a child run of their own
+        nested = {"id": "l", "type": "pattern", "target": "t-leaf", "payload": {"word": uid},
+                  "metadata": {"cache": False}}  # fmt: skip
+        (leaf,) = run(engine, f"p4-{uid}", nested)
+        assert leaf.status is TaskStatus.SUCCESS
     samples = scrape(port)
 
     def value(name: str, **labels: str) -> float:
@@ -150,11 +155,38 @@ def test_a_scrape_counts_calls_retries_cache_breaker_and_tokens(
     assert value("taskplane_confidence_bucket", agent=ok_id, le="0.8") == 0
     assert value("taskplane_confidence_bucket", agent=ok_id, le="0.9") == 1
     assert value("taskplane_agent_in_flight", agent=ok_id) == 0
-    # five plans, each ended on this worker by its last outcome
+    assert value("taskplane_tasks_total", type="pattern", status="success") == 1
+    assert value("taskplane_tasks_total", type="function", status="success") == 2
+    assert value(calls, agent="function", outcome="success") == 2
+    # six plans and the pattern's child run, each ended on this worker by its last outcome
     plans = [v for (n, _), v in samples.items() if n == "taskplane_plans_total"]
-    assert plans == [5]  # allSettled ends completed, failures included
-    assert value("taskplane_plans_total", strategy="allSettled", state="completed") == 5
-    assert value("taskplane_plan_duration_seconds_count", strategy="allSettled") == 5
+    assert plans == [7]  # allSettled ends completed, failures included
+    assert value("taskplane_plans_total", strategy="allSettled", state="completed") == 7
+    assert value("taskplane_plan_duration_seconds_count", strategy="allSettled") == 7
     # labels are bounded: no task or plan id anywhere
     labels = {v for (_, pairs) in samples for _, v in pairs}
-    assert not [label for label in labels if label.startswith(("p1-", "p2-", "p3-"))]
+    assert not [label for label in labels if label.startswith(("p1-", "p2-", "p3-", "p4-"))]
+
+
+def test_a_worker_finding_its_metrics_port_taken_says_so_and_runs_on(
+    metered: tuple[ExecutionEngine, WorkerProcess, int], uid: str
+) -> None:
+    engine, first, port = metered
+    second = start_worker(first.env, concurrency=2, name="second", log_dir=LOG_DIR, root=ROOT)
+    try:
+        wait_ready([second], engine.app.control.ping)
+        deadline = time.monotonic() + 10
+        while "TASKPLANE_METRICS_PORT" not in second.log_path.read_text():
+            assert time.monotonic() < deadline, second.log_path.read_text()
+            time.sleep(0.1)
+        lines = [
+            line
+            for line in second.log_path.read_text().splitlines()
+            if "TASKPLANE_METRICS_PORT" in line
+        ]
+        assert len(lines) == 1 and f"TASKPLANE_METRICS_PORT={port}: cannot serve" in lines[0]
+        assert second.alive()
+        served = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)  # still the first's
+        assert served.status_code == 200 and "taskplane_agent_calls_total" in served.text
+    finally:
+        second.stop()
