@@ -1,13 +1,13 @@
 """Prometheus metrics of a worker: what its runner saw, served on ``/metrics``.
 
 :class:`WorkerMetrics` holds one registry per worker runtime. It is fed from
-the runner's hook chain (:class:`MetricsHooks`: starts, retries, cache hits,
-finished envelopes, anomaly events), from a thin wrapper around each task
-type's handler (:meth:`WorkerMetrics.measure`: one call, its duration, calls
-in flight, booked rate-limit waits) and from the coordinator's
-``on_plan_end`` (plan runs that end on this worker). Labels are bounded: an agent's id, a task
-type, an outcome, never a task or plan id. ``agent`` of a task that is not
-an agent call is its type (``function``, ``http``, ``pattern``).
+the runner's hook chain (:class:`MetricsHooks`: retries, cache hits, finished
+envelopes, anomaly events), from a thin wrapper around each task type's
+handler (:meth:`WorkerMetrics.measure`: one call, its duration, calls in
+flight, booked rate-limit waits) and from the coordinator's ``on_plan_end``
+(plan runs that end on this worker). Labels are bounded: an agent's id, a
+task type, an outcome, never a task or plan id. ``agent`` of a task that is
+not an agent call is its type (``function``, ``http``, ``pattern``).
 
 Breaker state is cluster-wide (Redis holds it): every worker reports the same
 value, read from Redis on each scrape, so aggregate it with ``max by
@@ -42,6 +42,7 @@ from taskplane.errors import (
 )
 from taskplane.hooks import ExecutionHooks
 from taskplane.models import ExecutionResult, ExecutionTask, TaskType
+from taskplane.proxy.breaker_storage import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN
 
 if TYPE_CHECKING:
     from taskplane.executor import CallContext, Handler, Outcome, RunContext
@@ -55,7 +56,7 @@ PLAN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800
 #: Buckets of confidence scores.
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 #: Value of ``taskplane_breaker_state`` per breaker state.
-BREAKER_STATES = {"closed": 0.0, "half-open": 1.0, "open": 2.0}
+BREAKER_STATES = {STATE_CLOSED: 0.0, STATE_HALF_OPEN: 1.0, STATE_OPEN: 2.0}
 #: Call outcomes a retry can follow (the ``reason`` of ``taskplane_retries_total``).
 RETRY_REASONS = frozenset({"timeout", "throttled", "upstream_error", "transport_error"})
 #: Failed calls whose reason waits for its retry or end to be counted, at most.
@@ -114,7 +115,7 @@ class BreakerCollector(Collector):
             keys, states = [], []
         for key, state in zip(keys, states, strict=True):
             agent = str(key)[len(self.prefix) :]
-            family.add_metric([agent], BREAKER_STATES.get(str(state or "closed"), 0.0))
+            family.add_metric([agent], BREAKER_STATES.get(str(state or STATE_CLOSED), 0.0))
         yield family
 
 
