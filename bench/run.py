@@ -35,6 +35,11 @@ def sections(redis_url: str, quick: bool) -> list[tuple[str, str, list[str]]]:
             + (["--tasks", "1000"] if quick else []),
         ),
         (
+            "Prometheus metrics",
+            "One worker with `/metrics` served (scraped once per plan) vs the same worker without.",
+            ["-m", "bench.bench_metrics", "--rounds", "2"] + (["--tasks", "500"] if quick else []),
+        ),
+        (
             "Waiting holds no worker slot",
             "Isolation behind sick agents (8 slots, 4 calls/s per agent) and calls in flight on "
             "one `taskplane worker` against bare Celery on `-P gevent -c 1000`.",

@@ -162,6 +162,12 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         "text", description="worker log lines: readable text, or one JSON object per line"
     )
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="port each worker serves Prometheus /metrics on; None = off",
+    )
     events_stream_maxlen: int = Field(10000, ge=1)
     tracking_enabled: bool = True
 

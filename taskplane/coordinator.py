@@ -40,6 +40,8 @@ Deliver = Callable[[str, list[dict[str, Any]]], None]
 Submit = Callable[[ExecutionPlan, float | None, dict[str, str]], bool]
 #: Told of every envelope finished outside a Celery task's return (nested patterns).
 OnResult = Callable[[ExecutionResult], None]
+#: Told once when a run ends in this process: its meta (``rule``, ``state``, ``created``).
+OnPlanEnd = Callable[[dict[str, str]], None]
 
 #: Added to an attempt's timeout for its lease, in seconds.
 LEASE_MARGIN_S = 5
@@ -83,6 +85,8 @@ class PlanCoordinator:
         submit: Records and enqueues a nested pattern's plan.
         on_result: Told of pattern results, which finish outside any Celery task.
         budgets: Where plan budgets live (None: budgets are not enforced).
+        on_plan_end: Told once of each run that ends here (the last outcome
+            recorded here, or ended here by its deadline or a cancel).
         clock: Epoch seconds.
     """
 
@@ -97,6 +101,7 @@ class PlanCoordinator:
         submit: Submit | None = None,
         on_result: OnResult | None = None,
         budgets: BudgetBackend | None = None,
+        on_plan_end: OnPlanEnd | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -107,6 +112,7 @@ class PlanCoordinator:
         self.submit = submit
         self.on_result = on_result
         self.budgets = budgets
+        self.on_plan_end = on_plan_end
         self.clock = clock
 
     def run_member(
@@ -198,7 +204,7 @@ class PlanCoordinator:
         if outcome.next_index is not None and outcome.next_task is not None:
             self.enqueue(plan_id, outcome.next_index, outcome.next_task, deadline)
         if outcome.ending:
-            self._settle(plan_id)
+            self._settle(plan_id, ended=True)
         return outcome.recorded
 
     # -- nested patterns --------------------------------------------------------
@@ -315,9 +321,17 @@ class PlanCoordinator:
         if self.store.meta(plan_id).get("state") in TERMINAL:
             self._settle(plan_id)
 
-    def _settle(self, plan_id: str) -> None:
-        """The plan has ended: record outcomes for unfinished tasks, answer waiting callers."""
+    def _settle(self, plan_id: str, *, ended: bool = False) -> None:
+        """The plan has ended: record outcomes for unfinished tasks, answer waiting callers.
+
+        *ended*: it ended just now, here (not a replay seeing it ended).
+        """
         meta = self.store.meta(plan_id)
+        if ended and self.on_plan_end is not None:
+            try:
+                self.on_plan_end(meta)
+            except Exception:
+                log.exception("plan %s: on_plan_end failed", plan_id)
         replies = [] if self.deliver is None else self.store.take_replies(plan_id)
         if not meta.get("parent") and not replies:  # nobody here needs the report
             self._fill_missing(plan_id, meta)
@@ -342,7 +356,7 @@ class PlanCoordinator:
         for child in self.store.children(plan_id):
             self.end(child, state)
         if self.store.end(plan_id, state) is not None:
-            self._settle(plan_id)
+            self._settle(plan_id, ended=True)
 
     def _fill_missing(self, plan_id: str, meta: dict[str, str]) -> None:
         """Record the tasks an ended plan never finished as cancelled or timed out."""

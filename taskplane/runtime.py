@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ from taskplane.functions import import_function_modules, registry
 from taskplane.hooks import HookChain
 from taskplane.http_task import HttpTaskHandler, UrlGuard
 from taskplane.models import ExecutionResult, TaskType
+from taskplane.observability.metrics import MetricsHooks, WorkerMetrics
 from taskplane.patterns import FilePatternEngine, PatternHandler, load_pattern_executor
 from taskplane.planstore import PlanStore
 from taskplane.proxy import AgentProxy, build_agent_proxy
@@ -96,6 +98,7 @@ class WorkerRuntime:
     proxy: AgentProxy | None = None
     tracker: ConfidenceTracker | None = None
     recorder: TrackingRecorder | None = None
+    metrics: WorkerMetrics | None = None
     closers: list[Callable[[], Any]] = field(default_factory=list)
 
     @classmethod
@@ -153,6 +156,10 @@ class WorkerRuntime:
             RedisResultCache(client, settings.cache, prefix=settings.key_prefix),
             capabilities_of=proxy.capabilities_of,
         )
+        metrics: WorkerMetrics | None = None
+        if settings.metrics_port is not None:
+            metrics = WorkerMetrics(breaker_redis=fast, prefix=settings.key_prefix)
+            handlers = {kind: metrics.measure(handler) for kind, handler in handlers.items()}
         runner = TaskRunner(
             handlers,
             retry=settings.retry_config,
@@ -172,6 +179,12 @@ class WorkerRuntime:
         )
         runtime = cls(settings, client, store, runner, coordinator, hooks, http, worker, bus, proxy)
         runtime.closers += [client.close, fast.close, http.close, proxy.close]
+        if metrics is not None and settings.metrics_port is not None:
+            hooks.add(MetricsHooks(metrics, uses_cache=runner.uses_cache))
+            coordinator.on_plan_end = lambda meta: metrics.plan_ended(meta, now=time.time())
+            runtime.metrics = metrics
+            if metrics.serve(settings.metrics_port):
+                runtime.closers.append(metrics.close)
         if bus is not None:
             runtime.closers.append(bus.close)
         coordinator.on_result = runtime.result_finished
@@ -183,6 +196,8 @@ class WorkerRuntime:
 
     def result_finished(self, result: ExecutionResult) -> None:
         """A result finished outside a Celery task's return (a nested pattern's task)."""
+        if self.metrics is not None:  # the runner's hooks did not see it finish
+            self.metrics.task_done(str(result.metadata.get("taskType", "pattern")), result)
         self.task_finished(result.to_json_dict())
 
     def task_finished(self, result: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import Ignore
-from celery.signals import task_postrun, worker_shutdown
+from celery.signals import task_postrun, worker_ready, worker_shutdown
 
 from taskplane.config import COUNTDOWN_MARGIN_S, MIN_COUNTDOWN_CAP_S, Settings
 from taskplane.executor import Attempt, Reschedule
@@ -185,9 +185,17 @@ def connect_signals(app: Celery) -> None:
     def shutdown(**_: Any) -> None:
         close_runtimes()
 
+    def ready(sender: Any = None, **_: Any) -> None:
+        # a worker serving metrics builds its runtime (and so its /metrics server) now,
+        # not at its first task
+        if getattr(sender, "app", None) is app and settings_of(app).metrics_port is not None:
+            worker_runtime(app)
+
+    from taskplane.tasks.app import settings_of
+
     task_postrun.connect(finished, weak=False)
     worker_shutdown.connect(shutdown, weak=False)
-    from taskplane.tasks.app import settings_of
+    worker_ready.connect(ready, weak=False)
 
     if settings_of(app).log_format == "json":
         from taskplane.observability.logs import use_json_logs

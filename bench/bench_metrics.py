@@ -1,0 +1,83 @@
+"""What Prometheus metrics cost: one plan of no-op tasks, metrics on vs off, in one run.
+
+Usage::
+
+    python -m bench.bench_metrics [--tasks 1000] [--rounds 2]   # about two minutes
+
+The worker serves ``/metrics`` (scraped once per round, as Prometheus would)
+or not; a bare Celery group of the same size is the reference. Goal: metrics
+cost ≤ 5 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import httpx
+
+from bench.bench_throughput import noop_tasks, plan
+from bench.harness import cluster, configure, median_of
+from taskplane.devtools import redis_server
+
+
+def run(count: int, rounds: int) -> dict[str, float]:
+    env = configure()  # before bench.baseline builds its app from the environment
+    from celery import group
+
+    from bench import baseline
+
+    port = redis_server.free_port()
+    figures = {}
+    for label, extra in (
+        ("metrics off", {}),
+        ("metrics on", {"TASKPLANE_METRICS_PORT": str(port)}),
+    ):
+        with cluster(env, **extra) as (engine, _):
+
+            def one_plan(scrape: bool = bool(extra)) -> None:
+                engine.execute_parallel(plan(noop_tasks(count)))
+                if scrape:
+                    httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).raise_for_status()
+
+            figures[label] = median_of(one_plan, rounds)
+            if not extra:
+                figures["bare group"] = median_of(
+                    lambda: (
+                        group(baseline.noop.s() for _ in range(count))
+                        .apply_async()
+                        .get(timeout=300)
+                    ),
+                    rounds,
+                )
+    return figures
+
+
+def table(figures: dict[str, float], count: int) -> str:
+    on, off, bare = figures["metrics on"], figures["metrics off"], figures["bare group"]
+    ratio = on / off
+    return "\n".join(
+        [
+            "| benchmark | measured | baseline (same run) | ratio | goal | met |",
+            "|---|--:|--:|--:|--:|:-:|",
+            f"| {count} no-op tasks, metrics on vs off | {on * 1000:.0f} ms "
+            f"| {off * 1000:.0f} ms (off) | {ratio:.2f}× | ≤ 1.05× "
+            f"| {'yes' if ratio <= 1.05 else 'no'} |",
+            f"| {count} no-op tasks (metrics off) vs bare group().get() | {off * 1000:.0f} ms "
+            f"| {bare * 1000:.0f} ms | {off / bare:.2f}× | — | — |",
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    started = time.time()
+    print(table(run(args.tasks, args.rounds), args.tasks))
+    print(f"\n({time.time() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
