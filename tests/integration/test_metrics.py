@@ -9,14 +9,13 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from taskplane import ExecutionEngine, Settings, TaskStatus
-from taskplane.devtools import redis_server
+from taskplane import ExecutionEngine, TaskStatus
 from taskplane.devtools.cluster import WorkerProcess, start_worker, wait_ready
 from tests.agents import HttpAgentServer
-from tests.integration.conftest import LOG_DIR, ROOT, cluster_env
+from tests.integration.conftest import LOG_DIR, ROOT
+from tests.integration.small import small_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -35,33 +34,16 @@ def metered(redis_url: str) -> Iterator[tuple[ExecutionEngine, WorkerProcess, in
     """An engine and one worker serving /metrics, on databases of their own."""
     port = free_port()
     env = {
-        **cluster_env(redis_url),
-        "TASKPLANE_REDIS_URL": redis_server.with_db(redis_url, STATE_DB),
-        "TASKPLANE_BROKER_URL": redis_server.with_db(redis_url, BROKER_DB),
         "TASKPLANE_METRICS_PORT": str(port),
         "TASKPLANE_CIRCUIT_BREAKER__FAILURE_THRESHOLD": "2",
         "TASKPLANE_EVENTS_ENABLED": "false",
         "TASKPLANE_TRACKING_ENABLED": "false",
     }
-    for db in (BROKER_DB, STATE_DB):
-        client = redis.Redis.from_url(redis_server.with_db(redis_url, db))
-        client.flushdb()
-        client.close()
-    engine = ExecutionEngine(
-        Settings(
-            redis_url=env["TASKPLANE_REDIS_URL"],
-            broker_url=env["TASKPLANE_BROKER_URL"],
-            database_url=env["TASKPLANE_DATABASE_URL"],
-            default_timeout=5000,
-        )
-    )
-    worker = start_worker(env, concurrency=4, name="metered", log_dir=LOG_DIR, root=ROOT)
-    try:
-        wait_ready([worker], engine.app.control.ping)
-        yield engine, worker, port
-    finally:
-        worker.stop()
-        engine.close()
+    with small_cluster(
+        redis_url, broker_db=BROKER_DB, state_db=STATE_DB, env=env, default_timeout=5000
+    ) as cluster:
+        worker = cluster.add_worker("metered", slots=4)
+        yield cluster.engine, worker, port
 
 
 def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

@@ -210,7 +210,7 @@ def test_agents_list_shows_breaker_limiter_and_a_fresh_check(
     assert "tokens 0/200000 per 60s" in shown and "in flight 0/20" in shown
     assert "quota team 0/50 per 60s, 0/9000 per 60s tokens" in shown
     unknown = cli.invoke(app, ["agents", "add", "a3", "http://127.0.0.1:9", "--quota", "ghost"])
-    assert unknown.exit_code != 0 and "policy.quota" in unknown.output
+    assert unknown.exit_code != 0 and "policy.quota" in unknown.stderr
     cli.invoke(app, ["agents", "remove", "a2"])
 
     with ExecutionEngine(Settings(redis_url=redis_url)) as engine:  # five failures: open
