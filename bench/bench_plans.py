@@ -1,4 +1,4 @@
-"""Plans against bare Celery canvas, on one worker with a 32-thread pool.
+"""Plans against bare Celery canvas, on one worker with 32 slots (gevent, the default pool).
 
 Usage::
 
