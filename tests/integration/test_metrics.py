@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from taskplane import ExecutionEngine, TaskStatus
 from taskplane.devtools.cluster import WorkerProcess, start_worker, wait_ready
+from taskplane.devtools.redis_server import free_port
 from tests.agents import HttpAgentServer
 from tests.integration.conftest import LOG_DIR, ROOT
 from tests.integration.small import small_cluster
@@ -21,12 +21,6 @@ pytestmark = pytest.mark.integration
 
 #: Broker and state databases of this test's cluster (the shared test cluster uses 13 and 14).
 BROKER_DB, STATE_DB = 3, 4
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
