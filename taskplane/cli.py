@@ -330,6 +330,18 @@ def agents_add(
     max_in_flight: int | None = typer.Option(
         None, help="At most this many calls in flight to this agent, cluster-wide."
     ),
+    timeout: int | None = typer.Option(
+        None, help="One call's timeout in ms, for tasks that set none (policy timeout)."
+    ),
+    max_retries: int | None = typer.Option(
+        None, help="Retries for tasks that set none (policy maxRetries)."
+    ),
+    failure_threshold: int | None = typer.Option(
+        None, help="Failures within the monitoring period that open its circuit."
+    ),
+    reset_timeout: int | None = typer.Option(
+        None, help="How long its open circuit fails fast before a trial call, ms."
+    ),
     policy: str | None = typer.Option(None, help="The whole policy as a JSON object."),
 ) -> None:
     """Register (or re-register) an agent for every worker; its health is checked first."""
@@ -346,6 +358,10 @@ def agents_add(
         "tool": tool,
         "quota": quota,
         "maxInFlight": max_in_flight,
+        "timeout": timeout,
+        "maxRetries": max_retries,
+        "failureThreshold": failure_threshold,
+        "resetTimeout": reset_timeout,
     }
     fields.update({key: value for key, value in options.items() if value is not None})
     if rpm is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from celery import Celery
@@ -44,6 +44,7 @@ from taskplane.patterns import PatternExecutionResult, PatternExecutor, PatternH
 from taskplane.plans import PlanState
 from taskplane.planstore import PlanStore
 from taskplane.proxy import AgentInfo, AgentProxy, Quota, build_agent_proxy
+from taskplane.proxy.policy import AgentPolicy, make_policy, task_with_agent_defaults
 from taskplane.runtime import redis_client
 from taskplane.tasks import deliver_results
 from taskplane.tasks.app import create_app
@@ -198,15 +199,30 @@ class ExecutionEngine:
         "search"}`` for ``"mcp"``), and its own limits (``{"maxRequests": 500,
         "windowMs": 60000, "quota": "team-key"}``; unset ones fall back to the
         settings); secrets are never stored, only the name of the environment
-        variable the workers read them from.
+        variable the workers read them from. Its breaker thresholds
+        (``failureThreshold``, ``resetTimeout``, ``monitoringPeriod``) apply at
+        the next call; its ``timeout`` and ``maxRetries`` to plans submitted
+        from then on.
 
         Raises:
             ValidationError: The id, endpoint, protocol, capabilities or a
-                ``policy.<field>`` is malformed, or ``policy.quota`` names no
-                registered quota; nothing is registered then.
+                ``policy.<field>`` is malformed, ``policy.quota`` names no
+                registered quota, or ``policy.timeout`` outlives the broker's
+                visibility timeout; nothing is registered then.
         """
+        checked = make_policy(policy, protocol)
+        limit_ms = self.settings.max_task_timeout_ms
+        if checked.timeout is not None and limit_ms is not None and checked.timeout > limit_ms:
+            message = (
+                f"{checked.timeout} ms is longer than a task may run on this broker "
+                f"({limit_ms} ms); raise TASKPLANE_VISIBILITY_TIMEOUT_S or shorten it"
+            )
+            raise ValidationError(
+                f"invalid agent registration: policy.timeout: {message}",
+                [{"field": "policy.timeout", "message": message}],
+            )
         return self.proxy.register(
-            agent_id, endpoint, protocol, capabilities, policy=policy, check_health=check_health
+            agent_id, endpoint, protocol, capabilities, policy=checked, check_health=check_health
         )
 
     def register_quota(
@@ -318,8 +334,18 @@ class ExecutionEngine:
         parsed = parse_plan(plan)
         if not parsed.tasks:
             return PlanHandle(self, parsed.id, empty=True)
-        submit_plan(self.app, self.store, parsed, self.settings, clock=self.clock)
+        submit_plan(
+            self.app,
+            self.store,
+            parsed,
+            self.settings,
+            clock=self.clock,
+            agent_policies=self._agent_policies,
+        )
         return PlanHandle(self, parsed.id)
+
+    def _agent_policies(self, agent_ids: Iterable[str]) -> Mapping[str, AgentPolicy]:
+        return self.proxy.registry.policies(agent_ids)
 
     def execute_parallel(
         self, plan: ParallelExecutionPlan | dict[str, Any]
@@ -371,6 +397,8 @@ class ExecutionEngine:
             return hit
         key = parsed.metadata.idempotency_key
         plan_id = f"task:{key}" if key else f"task:{uuid.uuid4().hex}"
+        if parsed.type is TaskType.AGENT:
+            parsed = task_with_agent_defaults(parsed, self._agent_policies)
         timeout_ms = parsed.metadata.timeout or self.settings.default_timeout
         longest = self.settings.retry_config.longest_run_ms(timeout_ms, parsed.metadata.retries)
         try:

@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,7 @@ from taskplane.observability.metrics import MetricsHooks, WorkerMetrics
 from taskplane.patterns import FilePatternEngine, PatternHandler, load_pattern_executor
 from taskplane.planstore import PlanStore
 from taskplane.proxy import AgentProxy, build_agent_proxy
+from taskplane.proxy.policy import AgentPolicy
 from taskplane.tracking import ConfidenceTracker, TrackingRecorder, build_tracker
 
 log = logging.getLogger(__name__)
@@ -193,6 +194,12 @@ class WorkerRuntime:
             runtime.recorder = TrackingRecorder(runtime.tracker)
             runtime.closers += [runtime.tracker.close, runtime.recorder.close]
         return runtime
+
+    def agent_policies(self, agent_ids: Iterable[str]) -> Mapping[str, AgentPolicy]:
+        """The registered policies of *agent_ids* (for plans this worker submits)."""
+        if self.proxy is None:
+            return {}
+        return self.proxy.registry.policies(agent_ids)
 
     def result_finished(self, result: ExecutionResult) -> None:
         """A result finished outside a Celery task's return (a nested pattern's task)."""

@@ -161,7 +161,9 @@ class AgentProxy:
         agent = self.agent(task.target)
         transport = self.transports[agent.protocol]
         admission = self.breaker.before_call(
-            agent.agent_id, lease_s=call.timeout_s + TRIAL_LEASE_GRACE_S
+            agent.agent_id,
+            lease_s=call.timeout_s + TRIAL_LEASE_GRACE_S,
+            policy=agent.policy.breaker_policy(self.breaker.policy),
         )
         horizon = call.deadline if call.deadline is not None else self.clock() + call.timeout_s
         lease: str | None = None

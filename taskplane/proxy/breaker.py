@@ -83,12 +83,14 @@ class Admission:
         state: The breaker state when the call was let through.
         trial_token: Non-empty when this call is the half-open trial.
         tracked: False when the storage was unreachable and the breaker failed open.
+        policy: The thresholds this call was admitted under (None: the breaker's own).
     """
 
     agent_id: str
     state: str
     trial_token: str = ""
     tracked: bool = True
+    policy: BreakerPolicy | None = None
 
 
 def _no_emit(event_type: str, data: dict[str, Any]) -> None:
@@ -154,13 +156,20 @@ class CircuitBreaker:
         """
         return self.storage(agent_id).state
 
-    def before_call(self, agent_id: str, *, lease_s: float = DEFAULT_TRIAL_LEASE_S) -> Admission:
+    def before_call(
+        self,
+        agent_id: str,
+        *,
+        lease_s: float = DEFAULT_TRIAL_LEASE_S,
+        policy: BreakerPolicy | None = None,
+    ) -> Admission:
         """Let a call to *agent_id* through, or fail fast.
 
         Args:
             agent_id: The agent about to be called.
             lease_s: If this call becomes the half-open trial, how long others
                 wait for its outcome before one of them replaces it.
+            policy: The agent's own thresholds (None: the breaker's, from settings).
 
         Raises:
             CircuitOpenError: The circuit is open, or half-open with a trial in flight.
@@ -168,18 +177,18 @@ class CircuitBreaker:
         token = uuid.uuid4().hex
         try:
             gate = self.storage(agent_id).admit(
-                now=self.clock(), policy=self.policy, lease_s=lease_s, token=token
+                now=self.clock(), policy=policy or self.policy, lease_s=lease_s, token=token
             )
         except BackendError as exc:
             self._warn(exc)
-            return Admission(agent_id, STATE_CLOSED, tracked=False)
+            return Admission(agent_id, STATE_CLOSED, tracked=False, policy=policy)
         if not gate.allowed:
             raise CircuitOpenError(
                 f"circuit for agent {agent_id} is {gate.state}; "
                 f"retry in {max(gate.retry_in_s, 0.0):.1f} s"
             )
         trial = token if gate.state != STATE_CLOSED else ""
-        return Admission(agent_id, gate.state, trial_token=trial)
+        return Admission(agent_id, gate.state, trial_token=trial, policy=policy)
 
     def record(self, admission: Admission, error: BaseException | None = None) -> None:
         """Record how an admitted call ended: *error* None is a success."""
@@ -199,7 +208,7 @@ class CircuitBreaker:
             change = self.storage(admission.agent_id).record(
                 result,
                 now=self.clock(),
-                policy=self.policy,
+                policy=admission.policy or self.policy,
                 token=admission.trial_token,
                 member=uuid.uuid4().hex,
             )

@@ -4,8 +4,14 @@ An :class:`AgentPolicy` travels inside the agent's registry entry (camelCase
 JSON), so every worker sees the same policy at once. It carries what the
 ``openai`` and ``mcp`` transports need, the agent's own request limit
 (``maxRequests`` per ``windowMs``), its cap on calls in flight
-(``maxInFlight``) and the named :class:`Quota` it shares with other agents.
+(``maxInFlight``), the named :class:`Quota` it shares with other agents, its
+circuit breaker's thresholds and its calls' ``timeout`` and ``maxRetries``.
 Unset fields mean "use the settings' default" (no in-flight cap by default).
+
+The breaker fields are read at every call, so a changed policy applies at
+once, on every worker. ``timeout`` and ``maxRetries`` fill in what an agent
+task's own ``metadata`` leaves unset when its plan is submitted
+(:func:`with_agent_defaults`): a plan keeps the values it started with.
 
 Secrets are never part of a policy: an API key is named by the environment
 variable that holds it (``apiKeyEnv``) and read by the worker at call time.
@@ -15,13 +21,16 @@ A registration that tries to store a key itself is refused.
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from taskplane.errors import ValidationError
+from taskplane.models import ExecutionTask, TaskType
+from taskplane.proxy.breaker_storage import BreakerPolicy
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: Keys that would put a secret into Redis; refused with a pointer to ``apiKeyEnv``.
@@ -34,8 +43,10 @@ MAX_REQUESTS_CEILING = 10_000_000
 MAX_TOKENS_CEILING = 10_000_000_000
 #: Highest accepted ``maxInFlight``.
 MAX_IN_FLIGHT_CEILING = 1_000_000
-#: Longest accepted limit window: one day (ms).
+#: Longest accepted limit window, breaker period or call timeout: one day (ms).
 MAX_WINDOW_MS = 86_400_000
+#: Highest accepted ``failureThreshold``.
+MAX_FAILURE_THRESHOLD = 10_000
 _QUOTA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,99}$")
 
 
@@ -68,6 +79,14 @@ class AgentPolicy(BaseModel):
         quota: Name of a registered :class:`Quota` this agent also draws from.
         max_in_flight: At most this many calls to the agent in flight at once,
             cluster-wide (unset: no cap).
+        failure_threshold: Failures within ``monitoring_period`` that open the
+            agent's circuit (unset: the settings' ``circuit_breaker``).
+        reset_timeout: How long an open circuit fails fast before a trial call, ms.
+        monitoring_period: The window failures are counted in, ms.
+        timeout: One call's timeout, ms, for tasks that set no ``metadata.timeout``
+            (unset: the settings' ``default_timeout``).
+        max_retries: Retries for tasks that set no ``metadata.retries`` (unset:
+            the settings' ``retry_config.max_retries``).
     """
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
@@ -87,6 +106,11 @@ class AgentPolicy(BaseModel):
     window_ms: int | None = Field(default=None, ge=1, le=MAX_WINDOW_MS)
     quota: str | None = None
     max_in_flight: int | None = Field(default=None, ge=1, le=MAX_IN_FLIGHT_CEILING)
+    failure_threshold: int | None = Field(default=None, ge=1, le=MAX_FAILURE_THRESHOLD)
+    reset_timeout: int | None = Field(default=None, ge=1, le=MAX_WINDOW_MS)
+    monitoring_period: int | None = Field(default=None, ge=1, le=MAX_WINDOW_MS)
+    timeout: int | None = Field(default=None, ge=1, le=MAX_WINDOW_MS)
+    max_retries: int | None = Field(default=None, ge=0, le=100)
 
     @field_validator("quota")
     @classmethod
@@ -109,9 +133,24 @@ class AgentPolicy(BaseModel):
             raise ValueError("must not be blank")
         return value
 
+    def breaker_policy(self, default: BreakerPolicy) -> BreakerPolicy | None:
+        """This agent's breaker thresholds over *default*; None when it sets none."""
+        own = (self.failure_threshold, self.reset_timeout, self.monitoring_period)
+        if all(value is None for value in own):
+            return None
+        return BreakerPolicy(
+            failure_threshold=self.failure_threshold or default.failure_threshold,
+            monitoring_period_s=_seconds(self.monitoring_period, default.monitoring_period_s),
+            reset_timeout_s=_seconds(self.reset_timeout, default.reset_timeout_s),
+        )
+
     def to_json_dict(self) -> dict[str, Any]:
         """The camelCase JSON form, unset fields left out."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
+
+
+def _seconds(ms: int | None, default_s: float) -> float:
+    return default_s if ms is None else ms / 1000.0
 
 
 class Quota(BaseModel):
@@ -223,3 +262,52 @@ def make_policy(raw: AgentPolicy | dict[str, Any] | None, protocol: str) -> Agen
     if protocol in MODEL_PROTOCOLS and not policy.model:
         raise _problem("model", f"is required for protocol {protocol!r}")
     return policy
+
+
+#: Reads the policies of the registered agents among some ids (unknown ids left out).
+PolicyLookup = Callable[[Iterable[str]], Mapping[str, AgentPolicy]]
+_PlanT = TypeVar("_PlanT", bound=BaseModel)
+
+
+def with_agent_defaults(plan: _PlanT, lookup: PolicyLookup) -> _PlanT:
+    """*plan* with each agent task's unset ``timeout``/``retries`` taken from its agent's policy.
+
+    Done once, when the plan is submitted, so everything downstream (the
+    visibility-timeout check, leases, countdowns, the runner) sees one value.
+    An agent nobody registered is left alone: its task fails when it runs.
+    """
+    tasks: list[ExecutionTask] = plan.tasks  # type: ignore[attr-defined]
+    open_ = {
+        t.target
+        for t in tasks
+        if t.type is TaskType.AGENT and (t.metadata.timeout is None or t.metadata.retries is None)
+    }
+    if not open_:
+        return plan
+    policies = lookup(sorted(open_))
+    filled = [_task_with_defaults(task, policies.get(task.target)) for task in tasks]
+    if all(new is old for new, old in zip(filled, tasks, strict=True)):
+        return plan
+    return plan.model_copy(update={"tasks": filled})
+
+
+def task_with_agent_defaults(task: ExecutionTask, lookup: PolicyLookup) -> ExecutionTask:
+    """One task with its agent's defaults (see :func:`with_agent_defaults`)."""
+    if task.type is not TaskType.AGENT or (
+        task.metadata.timeout is not None and task.metadata.retries is not None
+    ):
+        return task
+    return _task_with_defaults(task, lookup([task.target]).get(task.target))
+
+
+def _task_with_defaults(task: ExecutionTask, policy: AgentPolicy | None) -> ExecutionTask:
+    if policy is None or task.type is not TaskType.AGENT:
+        return task
+    update: dict[str, int] = {}
+    if task.metadata.timeout is None and policy.timeout is not None:
+        update["timeout"] = policy.timeout
+    if task.metadata.retries is None and policy.max_retries is not None:
+        update["retries"] = policy.max_retries
+    if not update:
+        return task
+    return task.model_copy(update={"metadata": task.metadata.model_copy(update=update)})

@@ -179,6 +179,11 @@ class AgentRegistry(ABC):
     def list(self) -> builtins.list[AgentInfo]:
         """Every registered agent, ordered by id."""
 
+    def policies(self, agent_ids: Iterable[str]) -> dict[str, AgentPolicy]:
+        """The policy of each registered agent among *agent_ids* (unknown ids left out)."""
+        found = (self.get(agent_id) for agent_id in agent_ids)
+        return {info.agent_id: info.policy for info in found if info is not None}
+
     @abstractmethod
     def register_quota(self, quota: Quota) -> None:
         """Add *quota*, replacing any quota with the same name."""
@@ -273,6 +278,17 @@ class RedisAgentRegistry(AgentRegistry):
         except redis.RedisError as exc:
             raise BackendError(f"cannot read agent {agent_id} from Redis: {exc}") from exc
         return self._decode(raw)
+
+    def policies(self, agent_ids: Iterable[str]) -> dict[str, AgentPolicy]:
+        wanted = list(agent_ids)
+        if not wanted:
+            return {}
+        try:
+            entries = self.client.hmget(self.key, wanted)
+        except redis.RedisError as exc:
+            raise BackendError(f"cannot read agents from Redis: {exc}") from exc
+        found = (self._decode(raw) for raw in entries)
+        return {info.agent_id: info.policy for info in found if info is not None}
 
     def list(self) -> builtins.list[AgentInfo]:
         try:

@@ -53,7 +53,13 @@ def submit_child(
     """Record and enqueue a nested pattern's plan from inside a worker."""
     runtime = worker_runtime(app)
     return submit_plan(
-        app, runtime.store, plan, runtime.settings, deadline=deadline, extra_meta=extra_meta
+        app,
+        runtime.store,
+        plan,
+        runtime.settings,
+        deadline=deadline,
+        extra_meta=extra_meta,
+        agent_policies=runtime.agent_policies,
     )
 
 
@@ -154,7 +160,14 @@ def register_tasks(app: Celery) -> None:
         if not parsed.tasks:
             return []
         runtime = worker_runtime(app)
-        submit_plan(app, runtime.store, parsed, runtime.settings, reply_to=self.request.id)
+        submit_plan(
+            app,
+            runtime.store,
+            parsed,
+            runtime.settings,
+            reply_to=self.request.id,
+            agent_policies=runtime.agent_policies,
+        )
         if runtime.store.meta(parsed.id).get("state") in TERMINAL:
             report = runtime.coordinator.collect(parsed.id)
             return [r.to_json_dict() for r in report.results]

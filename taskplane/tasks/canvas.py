@@ -22,6 +22,7 @@ from taskplane.models import ExecutionPlan, ExecutionTask
 from taskplane.observability.celery_view import kwargs_repr, shadow_name
 from taskplane.plans import Mode, PlanLayout, layout
 from taskplane.planstore import PlanStore
+from taskplane.proxy.policy import PolicyLookup, with_agent_defaults
 
 #: Name of the Celery task that runs one task of a plan.
 RUN_TASK = "taskplane.run_task"
@@ -116,6 +117,7 @@ def submit_plan(
     clock: Any = time.time,
     deadline: float | None = None,
     extra_meta: dict[str, str] | None = None,
+    agent_policies: PolicyLookup | None = None,
 ) -> bool:
     """Record *plan* and enqueue it; False when its id already names a run (attach to it).
 
@@ -132,7 +134,11 @@ def submit_plan(
             and never later than that.
         extra_meta: Fields for the run's record (a nested pattern's parent); a nested
             run that names its parent's ``budget`` draws from it, not from its own.
+        agent_policies: Reads agents' policies, whose ``timeout``/``maxRetries``
+            fill in what agent tasks leave unset (:func:`with_agent_defaults`).
     """
+    if agent_policies is not None:
+        plan = with_agent_defaults(plan, agent_policies)
     check_task_timeouts(plan, settings)
     if plan.budget is not None and not (extra_meta or {}).get("budget"):
         extra_meta = {**(extra_meta or {}), **budget_meta(plan.id, plan.budget)}

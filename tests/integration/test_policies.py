@@ -165,3 +165,44 @@ def test_calls_without_an_estimate_learn_the_agents_mean(cluster: SmallCluster, 
     # each reserves the recent mean (500): at most 4 a window, 2000 tokens
     assert busiest_window(stamps) <= 4
     assert stamps[-1] - stamps[0] >= 1.0 - ARRIVAL_JITTER_S
+
+
+def test_each_agent_has_its_own_breaker_timeout_and_retries(
+    cluster: SmallCluster, uid: str
+) -> None:
+    """One agent's policy opens its circuit after 1 failure, retries never and times out fast."""
+    cluster.add_worker("left", slots=8)
+    engine = cluster.engine
+    with (
+        HttpAgentServer("fail") as touchy,
+        HttpAgentServer("fail") as steady,
+        HttpAgentServer("slow", delay_ms=1500) as slow,
+    ):
+        engine.register_agent(
+            f"touchy-{uid}",
+            touchy.endpoint,
+            policy={"failureThreshold": 1, "resetTimeout": 60000, "maxRetries": 0},
+        )
+        engine.register_agent(f"steady-{uid}", steady.endpoint)  # settings: 5 failures, 2 retries
+        engine.register_agent(
+            f"slow-{uid}", slow.endpoint, policy={"timeout": 300, "maxRetries": 1}
+        )
+        first = engine.execute_task(agent_task("first", f"touchy-{uid}"))
+        second = engine.execute_task(agent_task("second", f"touchy-{uid}"))
+        steady_result = engine.execute_task(agent_task("steady", f"steady-{uid}"))
+        own_timeout = engine.execute_task(agent_task("own", f"slow-{uid}"))
+        overridden = engine.execute_task(agent_task("long", f"slow-{uid}", timeout=3000, retries=0))
+        breakers = {
+            a.agent_id: engine.proxy.breaker.state(a.agent_id) for a in engine.list_agents()
+        }
+    # touchy: one call, no retry, and its circuit opened at once; the second fails fast
+    assert (first.status, first.retries, first.metadata["attempts"]) == (TaskStatus.FAILURE, 0, 1)
+    assert second.status is TaskStatus.FAILURE and "circuit" in (second.error or "")
+    assert touchy.calls == 1 and breakers[f"touchy-{uid}"] == "open"
+    # steady: the settings' breaker (3 failures < 5 keep it closed) and 2 retries
+    assert steady_result.retries == 2 and steady.calls == 3
+    assert breakers[f"steady-{uid}"] == "closed"
+    # slow: the policy's 300 ms timeout and 1 retry; a task's own metadata wins over the policy
+    assert own_timeout.status is TaskStatus.TIMEOUT and own_timeout.metadata["attempts"] == 2
+    assert overridden.status is TaskStatus.SUCCESS and overridden.metadata["attempts"] == 1
+    assert slow.calls == 3

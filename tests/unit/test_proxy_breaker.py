@@ -21,7 +21,9 @@ from taskplane.proxy.breaker_storage import (
     STATE_CLOSED,
     STATE_HALF_OPEN,
     STATE_OPEN,
+    BreakerPolicy,
 )
+from taskplane.proxy.policy import AgentPolicy
 
 CONFIG = CircuitBreakerConfig(failure_threshold=3, reset_timeout=30_000, monitoring_period=60_000)
 AGENT = "agent-1"
@@ -253,3 +255,25 @@ def test_unreachable_redis_fails_open_and_warns(caplog: Any) -> None:
         admission = breaker.before_call(AGENT)
     assert admission.state == STATE_CLOSED and not admission.tracked
     assert caplog.text.count("failing open") == 1  # warnings are throttled
+
+
+def test_an_agents_own_thresholds_govern_its_breaker(rig: Rig) -> None:
+    touchy = BreakerPolicy(failure_threshold=1, monitoring_period_s=60.0, reset_timeout_s=5.0)
+    breaker = rig.build()
+    breaker.record(breaker.before_call(AGENT, policy=touchy), TransportError("refused"))
+    assert breaker.state(AGENT) == STATE_OPEN  # one failure, not the settings' three
+    for _ in range(2):  # another agent: the settings' threshold (3) counts
+        breaker.record(breaker.before_call("agent-2"), TransportError("refused"))
+    assert breaker.state("agent-2") == STATE_CLOSED
+    rig.clock.advance(5.1)  # its own reset timeout, not the settings' 30 s
+    trial = breaker.before_call(AGENT, policy=touchy)
+    assert trial.trial_token
+    breaker.record(trial)
+    assert breaker.state(AGENT) == STATE_CLOSED
+
+
+def test_a_policy_without_breaker_fields_keeps_the_settings() -> None:
+    default = BreakerPolicy(failure_threshold=3, monitoring_period_s=60.0, reset_timeout_s=30.0)
+    assert AgentPolicy().breaker_policy(default) is None
+    own = AgentPolicy(reset_timeout=2500).breaker_policy(default)
+    assert own == BreakerPolicy(failure_threshold=3, monitoring_period_s=60.0, reset_timeout_s=2.5)

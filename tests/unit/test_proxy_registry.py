@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pytest
 import redis
 
 from taskplane.errors import ValidationError
-from taskplane.proxy.policy import Quota
+from taskplane.models import parse_plan
+from taskplane.proxy.policy import AgentPolicy, Quota, with_agent_defaults
 from taskplane.proxy.registry import (
     AgentInfo,
     AgentRegistry,
@@ -116,3 +119,43 @@ def test_quotas_are_registered_beside_the_agents(registry: AgentRegistry) -> Non
     team = registry.get_quota("team")
     assert team is not None and team.max_requests == 7
     assert registry.get_quota("ghost") is None
+
+
+def test_policies_are_read_for_many_agents_at_once(registry: AgentRegistry) -> None:
+    registry.register(info("a", policy={"timeout": 900, "maxRetries": 0}))
+    registry.register(info("b"))
+    found = registry.policies(["a", "b", "ghost"])
+    assert sorted(found) == ["a", "b"]
+    assert (found["a"].timeout, found["a"].max_retries) == (900, 0)
+    assert registry.policies([]) == {}
+
+
+def test_agent_defaults_fill_only_what_a_task_leaves_unset() -> None:
+    policies = {"slow": AgentPolicy(timeout=900, max_retries=0)}
+    plan = parse_plan(
+        {"id": "p", "tasks": [
+            {"id": "a", "type": "agent", "target": "slow"},
+            {"id": "b", "type": "agent", "target": "slow", "metadata": {"timeout": 50}},
+            {"id": "c", "type": "agent", "target": "other"},
+            {"id": "d", "type": "function", "target": "slow"},
+        ]}
+    )  # fmt: skip
+    asked: list[list[str]] = []
+
+    def lookup(ids: Iterable[str]) -> dict[str, AgentPolicy]:
+        asked.append(list(ids))
+        return {i: policies[i] for i in asked[-1] if i in policies}
+
+    filled = with_agent_defaults(plan, lookup)
+    meta = [(t.metadata.timeout, t.metadata.retries) for t in filled.tasks]
+    assert meta == [(900, 0), (50, 0), (None, None), (None, None)]
+    assert asked == [["other", "slow"]]  # one read for the whole plan
+    assert (plan.tasks[0].metadata.timeout, plan.tasks[0].metadata.retries) == (
+        None,
+        None,
+    )  # untouched
+
+
+def test_a_plan_without_open_agent_tasks_reads_no_policy() -> None:
+    plan = parse_plan({"id": "p", "tasks": [{"id": "f", "type": "function", "target": "x"}]})
+    assert with_agent_defaults(plan, lambda ids: pytest.fail("read")) is plan

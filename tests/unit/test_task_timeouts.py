@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from taskplane.config import Settings
+from taskplane.engine import ExecutionEngine
 from taskplane.errors import ValidationError
 from taskplane.models import parse_plan
 from taskplane.tasks.canvas import check_task_timeouts, effective_timeout_ms
@@ -55,3 +56,18 @@ def test_a_default_timeout_beyond_the_limit_names_the_default() -> None:
 def test_no_limit_on_an_amqp_broker() -> None:
     settings = Settings(broker_url="amqp://guest@127.0.0.1//", visibility_timeout_s=20)
     check_task_timeouts(plan(24 * 3600 * 1000), settings)
+
+
+def test_an_agent_policy_timeout_longer_than_the_limit_is_refused_at_registration(
+    redis_url: str, redis_client: Any
+) -> None:
+    settings = SHORT.model_copy(update={"redis_url": redis_url, "key_prefix": "tp-unit"})
+    with ExecutionEngine(settings) as engine:
+        with pytest.raises(ValidationError) as info:
+            engine.register_agent("long", "http://127.0.0.1:9", policy={"timeout": 14_001})
+        assert info.value.errors[0]["field"] == "policy.timeout"
+        assert "TASKPLANE_VISIBILITY_TIMEOUT_S" in str(info.value)
+        assert engine.list_agents() == []  # nothing half-registered
+        engine.register_agent("ok", "http://127.0.0.1:9", policy={"timeout": 14_000},
+                              check_health=False)  # fmt: skip
+        assert [a.agent_id for a in engine.list_agents()] == ["ok"]
