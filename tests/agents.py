@@ -237,7 +237,7 @@ class _Servicer(parallax.ConfidenceAgentServicer):
             agent_id="test-agent",
             reasoning="echoed",
             uncertainties=["none really"],
-            metadata={"server": "tests"},
+            metadata={"server": "tests", **{k: str(v) for k, v in (self.rec.usage or {}).items()}},
         )
 
     def HealthCheck(self, request: Any, context: grpc.ServicerContext) -> Any:

@@ -7,7 +7,9 @@ real ``google.protobuf.Struct`` of the payload's ``data`` if present (wrapped
 as ``{"value": ...}`` when it is not an object), else of the whole payload;
 ``context`` is the payload's ``context`` object with values as strings. Every
 call carries a deadline and the ``idempotency-key`` / ``x-taskplane-task-id``
-metadata.
+metadata. A reply reports token usage in its ``metadata`` map as decimal
+strings (``inputTokens``/``outputTokens``, or ``prompt_tokens``/
+``completion_tokens``); it becomes the result's ``metadata.usage``.
 
 Status codes are translated here:
 
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
@@ -60,7 +63,13 @@ from taskplane.executor import CallContext, Outcome
 from taskplane.models import ExecutionTask
 from taskplane.proxy.http import DEFAULT_MAX_RESPONSE_BYTES
 from taskplane.proxy.registry import AgentInfo
-from taskplane.proxy.transport import AgentTransport, HealthReport, confidence_of
+from taskplane.proxy.transport import (
+    USAGE_KEYS,
+    AgentTransport,
+    HealthReport,
+    confidence_of,
+    usage_from,
+)
 
 _RETRYABLE_UPSTREAM = {
     grpc.StatusCode.UNAVAILABLE,
@@ -127,6 +136,19 @@ def build_request(task: ExecutionTask, *, timeout_s: float) -> Any:
     return request
 
 
+#: Reply metadata keys that carry token counts (see :data:`USAGE_KEYS`).
+USAGE_FIELDS = frozenset(key for pair in USAGE_KEYS for key in pair)
+
+
+def _counts(entries: Mapping[str, str]) -> dict[str, Any]:
+    """The reply metadata's token counts (decimal strings) as numbers, others as given."""
+    return {
+        key: int(value) if value.isdecimal() else value
+        for key, value in entries.items()
+        if key in USAGE_FIELDS
+    }
+
+
 def outcome_from_result(reply: Any, agent_id: str) -> Outcome:
     """Turn a ``ConfidenceResult`` into an :class:`Outcome`.
 
@@ -143,6 +165,9 @@ def outcome_from_result(reply: Any, agent_id: str) -> Outcome:
     }
     if reply.metadata:
         metadata["agentMetadata"] = dict(reply.metadata)
+        usage = usage_from(_counts(reply.metadata))
+        if usage is not None:
+            metadata["usage"] = usage
     return Outcome(result=value, confidence=confidence_of(reply.confidence), metadata=metadata)
 
 

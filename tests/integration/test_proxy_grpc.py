@@ -72,6 +72,25 @@ def test_struct_data_arrives_intact(proxy: AgentProxy, agent: GrpcAgentServer) -
     assert (outcome.metadata["agentId"], outcome.metadata["protocol"]) == ("g1", "grpc")
 
 
+def test_reported_usage_settles_the_agents_token_window(
+    proxy: AgentProxy, redis_client: redis.Redis
+) -> None:
+    with GrpcAgentServer() as server:
+        server.usage = {"prompt_tokens": 250, "completion_tokens": 50}
+        proxy.register(
+            "g-tok", server.endpoint, protocol="grpc", policy={"maxTokens": 5000, "windowMs": 60000}
+        )
+        call = ExecutionTask(
+            id="t1", type="agent", target="g-tok", metadata={"estimatedTokens": 2000}
+        )
+        outcome = proxy(call, CALL)
+        windows = proxy.limiter.windows("g-tok", proxy.agent("g-tok").policy)
+        tokens = next(w for w in windows if w.counts_tokens)
+        booked = redis_client.hget(f"tp-it:{tokens.key}:amounts", "total")
+    assert outcome.metadata["usage"] == {"inputTokens": 250, "outputTokens": 50}
+    assert float(booked or 0) == 300.0  # the 2000-token estimate was settled to what the agent used
+
+
 def test_the_whole_payload_is_data_when_there_is_no_data_field(
     proxy: AgentProxy, agent: GrpcAgentServer
 ) -> None:

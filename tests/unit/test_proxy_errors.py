@@ -220,6 +220,25 @@ def test_grpc_reply_mapping() -> None:
         outcome_from_result(parallax.ConfidenceResult(value_json="nope"), "a1")
 
 
+@pytest.mark.parametrize(
+    ("entries", "usage"),
+    [
+        ({"inputTokens": "120", "outputTokens": "30"}, {"inputTokens": 120, "outputTokens": 30}),
+        ({"prompt_tokens": "7", "completion_tokens": "0"}, {"inputTokens": 7, "outputTokens": 0}),
+        ({"inputTokens": "-3", "outputTokens": "1"}, None),
+        ({"inputTokens": "many"}, None),
+        ({"model": "m"}, None),
+    ],
+)
+def test_grpc_reply_metadata_reports_token_usage(
+    entries: dict[str, str], usage: dict[str, int] | None
+) -> None:
+    reply = parallax.ConfidenceResult(value_json="1", confidence=0.5, metadata=entries)
+    metadata = outcome_from_result(reply, "a1").metadata
+    assert metadata.get("usage") == usage
+    assert metadata["agentMetadata"] == entries  # as the agent sent it
+
+
 def test_a_throttled_answer_is_retried_but_says_nothing_about_health() -> None:
     from taskplane.errors import BREAKER_IGNORED_ERRORS, RETRYABLE_ERRORS, http_status_error
 
