@@ -217,5 +217,8 @@ def stats_table(summary: dict[str, Any], *, since: str, pattern: str | None) -> 
         table.add_row("mean confidence", f"{summary['avgConfidence']:.3f}")
         table.add_row("success rate", f"{summary['successRate']:.1%}")
         table.add_row("mean execution time", f"{summary['avgExecutionTime']:.0f} ms")
+        if summary.get("totalTokens"):
+            table.add_row("tokens used", f"{summary['totalTokens']:,}")
+            table.add_row("mean tokens per call", f"{summary['avgTokens']:.0f}")
         table.add_row("confidence trend", f"{summary['confidenceTrend']:+.4f} / h")
     return table

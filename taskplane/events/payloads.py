@@ -59,7 +59,8 @@ def finished_event(
 ) -> tuple[str, dict[str, Any]]:
     """``task:completed`` for a success, else ``task:failed``, for a final envelope.
 
-    ``task:completed{taskId, result, confidence, executionTime, planId, worker}``;
+    ``task:completed{taskId, result, confidence, executionTime, usage, planId, worker}``
+    (``usage``: the agent's reported ``{inputTokens, outputTokens}``, else None);
     ``task:failed{taskId, error, retries, status, planId, worker}``.
 
     Args:
@@ -76,6 +77,7 @@ def finished_event(
             "result": wire.get("result"),
             "confidence": wire.get("confidence"),
             "executionTime": wire.get("executionTime", 0.0),
+            "usage": (wire.get("metadata") or {}).get("usage"),
             "planId": plan_id,
             "worker": worker,
         }

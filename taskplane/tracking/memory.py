@@ -67,7 +67,11 @@ class InMemoryTrackingStore(TrackingStore):
                     continue
                 sums = result.setdefault(point.agent_id, Sums(ref=ref))
                 sums.add_point(
-                    point.timestamp, point.confidence, point.success, point.execution_time
+                    point.timestamp,
+                    point.confidence,
+                    point.success,
+                    point.execution_time,
+                    point.tokens,
                 )
         return result
 

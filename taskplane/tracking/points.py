@@ -64,6 +64,7 @@ class DataPoint(BaseModel):
         success: Whether the task's status was ``success``.
         timestamp: When the task finished, UTC epoch seconds.
         execution_time: How long it ran, in ms.
+        tokens: The tokens the agent reported using (input + output), None if it did not.
     """
 
     model_config = ConfigDict(
@@ -77,6 +78,7 @@ class DataPoint(BaseModel):
     success: bool = True
     timestamp: float
     execution_time: float = Field(0.0, ge=0.0, description="ms")
+    tokens: int | None = Field(None, ge=0)
 
     @field_validator("timestamp", mode="before")
     @classmethod
@@ -100,6 +102,18 @@ def as_point(point: DataPoint | dict[str, Any]) -> DataPoint:
     if isinstance(point, DataPoint):
         return point
     return DataPoint.model_validate(point)
+
+
+def tokens_of(usage: Any) -> int | None:
+    """Input plus output tokens of a result's ``metadata.usage``, None when not reported."""
+    if not isinstance(usage, dict):
+        return None
+    total = 0
+    for count in (usage.get("inputTokens"), usage.get("outputTokens")):
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            return None
+        total += count
+    return total
 
 
 def point_from_result(result: ExecutionResult | dict[str, Any], *, now: float) -> DataPoint | None:
@@ -144,6 +158,7 @@ def point_from_result(result: ExecutionResult | dict[str, Any], *, now: float) -
             success=envelope.status is TaskStatus.SUCCESS,
             timestamp=now,
             execution_time=max(envelope.execution_time, 0.0),
+            tokens=tokens_of(meta.get("usage")),
         )
     except pydantic.ValidationError:
         log.warning(

@@ -57,9 +57,18 @@ class Sums:
     sum_offset: float = 0.0
     sum_sq_offset: float = 0.0
     sum_offset_confidence: float = 0.0
+    sum_tokens: int = 0
+    token_count: int = 0
 
-    def add_point(self, timestamp: float, confidence: float, success: bool, ms: float) -> None:
-        """Fold one point in."""
+    def add_point(
+        self,
+        timestamp: float,
+        confidence: float,
+        success: bool,
+        ms: float,
+        tokens: int | None = None,
+    ) -> None:
+        """Fold one point in (*tokens*: what it reported using, None if nothing)."""
         offset = timestamp - self.ref
         self.count += 1
         self.sum_confidence += confidence
@@ -69,6 +78,9 @@ class Sums:
         self.sum_offset += offset
         self.sum_sq_offset += offset * offset
         self.sum_offset_confidence += offset * confidence
+        if tokens is not None:
+            self.sum_tokens += tokens
+            self.token_count += 1
 
     def rebased(self, ref: float) -> Sums:
         """The same sums with time offsets measured from *ref* instead."""
@@ -85,6 +97,8 @@ class Sums:
             + 2 * shift * self.sum_offset
             + self.count * shift * shift,
             sum_offset_confidence=self.sum_offset_confidence + shift * self.sum_confidence,
+            sum_tokens=self.sum_tokens,
+            token_count=self.token_count,
         )
 
     def merge(self, other: Sums) -> None:
@@ -98,6 +112,8 @@ class Sums:
         self.sum_offset += other.sum_offset
         self.sum_sq_offset += other.sum_sq_offset
         self.sum_offset_confidence += other.sum_offset_confidence
+        self.sum_tokens += other.sum_tokens
+        self.token_count += other.token_count
 
     @property
     def mean(self) -> float:
@@ -121,6 +137,11 @@ class Sums:
     def mean_execution_time(self) -> float:
         """Mean execution time in ms."""
         return self.sum_execution_time / self.count if self.count else 0.0
+
+    @property
+    def mean_tokens(self) -> float:
+        """Mean tokens per call, over the calls that reported usage (0 with none)."""
+        return self.sum_tokens / self.token_count if self.token_count else 0.0
 
     @property
     def trend_per_hour(self) -> float:

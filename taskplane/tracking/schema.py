@@ -5,7 +5,8 @@ Times are UTC epoch seconds in double-precision columns. Rollup time sums
 keeps them small enough for exact regression arithmetic.
 
 ``tracking_meta`` holds ``schema_version``; :meth:`SqlTrackingStore.upgrade`
-creates what is missing and applies any later migrations in order.
+creates what is missing and applies any later migrations in order
+(:data:`MIGRATIONS`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 #: Version of the schema this code writes; bumped with each migration.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 NAME_LENGTH = 200
 
@@ -33,6 +34,8 @@ points = sa.Table(
     sa.Column("success", sa.Boolean(), nullable=False),
     sa.Column("timestamp", sa.Float(53), nullable=False),
     sa.Column("execution_time_ms", sa.Float(53), nullable=False, default=0.0),
+    # input + output tokens the agent reported; NULL when it reported none (version 2)
+    sa.Column("tokens", sa.BigInteger(), nullable=True),
     # Covering: per-agent sums over a time range read the index alone.
     sa.Index(
         "ix_tracking_points_agent_time",
@@ -63,6 +66,9 @@ rollups = sa.Table(
     sa.Column("sum_offset", sa.Float(53), nullable=False),
     sa.Column("sum_sq_offset", sa.Float(53), nullable=False),
     sa.Column("sum_offset_confidence", sa.Float(53), nullable=False),
+    # the tokens reported, and how many points reported them (version 2)
+    sa.Column("sum_tokens", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Column("token_count", sa.BigInteger(), nullable=False, server_default="0"),
     sa.Index("ix_tracking_rollups_pattern", "granularity", "pattern_name", "bucket_start"),
     sa.Index("ix_tracking_rollups_time", "granularity", "bucket_start"),
 )
@@ -77,6 +83,8 @@ ROLLUP_SUMS = (
     "sum_offset",
     "sum_sq_offset",
     "sum_offset_confidence",
+    "sum_tokens",
+    "token_count",
 )
 
 anomalies = sa.Table(
@@ -100,4 +108,18 @@ meta = sa.Table(
     metadata,
     sa.Column("key", sa.String(50), primary_key=True),
     sa.Column("value", sa.String(200), nullable=False),
+)
+
+#: ``(version, statements)``: what takes a database from ``version - 1`` to
+#: ``version``. Each statement adds one column; :meth:`SqlTrackingStore.upgrade`
+#: runs the ones whose column is still missing.
+MIGRATIONS: tuple[tuple[int, tuple[tuple[str, str, str], ...]], ...] = (
+    (
+        2,
+        (
+            ("tracking_points", "tokens", "BIGINT"),
+            ("tracking_rollups", "sum_tokens", "BIGINT NOT NULL DEFAULT 0"),
+            ("tracking_rollups", "token_count", "BIGINT NOT NULL DEFAULT 0"),
+        ),
+    ),
 )

@@ -132,8 +132,9 @@ class SqlTrackingStore(TrackingStore):
         """Create missing tables and indexes and apply pending migrations.
 
         Safe to run from several processes at once and on every start.
-        Migrations (none yet: version 1 is the first schema) are applied in
-        order from the version recorded in ``tracking_meta``.
+        Migrations (:data:`schema.MIGRATIONS`) are applied in order from the
+        version recorded in ``tracking_meta``; each adds columns that are
+        still missing, so two processes upgrading at once do no harm.
 
         Raises:
             BackendError: The database cannot be reached or changed.
@@ -158,6 +159,33 @@ class SqlTrackingStore(TrackingStore):
                         f"tracking database {self.safe_url} has schema version {found}, "
                         f"newer than this taskplane's {schema.SCHEMA_VERSION}"
                     )
+                elif int(found) < schema.SCHEMA_VERSION:
+                    self._migrate(conn, int(found))
+
+    def _migrate(self, conn: sa.Connection, found: int) -> None:
+        """Apply the migrations after version *found*, then record the new version."""
+        for version, columns in schema.MIGRATIONS:
+            if version <= found:
+                continue
+            for table, column, kind in columns:
+                present = {c["name"] for c in sa.inspect(conn).get_columns(table)}
+                if column in present:
+                    continue
+                if self.dialect == "postgresql":  # another process may add it meanwhile
+                    conn.execute(
+                        sa.text(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
+                    )
+                    continue
+                try:
+                    conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
+                except sa.exc.OperationalError as exc:  # SQLite: added by another process
+                    if "duplicate column" not in str(exc):
+                        raise
+        conn.execute(
+            sa.update(schema.meta)
+            .where(schema.meta.c.key == "schema_version")
+            .values(value=str(schema.SCHEMA_VERSION))
+        )
 
     def add(self, points: Sequence[DataPoint]) -> None:
         if not points:
@@ -171,6 +199,7 @@ class SqlTrackingStore(TrackingStore):
                 "success": p.success,
                 "timestamp": p.timestamp,
                 "execution_time_ms": p.execution_time,
+                "tokens": p.tokens,
             }
             for p in points
         ]
@@ -232,6 +261,8 @@ class SqlTrackingStore(TrackingStore):
                 sa.func.sum(offset),
                 sa.func.sum(offset * offset),
                 sa.func.sum(offset * t.confidence),
+                sa.func.sum(t.tokens),
+                sa.func.count(t.tokens),
             )
             .where(
                 *self._filters(
@@ -268,6 +299,8 @@ class SqlTrackingStore(TrackingStore):
                 sa.func.sum(b.sum_offset + b.count * shift),
                 sa.func.sum(b.sum_sq_offset + 2 * shift * b.sum_offset + b.count * shift * shift),
                 sa.func.sum(b.sum_offset_confidence + shift * b.sum_confidence),
+                sa.func.sum(b.sum_tokens),
+                sa.func.sum(b.token_count),
             )
             .where(
                 b.granularity == granularity.value,
@@ -347,6 +380,7 @@ class SqlTrackingStore(TrackingStore):
                 success=bool(row["success"]),
                 timestamp=row["timestamp"],
                 execution_time=row["execution_time_ms"],
+                tokens=row["tokens"],
             )
             for row in rows
         ]
@@ -433,7 +467,7 @@ class SqlTrackingStore(TrackingStore):
 
 def _sums(ref: float, values: Sequence[Any]) -> Sums:
     """Build Sums from a row of SQL aggregates (PostgreSQL sums integers as Decimal)."""
-    count, s_c, s_c2, success, s_ms, s_u, s_u2, s_uc = values
+    count, s_c, s_c2, success, s_ms, s_u, s_u2, s_uc, tokens, token_count = values
     return Sums(
         ref=ref,
         count=int(count or 0),
@@ -444,4 +478,6 @@ def _sums(ref: float, values: Sequence[Any]) -> Sums:
         sum_offset=float(s_u or 0.0),
         sum_sq_offset=float(s_u2 or 0.0),
         sum_offset_confidence=float(s_uc or 0.0),
+        sum_tokens=int(tokens or 0),
+        token_count=int(token_count or 0),
     )

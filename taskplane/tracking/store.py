@@ -64,7 +64,9 @@ def bucket_deltas(points: Sequence[DataPoint]) -> dict[BucketKey, Sums]:
             sums = deltas.get(key)
             if sums is None:
                 sums = deltas[key] = Sums(ref=start)
-            sums.add_point(point.timestamp, point.confidence, point.success, point.execution_time)
+            sums.add_point(
+                point.timestamp, point.confidence, point.success, point.execution_time, point.tokens
+            )
     return deltas
 
 

@@ -55,6 +55,8 @@ def _summary(sums: Sums) -> dict[str, Any]:
         "avgConfidence": sums.mean,
         "successRate": sums.success_rate,
         "avgExecutionTime": sums.mean_execution_time,
+        "totalTokens": sums.sum_tokens,
+        "avgTokens": sums.mean_tokens,
     }
 
 
@@ -194,9 +196,11 @@ class ConfidenceTracker:
 
         Returns:
             ``{agentId, totalExecutions, avgConfidence, successRate,
-            avgExecutionTime (ms), confidenceTrend}``; the trend is the
-            least-squares slope of confidence in units per hour (positive =
-            improving).
+            avgExecutionTime (ms), totalTokens, avgTokens, confidenceTrend}``;
+            ``totalTokens`` sums the usage calls reported, ``avgTokens`` is
+            its mean over those calls (0 when none reported); the trend is
+            the least-squares slope of confidence in units per hour
+            (positive = improving).
         """
         start, end = (None, None) if time_range is None else time_range
         sums = self._one(
@@ -216,8 +220,9 @@ class ConfidenceTracker:
 
         Returns:
             ``{patternName, totalExecutions, avgConfidence, successRate,
-            avgExecutionTime, agentBreakdown: {agentId: {totalExecutions,
-            avgConfidence, successRate, avgExecutionTime}}}``.
+            avgExecutionTime, totalTokens, avgTokens, agentBreakdown: {agentId:
+            {totalExecutions, avgConfidence, successRate, avgExecutionTime,
+            totalTokens, avgTokens}}}``.
         """
         by_agent = self._range_sums(
             optional_epoch(start), optional_epoch(end), pattern_name=pattern

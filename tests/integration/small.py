@@ -21,11 +21,14 @@ from taskplane.devtools import redis_server
 from taskplane.devtools.cluster import WorkerProcess, start_worker, wait_ready
 from tests.integration.conftest import LOG_DIR, ROOT, cluster_env
 
-#: Lateness allowed between a booked slot and the agent seeing the request (s): a
-#: rescheduled task comes due on the worker's ETA timer and then makes its call, which on
-#: a loaded two-core machine was seen 70 ms late. An unlimited backlog would land all 16
-#: calls within a few milliseconds, so the check still tells a limit from none.
-ARRIVAL_JITTER_S = 0.15
+#: Lateness allowed between a booked slot and the agent seeing the request (s). The
+#: limiter stamps a call when it books it; the request leaves after that, once the
+#: worker's other greenlets give way. A burst of 8 tasks starting together on a fresh
+#: gevent worker was seen to reach the agent up to 0.17 s (first calls, connections
+#: opened) and 0.3 s (a rescheduled batch) after their stamps on a two-core machine,
+#: while the ETA timer itself fired within 25 ms. An unlimited backlog would land
+#: every call within a few milliseconds, so the checks still tell a limit from none.
+ARRIVAL_JITTER_S = 0.3
 
 
 def agent_task(task_id: str, agent_id: str, **metadata: Any) -> dict[str, Any]:

@@ -149,6 +149,7 @@ def test_stats_table_json_and_plot(
 ) -> None:
     agent_id = f"st-{uid}"
     with HttpAgentServer(confidence=0.7) as agent:
+        agent.usage = {"inputTokens": 100, "outputTokens": 20}  # 120 tokens a call
         cluster.engine.register_agent(agent_id, agent.endpoint)
         tasks = [
             {
@@ -172,9 +173,11 @@ def test_stats_table_json_and_plot(
     assert table.exit_code == 0, table.stderr
     assert "executions" in table.stdout and " 6 " in table.stdout
     assert "0.700" in table.stdout and "100.0%" in table.stdout
+    assert "tokens used" in table.stdout and " 720 " in table.stdout
 
     summary = run_json(cli, "stats", agent_id, "--pattern", "p1", "--since", "1h")
     assert summary["totalExecutions"] == 4
+    assert (summary["totalTokens"], summary["avgTokens"]) == (480, 120.0)
 
     png = tmp_path / "conf.png"
     plotted = cli.invoke(app, ["stats", agent_id, "--since", "30m", "--plot", str(png)])

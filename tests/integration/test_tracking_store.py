@@ -7,9 +7,16 @@ import random
 from datetime import UTC, datetime
 
 import pytest
+import sqlalchemy as sa
 
 import tests.integration.test_tracking_support as support
-from taskplane.tracking import ConfidenceTracker, DataPoint, Granularity, TrackingStore
+from taskplane.tracking import (
+    ConfidenceTracker,
+    DataPoint,
+    Granularity,
+    SqlTrackingStore,
+    TrackingStore,
+)
 from tests.integration.test_tracking_support import NOW, FakeClock, StoreFactory, point
 
 pytestmark = pytest.mark.integration
@@ -27,6 +34,7 @@ def tracker_over(store: TrackingStore, clock: FakeClock | None = None) -> Confid
 def brute_stats(points: list[DataPoint]) -> dict[str, float]:
     """Stats the slow, obvious way."""
     n = len(points)
+    reported = [p.tokens for p in points if p.tokens is not None]
     if not n:
         return {"totalExecutions": 0, "avgConfidence": 0.0, "confidenceTrend": 0.0}
     mean_t = sum(p.timestamp for p in points) / n
@@ -38,6 +46,8 @@ def brute_stats(points: list[DataPoint]) -> dict[str, float]:
         "avgConfidence": mean_c,
         "successRate": sum(p.success for p in points) / n,
         "avgExecutionTime": sum(p.execution_time for p in points) / n,
+        "totalTokens": sum(reported),
+        "avgTokens": sum(reported) / len(reported) if reported else 0.0,
         "confidenceTrend": sxy / sxx * 3600 if sxx else 0.0,
     }
 
@@ -72,6 +82,7 @@ def test_query_filters_order_and_limit(store: TrackingStore) -> None:
         "success": True,
         "timestamp": NOW - 10,
         "executionTime": 100.0,
+        "tokens": None,
     }
 
 
@@ -99,6 +110,8 @@ def test_pattern_stats_with_agent_breakdown(store: TrackingStore) -> None:
         "avgConfidence": pytest.approx(0.3),
         "successRate": 0.0,
         "avgExecutionTime": pytest.approx(100.0),
+        "totalTokens": 0,
+        "avgTokens": 0.0,
     }
     assert tracker.get_pattern_stats("review", start=NOW - 15)["totalExecutions"] == 1
     assert tracker.get_pattern_stats("missing")["totalExecutions"] == 0
@@ -151,6 +164,7 @@ def test_rollup_answers_match_raw_points(store: TrackingStore) -> None:
             pattern=rng.choice(["", "p1", "p2"]),
             success=rng.random() < 0.8,
             ms=rng.uniform(10, 1000),
+            tokens=rng.choice([None, rng.randrange(0, 5000)]),
         )
         for _ in range(3000)
     ]
@@ -180,7 +194,8 @@ def test_rollup_answers_match_raw_points(store: TrackingStore) -> None:
             )
             got = tracker.get_agent_stats("a", time_range=(start, end), pattern_name=pattern)
             assert got["totalExecutions"] == expected["totalExecutions"], (start, end, pattern)
-            for key in ("avgConfidence", "successRate", "avgExecutionTime"):
+            assert got["totalTokens"] == expected.get("totalTokens", 0), (start, end, pattern)
+            for key in ("avgConfidence", "successRate", "avgExecutionTime", "avgTokens"):
                 assert got[key] == pytest.approx(expected.get(key, 0.0), rel=1e-9, abs=1e-9)
             assert got["confidenceTrend"] == pytest.approx(
                 expected["confidenceTrend"], rel=1e-6, abs=1e-12
@@ -293,3 +308,30 @@ def test_upgrade_is_idempotent_and_stores_persist(store_factory: StoreFactory) -
     second.upgrade()
     second.upgrade()
     assert [p.agent_id for p in second.points()] == ["a"]
+
+
+@pytest.mark.parametrize("store_factory", support.BACKENDS[1:], indirect=True)
+def test_a_version_1_database_is_upgraded_in_place(store_factory: StoreFactory) -> None:
+    old = store_factory()
+    assert isinstance(old, SqlTrackingStore)
+    old.add([point("a", 0.5, NOW - 20)])
+    with old.engine.begin() as conn:  # back to what version 1 wrote
+        conn.execute(sa.text("ALTER TABLE tracking_points DROP COLUMN tokens"))
+        for column in ("sum_tokens", "token_count"):
+            conn.execute(sa.text(f"ALTER TABLE tracking_rollups DROP COLUMN {column}"))
+        conn.execute(sa.text("UPDATE tracking_meta SET value = '1' WHERE key = 'schema_version'"))
+    old.close()
+
+    upgraded, again = store_factory(), store_factory()
+    tracker = tracker_over(upgraded)
+    tracker.record(point("a", 0.7, NOW - 10, tokens=300))
+    again.upgrade()  # a second process upgrading finds nothing left to do
+    stats = tracker.get_agent_stats("a")
+    assert (stats["totalExecutions"], stats["totalTokens"], stats["avgTokens"]) == (2, 300, 300.0)
+    assert [p.tokens for p in upgraded.points()] == [300, None]
+    assert isinstance(upgraded, SqlTrackingStore)
+    with upgraded.engine.connect() as conn:
+        version = conn.execute(
+            sa.text("SELECT value FROM tracking_meta WHERE key = 'schema_version'")
+        ).scalar()
+    assert version == "2"

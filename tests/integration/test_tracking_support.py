@@ -55,6 +55,7 @@ def point(
     pattern: str = "",
     success: bool = True,
     ms: float = 100.0,
+    tokens: int | None = None,
 ) -> DataPoint:
     return DataPoint(
         agent_id=agent,
@@ -64,6 +65,7 @@ def point(
         success=success,
         timestamp=timestamp,
         execution_time=ms,
+        tokens=tokens,
     )
 
 

@@ -187,10 +187,18 @@ def test_finished_event_for_success() -> None:
             "result": {"v": 1},
             "confidence": 0.92,
             "executionTime": 123.4,
+            "usage": None,
             "planId": "p1",
             "worker": "w1",
         },
     )
+
+
+def test_finished_event_carries_the_reported_usage() -> None:
+    used = {"inputTokens": 120, "outputTokens": 30}
+    wire = success().to_json_dict()
+    wire["metadata"]["usage"] = used
+    assert finished_event(wire, plan_id=None, worker="w1")[1]["usage"] == used
 
 
 @pytest.mark.parametrize("status", [TaskStatus.FAILURE, TaskStatus.TIMEOUT, TaskStatus.CANCELLED])

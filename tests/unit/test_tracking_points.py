@@ -86,3 +86,19 @@ def test_data_point_wire_format_and_validation() -> None:
         DataPoint(agent_id="a", confidence=-0.1, timestamp=NOW)
     with pytest.raises(pydantic.ValidationError):
         DataPoint(agent_id="", confidence=0.1, timestamp=NOW)
+
+
+@pytest.mark.parametrize(
+    ("usage", "tokens"),
+    [
+        ({"inputTokens": 120, "outputTokens": 30}, 150),
+        ({"inputTokens": 0, "outputTokens": 0}, 0),
+        ({"inputTokens": -1, "outputTokens": 3}, None),
+        ({"inputTokens": "12", "outputTokens": 3}, None),
+        (None, None),
+    ],
+)
+def test_reported_usage_becomes_the_points_tokens(usage: Any, tokens: int | None) -> None:
+    meta = {"taskType": "agent", "agentId": "a1", "usage": usage}
+    point = point_from_result(envelope(metadata=meta), now=NOW)
+    assert point is not None and point.tokens == tokens
