@@ -1,4 +1,4 @@
-"""What per-agent limits add to a call: own request and token limits + quota + in-flight cap.
+"""What per-agent limits add to a call: own request and token limits, a quota, a plan budget.
 
 Usage::
 
@@ -9,7 +9,9 @@ Redis-backed :class:`~taskplane.proxy.AgentProxy`: with no policy (the
 settings' rate limit only, the path every call already takes); with its own
 ``maxRequests`` and ``maxTokens`` and a shared quota in requests and tokens;
 and with ``maxInFlight`` on top (limits far above what the run reaches, so
-nothing waits; the agent reports its usage, so every call is settled). Times
+nothing waits; the agent reports its usage, so every call is settled). A
+further path draws each limited call from a plan budget too, as a worker does
+for a plan with ``budget`` (reserve before the call, settle after). Times
 N sequential calls of each, interleaved so machine noise hits all alike, plus
 N direct httpx calls as the bare baseline. Writes only keys under a
 throw-away prefix and removes them afterwards.
@@ -24,8 +26,10 @@ import uuid
 import redis
 
 from bench.bench_proxy import CALL, PAYLOAD, WARMUP_CALLS, row, timed_ms
+from taskplane.budget import BudgetGate, RedisBudgetBackend, budget_meta
 from taskplane.config import RateLimitConfig, Settings
-from taskplane.models import ExecutionTask
+from taskplane.executor import BudgetRefusal, tokens_used
+from taskplane.models import ExecutionTask, PlanBudget
 from taskplane.proxy import HttpTransport, build_agent_proxy
 from tests.agents import HttpAgentServer
 
@@ -73,11 +77,28 @@ def main() -> None:
         def direct() -> object:
             return http.client.post(url, json=PAYLOAD, headers=headers, timeout=5.0).json()
 
+        owner = "bench-plan"
+        client.hset(
+            f"{prefix}:plan:{owner}:meta",
+            mapping=budget_meta(owner, PlanBudget(tokens=10**12, calls=10**9)),
+        )
+        gate = BudgetGate(
+            RedisBudgetBackend(client, prefix=prefix), owner, owner, lambda t, d: None
+        )
+
+        def budgeted() -> object:
+            hold = gate.reserve(limited)
+            assert hold is not None and not isinstance(hold, BudgetRefusal)
+            outcome = proxy(limited, CALL)
+            gate.settle(hold, tokens=tokens_used(outcome.metadata.get("usage")), called=True)
+            return outcome
+
         steps = (
             direct,
             lambda: proxy(plain, CALL),
             lambda: proxy(limited, CALL),
             lambda: proxy(capped, CALL),
+            budgeted,
         )
         for _ in range(WARMUP_CALLS):
             for step in steps:
@@ -100,11 +121,14 @@ def main() -> None:
     print(row("proxy, no policy", samples[1]))
     print(row("proxy, token limit + quota", samples[2]))
     print(row("  ... + maxInFlight", samples[3]))
-    direct_p50, plain_p50, limited_p50, capped_p50 = (statistics.median(s) for s in samples)
+    print(row("token limit + quota + budget", samples[4]))
+    p50s = [statistics.median(s) for s in samples]
+    direct_p50, plain_p50, limited_p50, capped_p50, budget_p50 = p50s
     print()
     print(
-        f"token limit + quota added at p50: {limited_p50 - plain_p50:.3f} ms over no policy "
-        f"(goal <= {GOAL_MS} ms); with maxInFlight too: {capped_p50 - plain_p50:.3f} ms; "
+        f"token limit + quota + plan budget added at p50: {budget_p50 - plain_p50:.3f} ms over "
+        f"no policy (goal <= {GOAL_MS} ms); token limit + quota alone "
+        f"{limited_p50 - plain_p50:.3f} ms; + maxInFlight {capped_p50 - plain_p50:.3f} ms; "
         f"the proxy with no policy adds {plain_p50 - direct_p50:.3f} ms over bare httpx"
     )
 

@@ -16,6 +16,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
+from taskplane.executor import tokens_used
 from taskplane.models import ExecutionResult, TaskStatus, TaskType
 
 log = logging.getLogger(__name__)
@@ -104,18 +105,6 @@ def as_point(point: DataPoint | dict[str, Any]) -> DataPoint:
     return DataPoint.model_validate(point)
 
 
-def tokens_of(usage: Any) -> int | None:
-    """Input plus output tokens of a result's ``metadata.usage``, None when not reported."""
-    if not isinstance(usage, dict):
-        return None
-    total = 0
-    for count in (usage.get("inputTokens"), usage.get("outputTokens")):
-        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-            return None
-        total += count
-    return total
-
-
 def point_from_result(result: ExecutionResult | dict[str, Any], *, now: float) -> DataPoint | None:
     """Build the data point for a finished task envelope, if it should be tracked.
 
@@ -158,7 +147,7 @@ def point_from_result(result: ExecutionResult | dict[str, Any], *, now: float) -
             success=envelope.status is TaskStatus.SUCCESS,
             timestamp=now,
             execution_time=max(envelope.execution_time, 0.0),
-            tokens=tokens_of(meta.get("usage")),
+            tokens=tokens_used(meta.get("usage")),
         )
     except pydantic.ValidationError:
         log.warning(
