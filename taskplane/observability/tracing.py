@@ -372,15 +372,18 @@ def task_delivery(
     if delivery.get("redelivered"):
         attributes["taskplane.task.redelivered"] = True
     name = f"task {kind}:{target if kind == TaskType.AGENT.value else kind}"
-    with _tracer.start_as_current_span(
-        name,
-        context=parent,
-        kind=SpanKind.CONSUMER,
-        attributes=attributes,
-        record_exception=False,
-        set_status_on_exception=False,
-    ):
-        yield
+    token = otel_context.attach(parent)  # the span is made current on top of the plan's key
+    try:
+        with _tracer.start_as_current_span(
+            name,
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ):
+            yield
+    finally:
+        otel_context.detach(token)
 
 
 def delivery_ended(step: ExecutionResult | Reschedule | None) -> None:
