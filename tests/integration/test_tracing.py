@@ -7,6 +7,7 @@ export over OTLP/HTTP to a receiver in this test; this process (the client, and 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -61,6 +62,7 @@ def traced(
         # a killed worker's message comes back within about twelve seconds
         "TASKPLANE_VISIBILITY_TIMEOUT_S": "10",
         "TASKPLANE_DEFAULT_TIMEOUT": "2000",
+        "TASKPLANE_LOG_FORMAT": "json",
     }
     with small_cluster(
         redis_url,
@@ -70,8 +72,8 @@ def traced(
         default_timeout=2000,
         visibility_timeout_s=10,
     ) as cluster:
-        cluster.add_worker("trace1", slots=8)
-        cluster.add_worker("trace2", slots=8)
+        cluster.add_worker("trace1", slots=8, loglevel="INFO")
+        cluster.add_worker("trace2", slots=8, loglevel="INFO")
         yield cluster
 
 
@@ -142,6 +144,15 @@ def test_a_parallel_plan_is_one_trace_down_to_each_agent_call(
         assert call.attributes["gen_ai.usage.output_tokens"] == 7
     # the agent saw the traceparent of the call span of its own request
     assert sorted(seen) == sorted(c.span_id for c in calls)
+    # the workers' JSON log lines about the plan's tasks carry its trace id
+    records = [
+        json.loads(line)
+        for worker in traced.workers[:2]
+        for line in worker.log().splitlines()
+        if line.startswith("{")
+    ]
+    about = [r for r in records if r["plan_id"] == plan_id]
+    assert about and {r["trace_id"] for r in about} == {trace_id}
 
 
 def test_a_sequential_plan_traces_agent_function_and_http_tasks(
