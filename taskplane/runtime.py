@@ -29,7 +29,7 @@ from taskplane.functions import import_function_modules, registry
 from taskplane.hooks import HookChain
 from taskplane.http_task import HttpTaskHandler, UrlGuard
 from taskplane.models import ExecutionResult, TaskType
-from taskplane.observability import tracing
+from taskplane.observability import call_spans, tracing
 from taskplane.observability.metrics import MetricsHooks, WorkerMetrics
 from taskplane.patterns import FilePatternEngine, PatternHandler, load_pattern_executor
 from taskplane.planstore import PlanStore
@@ -159,9 +159,9 @@ class WorkerRuntime:
             capabilities_of=proxy.capabilities_of,
         )
         if tracing.active():  # spans for calls, events for refusals, retries and cache hits
-            tracing.trace_transports(proxy.transports)
-            handlers = {kind: tracing.traced_handler(kind, h) for kind, h in handlers.items()}
-            hooks.add(tracing.TracingHooks())
+            call_spans.trace_transports(proxy.transports)
+            handlers = {kind: call_spans.traced_handler(kind, h) for kind, h in handlers.items()}
+            hooks.add(call_spans.TracingHooks())
         metrics: WorkerMetrics | None = None
         if settings.metrics_port is not None:
             metrics = WorkerMetrics(breaker_redis=fast, prefix=settings.key_prefix)

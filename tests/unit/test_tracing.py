@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from taskplane.errors import CircuitOpenError
 from taskplane.executor import CallContext, Outcome
 from taskplane.models import ExecutionTask, ParallelExecutionPlan, TaskType
-from taskplane.observability import tracing
+from taskplane.observability import call_spans, tracing
 from taskplane.proxy.registry import make_agent_info
 from taskplane.proxy.transport import InMemoryTransport
 
@@ -83,7 +83,7 @@ def test_nothing_is_traced_or_sent_when_tracing_is_off(monkeypatch: pytest.Monke
     request = httpx.Request("POST", "http://agent/analyze")
     tracing.inject_httpx(request)
     assert "traceparent" not in request.headers
-    handler = tracing.traced_handler(TaskType.AGENT, lambda task, call: Outcome(1))
+    handler = call_spans.traced_handler(TaskType.AGENT, lambda task, call: Outcome(1))
     assert handler(ExecutionTask(id="t", type="agent", target="a1"), CallContext(1.0)).result == 1
 
 
@@ -141,8 +141,8 @@ def test_an_agent_call_is_a_client_span_with_usage_and_sends_its_traceparent(
         return {"value": 1, "confidence": 0.9, "usage": {"inputTokens": 5, "outputTokens": 2}}
 
     transports: dict[str, Any] = {"http": InMemoryTransport({"http://a1.test:8080": agent})}
-    tracing.trace_transports(transports)
-    tracing.trace_transports(transports)  # wrapped once
+    call_spans.trace_transports(transports)
+    call_spans.trace_transports(transports)  # wrapped once
     info = make_agent_info("a1", "http://a1.test:8080")
     task = ExecutionTask(id="t", type="agent", target="a1")
     outcome = transports["http"].send(info, task, CallContext(1.0), timeout_s=1.0)
@@ -164,9 +164,9 @@ def test_refusals_retries_and_cache_hits_are_events_of_the_delivery(
     def refused(task: ExecutionTask, call: CallContext) -> Outcome:
         raise CircuitOpenError("circuit open for agent a1")
 
-    handler = tracing.traced_handler(TaskType.AGENT, refused)
+    handler = call_spans.traced_handler(TaskType.AGENT, refused)
     task = ExecutionTask(id="t", type="agent", target="a1")
-    hooks = tracing.TracingHooks()
+    hooks = call_spans.TracingHooks()
     with tracing.task_delivery(Request(), "p1", task.model_dump(), None):
         with pytest.raises(CircuitOpenError):
             handler(task, CallContext(1.0))
@@ -181,9 +181,9 @@ def test_function_and_http_tasks_get_spans_of_their_own(spans: InMemorySpanExpor
 
     http = ExecutionTask(id="h", type="http", target="http://user:pw@example.test/x",
                          payload={"method": "post"})  # fmt: skip
-    tracing.traced_handler(TaskType.HTTP, echo)(http, CallContext(1.0))
+    call_spans.traced_handler(TaskType.HTTP, echo)(http, CallContext(1.0))
     function = ExecutionTask(id="f", type="function", target="add")
-    tracing.traced_handler(TaskType.FUNCTION, echo)(function, CallContext(1.0))
+    call_spans.traced_handler(TaskType.FUNCTION, echo)(function, CallContext(1.0))
     request, tool = spans.get_finished_spans()
     assert request.name == "POST" and request.kind is trace.SpanKind.CLIENT
     assert request.attributes is not None
