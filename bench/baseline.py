@@ -7,11 +7,32 @@ one pool and one Redis.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import httpx
 
 from taskplane.tasks.app import create_app
+
+
+def install_noop_tracing() -> None:
+    """Trace this process through the SDK, a batch processor and an exporter that drops
+    every span: what tracing costs here, without a collector's cost."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class DropSpans(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(DropSpans()))
+    trace.set_tracer_provider(provider)
+
+
+if os.environ.get("BENCH_TRACING") == "noop":  # the tracing benchmark's worker
+    install_noop_tracing()
 
 app = create_app()
 

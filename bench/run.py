@@ -35,8 +35,9 @@ def sections(redis_url: str, quick: bool) -> list[tuple[str, str, list[str]]]:
             + (["--tasks", "1000"] if quick else []),
         ),
         (
-            "Prometheus metrics",
-            "One worker with `/metrics` served (scraped once per plan) vs the same worker without.",
+            "Prometheus metrics and OpenTelemetry traces",
+            "One worker with `/metrics` served (scraped once per plan), or tracing through the "
+            "SDK (batch processor, spans dropped), vs the same worker with neither.",
             ["-m", "bench.bench_metrics", "--rounds", "2"] + (["--tasks", "500"] if quick else []),
         ),
         (

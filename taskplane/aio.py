@@ -90,7 +90,7 @@ class AsyncPlanHandle:
         while not await self._follow(watch, step := watch.step(meta)):
             seen = await self._engine.watcher.changed(order, seen, step.block_s)
             meta = await self._meta()
-        return await asyncio.to_thread(self._engine.engine.outcome, self.id)
+        return await asyncio.to_thread(self._engine.engine.outcome, self.id, self._sync.trace)
 
     async def as_completed(self, timeout: float | None = None) -> AsyncIterator[ExecutionResult]:
         """Each task's envelope as its outcome is recorded, in completion order.
@@ -112,7 +112,8 @@ class AsyncPlanHandle:
         client = self._engine.redis
         while len(reader.seen) < total:
             if await self._follow(watch, step := watch.step(meta)):
-                await asyncio.to_thread(engine.coordinator.collect, self.id)
+                report = await asyncio.to_thread(engine.coordinator.collect, self.id)
+                self._sync.trace.end(report.state, ok=report.ok)
                 for result in await reader.read_async(client, 0):
                     yield result
                 everything = await asyncio.to_thread(engine.store.results, self.id, total)

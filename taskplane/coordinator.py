@@ -26,6 +26,7 @@ from taskplane.executor import (
     target_metadata,
 )
 from taskplane.models import ExecutionPlan, ExecutionResult, ExecutionTask, TaskStatus, TaskType
+from taskplane.observability import tracing
 from taskplane.patterns import FilePatternEngine, check_nesting, pattern_result
 from taskplane.plans import Mode, PlanLayout, PlanState, plan_outcome
 from taskplane.planstore import TERMINAL, PlanStore
@@ -202,7 +203,7 @@ class PlanCoordinator:
     ) -> bool:
         outcome = self.store.finish(plan_id, index, result, ran=ran)
         if outcome.next_index is not None and outcome.next_task is not None:
-            self.enqueue(plan_id, outcome.next_index, outcome.next_task, deadline)
+            self._enqueue(plan_id, outcome.next_index, outcome.next_task, deadline)
         if outcome.ending:
             self._settle(plan_id, ended=True)
         return outcome.recorded
@@ -317,7 +318,7 @@ class PlanCoordinator:
         """A rerun must not stall its plan: resend a lost successor, answer waiting callers."""
         successor = self.store.successor_to_resend(plan_id, index)
         if successor is not None:
-            self.enqueue(plan_id, successor[0], successor[1], deadline)
+            self._enqueue(plan_id, successor[0], successor[1], deadline)
         if self.store.meta(plan_id).get("state") in TERMINAL:
             self._settle(plan_id)
 
@@ -348,8 +349,16 @@ class PlanCoordinator:
         orphans = self.store.orphans(plan_id)
         for index, task_json in orphans:
             log.warning("plan %s: task %s lost its message; sending it again", plan_id, index)
-            self.enqueue(plan_id, index, task_json, deadline)
+            self._enqueue(plan_id, index, task_json, deadline)
         return len(orphans)
+
+    def _enqueue(
+        self, plan_id: str, index: int, task_json: dict[str, Any], deadline: float | None
+    ) -> None:
+        """Enqueue a task of *plan_id*, its message carrying the plan's trace context."""
+        lookup = lambda: self.store.meta_field(plan_id, tracing.META_FIELD)  # noqa: E731
+        with tracing.plan_scope(plan_id, lookup):
+            self.enqueue(plan_id, index, task_json, deadline)
 
     def end(self, plan_id: str, state: PlanState) -> None:
         """End a running plan as *state* (deadline passed, cancelled), its nested runs too."""

@@ -40,6 +40,8 @@ from taskplane.models import (
     parse_plan,
     parse_task,
 )
+from taskplane.observability import tracing
+from taskplane.observability.tracing import PlanTrace
 from taskplane.patterns import PatternExecutionResult, PatternExecutor, PatternHandler
 from taskplane.plans import PlanState
 from taskplane.planstore import PlanStore
@@ -334,15 +336,21 @@ class ExecutionEngine:
         parsed = parse_plan(plan)
         if not parsed.tasks:
             return PlanHandle(self, parsed.id, empty=True)
-        submit_plan(
-            self.app,
-            self.store,
-            parsed,
-            self.settings,
-            clock=self.clock,
-            agent_policies=self._agent_policies,
-        )
-        return PlanHandle(self, parsed.id)
+        trace = tracing.start_plan(parsed)  # ended when the run's outcome is read
+        try:
+            submit_plan(
+                self.app,
+                self.store,
+                parsed,
+                self.settings,
+                clock=self.clock,
+                agent_policies=self._agent_policies,
+                plan_trace=trace,
+            )
+        except Exception:
+            trace.end("not enqueued", ok=False)
+            raise
+        return PlanHandle(self, parsed.id, trace=trace)
 
     def _agent_policies(self, agent_ids: Iterable[str]) -> Mapping[str, AgentPolicy]:
         return self.proxy.registry.policies(agent_ids)
@@ -503,13 +511,15 @@ class ExecutionEngine:
             raise WaitTimeoutError(f"plan {plan_id} still running after {watch.timeout_s}s")
         return step.kind is not StepKind.BLOCK
 
-    def outcome(self, plan_id: str) -> list[ExecutionResult]:
-        """What an ended run returns by its strategy.
+    def outcome(self, plan_id: str, trace: PlanTrace | None = None) -> list[ExecutionResult]:
+        """What an ended run returns by its strategy; ends the run's *trace* span.
 
         Raises:
             PlanFailedError: The run failed, timed out or was cancelled.
         """
         report = self.coordinator.collect(plan_id)
+        if trace is not None:
+            trace.end(report.state, ok=report.ok)
         if not report.ok:
             raise PlanFailedError(
                 f"plan {plan_id} {report.state}: {report.reason}", report.results, plan_id

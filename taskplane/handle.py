@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskplane.completions import CompletionReader
 from taskplane.models import ExecutionResult
+from taskplane.observability.tracing import PlanTrace
 from taskplane.plans import PlanState
 
 if TYPE_CHECKING:
@@ -26,10 +27,20 @@ def empty_status(plan_id: str) -> dict[str, Any]:
 class PlanHandle:
     """A submitted plan run: wait for it, look at it, cancel it."""
 
-    def __init__(self, engine: ExecutionEngine, plan_id: str, *, empty: bool = False) -> None:
+    def __init__(
+        self,
+        engine: ExecutionEngine,
+        plan_id: str,
+        *,
+        empty: bool = False,
+        trace: PlanTrace | None = None,
+    ) -> None:
         self.id = plan_id
         self._engine = engine
         self._empty = empty
+        #: The plan's span: ended with the run's outcome here, or when the handle is dropped.
+        self.trace = trace or PlanTrace()
+        self.trace.end_when_dropped(self)
 
     @property
     def empty(self) -> bool:
@@ -54,7 +65,7 @@ class PlanHandle:
         while not engine.follow(self.id, watch, step := watch.step(meta)):
             engine.store.wait(self.id, step.block_s)
             meta = engine.store.meta(self.id)
-        return engine.outcome(self.id)
+        return engine.outcome(self.id, self.trace)
 
     def status(self) -> dict[str, Any]:
         """``{id, state, total, pending, running, done}``."""
@@ -92,7 +103,8 @@ class PlanHandle:
         reader = CompletionReader(engine.store, plan_id)
         while len(reader.seen) < total:
             if engine.follow(plan_id, watch, step := watch.step(meta)):
-                engine.coordinator.collect(plan_id)  # records unfinished tasks, listing them
+                report = engine.coordinator.collect(plan_id)  # records unfinished tasks
+                self.trace.end(report.state, ok=report.ok)
                 yield from reader.read(0)
                 yield from reader.rest(engine.store.results(plan_id, total))
                 return

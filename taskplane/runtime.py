@@ -29,6 +29,7 @@ from taskplane.functions import import_function_modules, registry
 from taskplane.hooks import HookChain
 from taskplane.http_task import HttpTaskHandler, UrlGuard
 from taskplane.models import ExecutionResult, TaskType
+from taskplane.observability import call_spans, tracing
 from taskplane.observability.metrics import MetricsHooks, WorkerMetrics
 from taskplane.patterns import FilePatternEngine, PatternHandler, load_pattern_executor
 from taskplane.planstore import PlanStore
@@ -132,6 +133,7 @@ class WorkerRuntime:
         http = httpx.Client(
             limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
             timeout=settings.default_timeout / 1000.0,
+            event_hooks={"request": [tracing.inject_httpx]},
         )
         fast = redis_client(settings.redis_url, fast=True, max_connections=connections)
         proxy = build_agent_proxy(settings, fast, emit=hooks.emit, http_pool_size=pool)
@@ -157,6 +159,10 @@ class WorkerRuntime:
             RedisResultCache(client, settings.cache, prefix=settings.key_prefix),
             capabilities_of=proxy.capabilities_of,
         )
+        if tracing.active():  # spans for calls, events for refusals, retries and cache hits
+            call_spans.trace_transports(proxy.transports)
+            handlers = {kind: call_spans.traced_handler(kind, h) for kind, h in handlers.items()}
+            hooks.add(call_spans.TracingHooks())
         metrics: WorkerMetrics | None = None
         if settings.metrics_port is not None:
             metrics = WorkerMetrics(breaker_redis=fast, prefix=settings.key_prefix)

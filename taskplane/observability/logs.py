@@ -2,8 +2,10 @@
 
 Each line carries the time, level, logger and message, and — inside a
 ``taskplane.run_task`` — the plan id, the plan's task id, the agent (for agent
-tasks), the attempt number and the current trace id (when an OpenTelemetry
-span is active; null otherwise). The default format stays readable text.
+tasks), the attempt number and the trace id: the current OpenTelemetry span's,
+else (lines Celery writes around the task) the one its message carries (see
+:mod:`taskplane.observability.tracing`); null when tracing is off. The default
+format stays readable text.
 """
 
 from __future__ import annotations
@@ -15,11 +17,9 @@ from typing import Any
 from celery import Celery
 from celery._state import get_current_task
 from celery.signals import after_setup_logger, after_setup_task_logger
+from opentelemetry import trace as _otel_trace
 
-try:  # the OpenTelemetry API is optional: without it, lines carry no trace id
-    from opentelemetry import trace as _otel_trace
-except ImportError:  # pragma: no cover - depends on the installation
-    _otel_trace = None  # type: ignore[assignment]
+from taskplane.observability.tracing import request_trace_id
 
 
 def task_context() -> dict[str, Any]:
@@ -37,6 +37,7 @@ def task_context() -> dict[str, Any]:
         "agent": task.get("target") if task.get("type") == "agent" else None,
         "attempt": int(attempt.get("n") or 1) if kwargs else None,
         "celery_id": getattr(request, "id", None),
+        "message_trace_id": request_trace_id(request),
     }
 
 
@@ -46,8 +47,6 @@ def _dict(value: Any) -> dict[str, Any]:
 
 def trace_id() -> str | None:
     """The current OpenTelemetry trace id (hex), or None."""
-    if _otel_trace is None:
-        return None
     context = _otel_trace.get_current_span().get_span_context()
     return format(context.trace_id, "032x") if context.is_valid else None
 
@@ -68,6 +67,9 @@ class JsonFormatter(logging.Formatter):
             "trace_id": trace_id(),
         }
         line.update(task_context())
+        message_trace = line.pop("message_trace_id", None)
+        if line["trace_id"] is None:
+            line["trace_id"] = message_trace
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line, default=str, ensure_ascii=False)

@@ -61,6 +61,7 @@ from taskplane.errors import (
 )
 from taskplane.executor import CallContext, Outcome
 from taskplane.models import ExecutionTask
+from taskplane.observability import tracing
 from taskplane.proxy.http import DEFAULT_MAX_RESPONSE_BYTES
 from taskplane.proxy.registry import AgentInfo
 from taskplane.proxy.transport import (
@@ -210,6 +211,7 @@ class GrpcTransport(AgentTransport):
         metadata = (
             ("idempotency-key", call.idempotency_key),
             ("x-taskplane-task-id", task.id),
+            *tracing.grpc_metadata(),  # the call span's traceparent
         )
         try:
             reply = self.stub(agent.endpoint).Analyze(request, timeout=timeout_s, metadata=metadata)

@@ -38,6 +38,7 @@ from taskplane.errors import (
 from taskplane.executor import CallContext, Outcome
 from taskplane.http_task import read_capped
 from taskplane.models import ExecutionTask
+from taskplane.observability import tracing
 from taskplane.proxy.registry import AgentInfo
 from taskplane.proxy.transport import AgentTransport, HealthReport, outcome_from_reply
 
@@ -56,7 +57,8 @@ def make_http_client(*, max_connections: int) -> httpx.Client:
     limits = httpx.Limits(
         max_connections=max_connections, max_keepalive_connections=max_connections
     )
-    return httpx.Client(limits=limits, follow_redirects=False, trust_env=False)
+    hooks = {"request": [tracing.inject_httpx]}  # requests carry the call span's traceparent
+    return httpx.Client(limits=limits, follow_redirects=False, trust_env=False, event_hooks=hooks)
 
 
 def retry_after_s(value: str | None, *, now: float | None = None) -> float | None:

@@ -28,6 +28,7 @@ from celery.signals import task_postrun, worker_ready, worker_shutdown
 from taskplane.config import COUNTDOWN_MARGIN_S, MIN_COUNTDOWN_CAP_S, Settings
 from taskplane.executor import Attempt, Reschedule
 from taskplane.models import ExecutionPlan, TaskStatus, parse_plan
+from taskplane.observability import tracing
 from taskplane.observability.celery_view import kwargs_repr, shadow_name
 from taskplane.planstore import TERMINAL
 from taskplane.runtime import WorkerRuntime, close_runtimes, runtime_for
@@ -113,46 +114,48 @@ def register_tasks(app: Celery) -> None:
         previous_index: int | None = None,
         attempt: dict[str, Any] | None = None,
     ) -> Finished | None:
-        worker = self.request.hostname or ""
-        runtime = worker_runtime(app, worker)
-        step = runtime.coordinator.run_member(
-            plan_id,
-            index,
-            task,
-            previous_index=previous_index,
-            deadline=deadline,
-            worker=worker,
-            redelivered=bool((self.request.delivery_info or {}).get("redelivered")),
-            attempt=Attempt.from_json(attempt),
-            owner=self.request.id or "",
-        )
-        if isinstance(step, Reschedule):
-            kwargs = {**(self.request.kwargs or {}), "attempt": step.attempt.to_json()}
-            countdown = capped_countdown_s(step.delay_s, runtime.settings, task)
-            why = f"{step.reason}: {step.error}" if step.error else step.reason
-            raise self.retry(
-                kwargs=kwargs,
-                countdown=countdown,
-                exc=Rescheduled(f"{why}; next: attempt {step.attempt.number}"),
-                shadow=shadow_name(task),
-                kwargsrepr=kwargs_repr(kwargs),
+        with tracing.task_delivery(self.request, plan_id, task, attempt):
+            worker = self.request.hostname or ""
+            runtime = worker_runtime(app, worker)
+            step = runtime.coordinator.run_member(
+                plan_id,
+                index,
+                task,
+                previous_index=previous_index,
+                deadline=deadline,
+                worker=worker,
+                redelivered=bool((self.request.delivery_info or {}).get("redelivered")),
+                attempt=Attempt.from_json(attempt),
+                owner=self.request.id or "",
             )
-        if step is None:  # nothing run: a replay, or the plan ended while this one waited
-            recorded = runtime.store.result(plan_id, index)
-            if recorded is None or recorded.status is not TaskStatus.CANCELLED:
-                return None
-            continue_chain(self)
-            self.send_event("task-revoked", terminated=False, signum=None, expired=False)
-            raise TaskCancelled(recorded.to_json_dict(), fresh=False)
-        envelope = step.to_json_dict()
-        if step.status is not TaskStatus.SUCCESS:
-            continue_chain(self)
-        if step.status is TaskStatus.CANCELLED:
-            self.send_event("task-revoked", terminated=False, signum=None, expired=False)
-            raise TaskCancelled(envelope)
-        if step.status is not TaskStatus.SUCCESS:
-            raise TaskFailed(envelope)
-        return Finished(envelope)
+            tracing.delivery_ended(step)
+            if isinstance(step, Reschedule):
+                kwargs = {**(self.request.kwargs or {}), "attempt": step.attempt.to_json()}
+                countdown = capped_countdown_s(step.delay_s, runtime.settings, task)
+                why = f"{step.reason}: {step.error}" if step.error else step.reason
+                raise self.retry(
+                    kwargs=kwargs,
+                    countdown=countdown,
+                    exc=Rescheduled(f"{why}; next: attempt {step.attempt.number}"),
+                    shadow=shadow_name(task),
+                    kwargsrepr=kwargs_repr(kwargs),
+                )
+            if step is None:  # nothing run: a replay, or the plan ended while this one waited
+                recorded = runtime.store.result(plan_id, index)
+                if recorded is None or recorded.status is not TaskStatus.CANCELLED:
+                    return None
+                continue_chain(self)
+                self.send_event("task-revoked", terminated=False, signum=None, expired=False)
+                raise TaskCancelled(recorded.to_json_dict(), fresh=False)
+            envelope = step.to_json_dict()
+            if step.status is not TaskStatus.SUCCESS:
+                continue_chain(self)
+            if step.status is TaskStatus.CANCELLED:
+                self.send_event("task-revoked", terminated=False, signum=None, expired=False)
+                raise TaskCancelled(envelope)
+            if step.status is not TaskStatus.SUCCESS:
+                raise TaskFailed(envelope)
+            return Finished(envelope)
 
     @app.task(name="taskplane.execute_plan", bind=True, shared=False)
     def execute_plan(self: Task, plan: dict[str, Any]) -> list[dict[str, Any]]:
@@ -160,14 +163,15 @@ def register_tasks(app: Celery) -> None:
         if not parsed.tasks:
             return []
         runtime = worker_runtime(app)
-        submit_plan(
-            app,
-            runtime.store,
-            parsed,
-            runtime.settings,
-            reply_to=self.request.id,
-            agent_policies=runtime.agent_policies,
-        )
+        with tracing.message_context(self.request):  # under the sender's span, if it sent one
+            submit_plan(
+                app,
+                runtime.store,
+                parsed,
+                runtime.settings,
+                reply_to=self.request.id,
+                agent_policies=runtime.agent_policies,
+            )
         if runtime.store.meta(parsed.id).get("state") in TERMINAL:
             report = runtime.coordinator.collect(parsed.id)
             return [r.to_json_dict() for r in report.results]
@@ -197,6 +201,7 @@ def connect_signals(app: Celery) -> None:
 
     def shutdown(**_: Any) -> None:
         close_runtimes()
+        tracing.flush()
 
     def ready(sender: Any = None, **_: Any) -> None:
         # a worker serving metrics builds its runtime (and so its /metrics server) now,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from celery import Celery
 
 from taskplane.config import Settings, load_settings
+from taskplane.observability import tracing
 from taskplane.tasks.pool import effective_pool, prepare_process
 
 #: Queue every taskplane task goes to unless routed elsewhere.
@@ -84,6 +86,8 @@ def create_app(settings: Settings | None = None) -> Celery:
     """A Celery app configured from *settings* (the environment when None), tasks registered."""
     settings = settings or load_settings()
     prepare_process()
+    # traces are on when the application installed an OpenTelemetry SDK, or OTEL_* asks for one
+    tracing.configure(os.environ)
     app = Celery(
         "taskplane",
         task_cls="taskplane.tasks.guard:GuardedTask",

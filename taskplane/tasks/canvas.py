@@ -19,6 +19,7 @@ from taskplane.budget import budget_meta
 from taskplane.config import COUNTDOWN_MARGIN_S, MIN_COUNTDOWN_CAP_S, Settings
 from taskplane.errors import BackendError, ValidationError
 from taskplane.models import ExecutionPlan, ExecutionTask
+from taskplane.observability import tracing
 from taskplane.observability.celery_view import kwargs_repr, shadow_name
 from taskplane.plans import Mode, PlanLayout, layout
 from taskplane.planstore import PlanStore
@@ -46,6 +47,9 @@ def member(
     if previous_index is not None:
         kwargs["previous_index"] = previous_index
     signature = app.signature(RUN_TASK, kwargs=kwargs, immutable=True)
+    headers = tracing.plan_headers()  # the plan span's context, when tracing is on
+    if headers:
+        signature.set(headers=headers)
     # Flower and worker logs show a readable name and redacted JSON arguments
     return signature.set(shadow=shadow_name(task_json), kwargsrepr=kwargs_repr(kwargs))
 
@@ -118,6 +122,7 @@ def submit_plan(
     deadline: float | None = None,
     extra_meta: dict[str, str] | None = None,
     agent_policies: PolicyLookup | None = None,
+    plan_trace: tracing.PlanTrace | None = None,
 ) -> bool:
     """Record *plan* and enqueue it; False when its id already names a run (attach to it).
 
@@ -136,6 +141,8 @@ def submit_plan(
             run that names its parent's ``budget`` draws from it, not from its own.
         agent_policies: Reads agents' policies, whose ``timeout``/``maxRetries``
             fill in what agent tasks leave unset (:func:`with_agent_defaults`).
+        plan_trace: The plan's span, kept open by a caller that waits for the run;
+            when None, a span is started here and ended once the run is enqueued.
     """
     if agent_policies is not None:
         plan = with_agent_defaults(plan, agent_policies)
@@ -145,13 +152,25 @@ def submit_plan(
     plan_layout = layout(plan, default_max_concurrency=settings.max_concurrency)
     own_deadline = clock() + plan.timeout / 1000.0
     deadline = own_deadline if deadline is None else min(deadline, own_deadline)
-    if reply_to is not None:
-        store.add_reply(plan.id, reply_to)
-    if not store.create(plan.id, plan.tasks, plan_layout, deadline, extra_meta=extra_meta):
-        return False
+    own_trace = plan_trace is None
+    if plan_trace is None:
+        plan_trace = tracing.start_plan(plan, pattern=(extra_meta or {}).get("pattern"))
+    if plan_trace.traceparent:
+        extra_meta = {**(extra_meta or {}), tracing.META_FIELD: plan_trace.traceparent}
     try:
-        canvas(app, plan, plan_layout, deadline).apply_async()
-    except Exception as exc:
-        store.discard(plan.id)
-        raise BackendError(f"could not enqueue plan {plan.id}: {exc}") from exc
-    return True
+        if reply_to is not None:
+            store.add_reply(plan.id, reply_to)
+        if not store.create(plan.id, plan.tasks, plan_layout, deadline, extra_meta=extra_meta):
+            plan_trace.attached()
+            return False
+        try:
+            with plan_trace.scope(plan.id):
+                canvas(app, plan, plan_layout, deadline).apply_async()
+        except Exception as exc:
+            store.discard(plan.id)
+            plan_trace.end("not enqueued", ok=False)
+            raise BackendError(f"could not enqueue plan {plan.id}: {exc}") from exc
+        return True
+    finally:
+        if own_trace:
+            plan_trace.end(detached=True)

@@ -34,7 +34,14 @@ README = ROOT / "README.md"
 README_AGENT = "http://127.0.0.1:8080"
 SKIP_MARK = "<!-- readme-test: skip ("
 #: Plan ids the README's blocks name: removed before and after, so each run is a fresh run.
-README_PLAN_IDS = ("plan-123", "plan-124", "plan-budget", "from-another-service", "async-tour")
+README_PLAN_IDS = (
+    "plan-123",
+    "plan-124",
+    "plan-budget",
+    "from-another-service",
+    "async-tour",
+    "traced-from-a-service",
+)
 BLOCK_TIMEOUT_S = 120
 
 
