@@ -13,7 +13,7 @@ What is async, and what is not:
   ``redis.asyncio`` over the ``:order`` streams of every awaited run
   (:class:`~taskplane.aio_watch.RunWatcher`): no thread waits, and all the
   coroutines awaiting runs share one blocking connection. Each event
-  subscription holds one pub/sub connection.
+  subscription holds one connection while it waits for the next event.
 * Enqueueing (Celery's ``apply_async``) is synchronous and quick: it runs once
   per submit in the loop's default executor (``asyncio.to_thread``), as do the
   short steps that may touch the broker — ending a run whose deadline passed,
@@ -201,7 +201,7 @@ class AsyncExecutionEngine:
 
     @property
     def events_redis(self) -> aioredis.Redis:
-        """The client event subscriptions use: one held connection per subscription."""
+        """The client event subscriptions use: a connection per blocking read in flight."""
         if self._events_redis is None:
             self._events_redis = self._client(aioredis.ConnectionPool)
         return self._events_redis
@@ -268,20 +268,31 @@ class AsyncExecutionEngine:
         """:meth:`ExecutionEngine.register_agent`, off the event loop (it checks health)."""
         return await asyncio.to_thread(self.engine.register_agent, agent_id, endpoint, **options)
 
-    def subscribe(self, *event_types: str) -> AsyncEventStream:
-        """Events of *event_types* (all when none) from every worker, as they are published.
+    def subscribe(self, *event_types: str, since: str | None = None) -> AsyncEventStream:
+        """Events of *event_types* (all when none) from every worker, in stream order.
 
         ``async with engine.subscribe("task:completed") as events: async for e in events: …``
-        """
-        return AsyncEventStream(self.events_redis, self.engine.events.channel, event_types)
+        Starts at the next event, or right after the event whose ``id`` is
+        *since*; see :meth:`ExecutionEngine.on` for what is guaranteed.
 
-    async def on(self, event_type: str, handler: AsyncEventHandler) -> AsyncSubscription:
+        Raises:
+            ValueError: *since* is not an event id.
+        """
+        return AsyncEventStream(
+            self.events_redis, self.engine.events.stream, event_types, since=since
+        )
+
+    async def on(
+        self, event_type: str, handler: AsyncEventHandler, *, since: str | None = None
+    ) -> AsyncSubscription:
         """Call *handler(event)* (a function or a coroutine function) for each *event_type* event.
 
-        ``"*"`` means every event. Returns once subscribed; ``await sub.close()`` stops it.
+        ``"*"`` means every event; *since* as in :meth:`subscribe`. Returns
+        once subscribed; ``await sub.close()`` stops it.
         """
         types = () if event_type == "*" else (event_type,)
-        subscription = await AsyncSubscription.start(self.subscribe(*types), handler)
+        stream = self.subscribe(*types, since=since)
+        subscription = await AsyncSubscription.start(stream, handler)
         self._subscriptions.append(subscription)
         return subscription
 

@@ -267,11 +267,13 @@ def events(
             console.print(format_event(event), markup=False, highlight=False, soft_wrap=True)
 
     with engine_session() as engine:
-        for event in engine.events.recent(count, event_type):
+        shown = engine.events.recent(count, event_type)
+        for event in shown:
             show(event)
         if not follow:
             return
-        engine.on(event_type or "*", show)
+        # go on right after the last one shown: nothing in between is missed or repeated
+        engine.on(event_type or "*", show, since=shown[-1]["id"] if shown else None)
         try:
             while True:
                 time.sleep(1)

@@ -117,6 +117,7 @@ class ExecutionEngine:
                 self.redis,
                 prefix=self.settings.key_prefix,
                 retention_s=self.settings.plan_retention_s,
+                events=self.events if self.settings.events_enabled else None,
                 clock=self.clock,
             )
         return self._store
@@ -273,14 +274,29 @@ class ExecutionEngine:
             )
         return self._tracker
 
-    def on(self, event_type: str, handler: EventHandler) -> Subscription:
+    def on(
+        self, event_type: str, handler: EventHandler, *, since: str | None = None
+    ) -> Subscription:
         """Call *handler(event)* for every *event_type* event from any worker (``"*"``: all).
 
-        Events are dicts ``{"type", "data", "timestamp"}``. A handler that
-        raises is logged and keeps receiving.
+        Events are dicts ``{"type", "data", "timestamp", "id"}``, delivered in
+        stream order on one background thread; ``id`` is the event's stream
+        id. Every event published after this call is delivered once, across
+        dropped connections, as long as it is still among the last
+        ``events_stream_maxlen`` events when the subscriber reads it. A
+        handler that raises is logged and keeps receiving.
+
+        Args:
+            event_type: An event name, or ``"*"`` for all.
+            handler: Called with each event.
+            since: An event's ``id``: start right after it (say, the last id a
+                previous process handled) instead of at the next event.
+
+        Raises:
+            ValueError: *since* is not an event id.
         """
         types = None if event_type == "*" else [event_type]
-        subscription = self.events.subscribe(handler, event_types=types)
+        subscription = self.events.subscribe(handler, event_types=types, since=since)
         self._subscriptions.append((event_type, handler, subscription))
         return subscription
 

@@ -15,7 +15,12 @@ Keys, under ``{prefix}:plan:{id}``:
   it by position with ``XREAD BLOCK``;
 * ``:reply``   set: Celery task ids of ``execute_plan`` calls waiting on the run.
 
-Every state change is one Lua script, so any number of workers agree.
+Every state change is one Lua script, so any number of workers agree. The
+script that records an outcome also appends its ``task:completed`` or
+``task:failed`` event to the event stream (and publishes it on the event
+channel) when the store is given an event bus: one event per recorded
+outcome, written with it or not at all, whoever records it (a worker, a
+rerun, the client filling in a plan's unfinished tasks).
 All keys expire ``plan_retention_s`` after the plan was submitted.
 """
 
@@ -31,6 +36,7 @@ from typing import Any
 import redis
 
 from taskplane.errors import BackendError
+from taskplane.events import RedisEventBus, finished_event
 from taskplane.executor import envelope
 from taskplane.models import ExecutionResult, ExecutionTask, TaskStatus
 from taskplane.plans import (
@@ -83,10 +89,22 @@ return {'run', prev}
 """
 
 _FINISH = """
+-- KEYS: meta, results, tasks, done, order, event stream.
+-- ARGV: index, result JSON, status, confidence, ran (1/0), event JSON ('' for none),
+--       event stream maxlen, event channel, then events of this process not yet
+--       sent (its task:started...), written first so the stream keeps their order.
+for i = 9, #ARGV do
+  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[7], '*', 'event', ARGV[i])
+  redis.call('PUBLISH', ARGV[8], ARGV[i])
+end
 local left = redis.call('TTL', KEYS[1])
 if left == -2 then return {0, false, false, false} end
 if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return {0, false, false, false} end
 if left > 0 then redis.call('EXPIRE', KEYS[2], left) end
+if ARGV[6] ~= '' then
+  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[7], '*', 'event', ARGV[6])
+  redis.call('PUBLISH', ARGV[8], ARGV[6])
+end
 if ARGV[5] == '1' then redis.call('HINCRBY', KEYS[1], 'running', -1) end
 local m = redis.call('HMGET', KEYS[1], 'state', 'rule', 'n', 'cont', 'mode', 'target', 'ttl')
 local state, rule, n = m[1], m[2], tonumber(m[3])
@@ -133,12 +151,19 @@ return {1, false, false, false}
 """
 
 _FILL = """
--- KEYS: results hash, order stream. ARGV: ttl (s), then index, result JSON pairs.
--- Records each outcome unless one stands, and lists it in the order stream.
+-- KEYS: results hash, order stream, event stream.
+-- ARGV: ttl (s), event stream maxlen, event channel, then (index, result JSON,
+--       event JSON or '') triples.
+-- Records each outcome unless one stands, lists it in the order stream and
+-- appends its event.
 local ttl = tonumber(ARGV[1])
-for i = 2, #ARGV, 2 do
+for i = 4, #ARGV, 3 do
   if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
     redis.call('XADD', KEYS[2], '*', 'i', ARGV[i])
+    if ARGV[i + 2] ~= '' then
+      redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'event', ARGV[i + 2])
+      redis.call('PUBLISH', ARGV[3], ARGV[i + 2])
+    end
   end
 end
 redis.call('EXPIRE', KEYS[1], ttl)
@@ -206,6 +231,8 @@ class PlanStore:
         client: A Redis client with ``decode_responses=True``.
         prefix: Key prefix shared by every taskplane process of one deployment.
         retention_s: How long a run's keys live after submission.
+        events: Where each recorded outcome's ``task:completed``/``task:failed``
+            goes, written by the same script (None: no events).
         clock: Epoch seconds.
     """
 
@@ -215,11 +242,13 @@ class PlanStore:
         *,
         prefix: str = "taskplane",
         retention_s: int = 86400,
+        events: RedisEventBus | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
         self.prefix = prefix
         self.retention_s = retention_s
+        self.events = events
         self.clock = clock
         self._submit = client.register_script(_SUBMIT)
         self._start = client.register_script(_START)
@@ -234,6 +263,22 @@ class PlanStore:
     def key(self, plan_id: str, name: str) -> str:
         """The Redis key of part *name* (``meta``, ``results``, ``done``, ``order``…) of a run."""
         return self._keys(plan_id)[name]
+
+    def _event_stream(self) -> tuple[str, list[str]]:
+        """The event stream's key and the (maxlen, channel) arguments of the recording scripts."""
+        if self.events is None:
+            return f"{self.prefix}:events:stream", ["0", ""]
+        return self.events.stream, [str(self.events.stream_maxlen), self.events.channel]
+
+    def _finished_event(self, plan_id: str, result: ExecutionResult) -> str:
+        """The JSON of *result*'s ``task:completed``/``task:failed`` ('' without a bus)."""
+        if self.events is None:
+            return ""
+        worker = str(result.metadata.get("worker") or "")
+        try:
+            return self.events.encode(*finished_event(result, plan_id=plan_id, worker=worker))
+        except ValueError:  # a result that is not JSON cannot be recorded either
+            return ""
 
     def _lease(self, plan_id: str, index: int) -> str:
         return f"{self.prefix}:plan:{plan_id}:lease:{index}"
@@ -338,11 +383,21 @@ class PlanStore:
         keys = self._keys(plan_id)
         confidence = "" if result.confidence is None else repr(result.confidence)
         args = [str(index), result.model_dump_json(by_alias=True), result.status.value, confidence]
-        args.append("1" if ran else "0")
+        stream, stream_args = self._event_stream()
+        args += ["1" if ran else "0", self._finished_event(plan_id, result), *stream_args]
+        if self.events is not None:  # the task's own earlier events go in first
+            args += self.events.take_queued()
         recorded, ending, next_index, next_task = self._call(
             "finish",
             lambda: self._finish(
-                keys=[keys["meta"], keys["results"], keys["tasks"], keys["done"], keys["order"]],
+                keys=[
+                    keys["meta"],
+                    keys["results"],
+                    keys["tasks"],
+                    keys["done"],
+                    keys["order"],
+                    stream,
+                ],
                 args=args,
             ),
         )
@@ -470,12 +525,16 @@ class PlanStore:
             return
         left = self._call("ttl", lambda: self.client.ttl(keys["meta"]))
         # the results hash expires with the run (it may be created here, after submission)
-        args: list[Any] = [left if left > 0 else self.retention_s]
+        stream, stream_args = self._event_stream()
+        args: list[Any] = [left if left > 0 else self.retention_s, *stream_args]
         for index, task in missing:
             result = envelope(task, status, error=error)
             result.metadata["planId"] = plan_id
-            args += [str(index), result.model_dump_json(by_alias=True)]
-        self._call("fill", lambda: self._fill(keys=[keys["results"], keys["order"]], args=args))
+            event = self._finished_event(plan_id, result)
+            args += [str(index), result.model_dump_json(by_alias=True), event]
+        self._call(
+            "fill", lambda: self._fill(keys=[keys["results"], keys["order"], stream], args=args)
+        )
 
     def add_child(self, plan_id: str, child_id: str) -> None:
         """Remember that *child_id* runs a nested pattern of *plan_id*."""

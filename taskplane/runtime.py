@@ -23,7 +23,7 @@ from taskplane.budget import RedisBudgetBackend
 from taskplane.cache import RedisResultCache, RunnerCache
 from taskplane.config import Settings
 from taskplane.coordinator import Deliver, Enqueue, PlanCoordinator, Submit
-from taskplane.events import EventBus, EventHooks, RedisEventBus, finished_event
+from taskplane.events import EventBus, EventHooks, RedisEventBus
 from taskplane.executor import Handler, TaskRunner
 from taskplane.functions import import_function_modules, registry
 from taskplane.hooks import HookChain
@@ -118,7 +118,7 @@ class WorkerRuntime:
         # one connection per task slot at most, plus the background publishers'
         connections = settings.worker_concurrency + REDIS_SPARE_CONNECTIONS
         client = redis_client(settings.redis_url, max_connections=connections)
-        bus: EventBus | None = None
+        bus: RedisEventBus | None = None
         hooks = HookChain()
         if settings.events_enabled:
             bus = RedisEventBus(
@@ -174,7 +174,10 @@ class WorkerRuntime:
             cache=cache if settings.cache.enabled else None,
             hooks=hooks,
         )
-        store = PlanStore(client, prefix=settings.key_prefix, retention_s=settings.plan_retention_s)
+        # the store writes each recorded outcome's task:completed/task:failed itself
+        store = PlanStore(
+            client, prefix=settings.key_prefix, retention_s=settings.plan_retention_s, events=bus
+        )
         coordinator = PlanCoordinator(
             store,
             runner,
@@ -214,10 +217,11 @@ class WorkerRuntime:
         self.task_finished(result.to_json_dict())
 
     def task_finished(self, result: dict[str, Any]) -> None:
-        """A task of this worker has its final envelope (called from a Celery signal)."""
-        if self.bus is not None:
-            plan_id = result.get("metadata", {}).get("planId")
-            self.bus.publish(*finished_event(result, plan_id=plan_id, worker=self.worker))
+        """A task of this worker has its final envelope (called from a Celery signal).
+
+        Its ``task:completed``/``task:failed`` event was written with the
+        outcome, by the plan store.
+        """
         if self.recorder is not None:
             self.recorder.add_result(result)
 

@@ -33,6 +33,7 @@ from taskplane.observability.celery_view import kwargs_repr, shadow_name
 from taskplane.planstore import TERMINAL
 from taskplane.runtime import WorkerRuntime, close_runtimes, runtime_for
 from taskplane.tasks.canvas import RUN_TASK, enqueue_member, submit_plan
+from taskplane.tasks.redelivery import RedeliverySweeper, needs_sweeper
 from taskplane.tasks.states import (
     Finished,
     Rescheduled,
@@ -191,7 +192,8 @@ def register_tasks(app: Celery) -> None:
 
 
 def connect_signals(app: Celery) -> None:
-    """Feed finished tasks to events (and tracking), and close the runtime at shutdown."""
+    """Feed finished tasks to tracking, sweep for lost messages, close the runtime at shutdown."""
+    sweepers: list[RedeliverySweeper] = []
 
     def finished(sender: Any = None, retval: Any = None, **_: Any) -> None:
         mine = getattr(sender, "name", "") == RUN_TASK and getattr(sender, "app", None) is app
@@ -200,13 +202,21 @@ def connect_signals(app: Celery) -> None:
             worker_runtime(app).task_finished(envelope)
 
     def shutdown(**_: Any) -> None:
+        while sweepers:
+            sweepers.pop().stop()
         close_runtimes()
         tracing.flush()
 
     def ready(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is not app:
+            return
+        settings = settings_of(app)
+        if needs_sweeper(settings.effective_broker_url) and not sweepers:
+            sweepers.append(RedeliverySweeper(app, interval_s=settings.redelivery_sweep_s))
+            sweepers[0].start()
         # a worker serving metrics builds its runtime (and so its /metrics server) now,
         # not at its first task
-        if getattr(sender, "app", None) is app and settings_of(app).metrics_port is not None:
+        if settings.metrics_port is not None:
             worker_runtime(app)
 
     from taskplane.tasks.app import settings_of

@@ -25,6 +25,8 @@ from taskplane.events import (
     InMemoryEventBus,
     RedisEventBus,
 )
+from taskplane.events.bus import event_id_key
+from taskplane.events.redis_bus import LISTENER_CLIENT_NAME
 
 pytestmark = pytest.mark.integration
 
@@ -181,26 +183,76 @@ def test_publish_with_redis_down_does_not_raise(caplog: pytest.LogCaptureFixture
         bus.recent()
 
 
-def test_listener_reconnects_when_its_connection_drops(
+def listener_connections(client: redis.Redis) -> list[dict[str, str]]:
+    """The named connections event listeners read the stream on, in this database."""
+    db = client.connection_pool.connection_kwargs.get("db", 0)
+    return [
+        c
+        for c in client.client_list()
+        if c.get("name") == LISTENER_CLIENT_NAME and int(c["db"]) == db
+    ]
+
+
+def test_listener_resumes_after_its_connection_drops_without_gaps_or_repeats(
     redis_client: redis.Redis, prefix: str
 ) -> None:
     bus = RedisEventBus(redis_client, prefix=prefix)
     got: list[Event] = []
     bus.subscribe(got.append)
     try:
-        db = redis_client.connection_pool.connection_kwargs.get("db", 0)
-        mine = [c for c in redis_client.client_list(_type="pubsub") if int(c["db"]) == db]
-        assert mine, "the listener has no pub/sub connection"
-        for client in mine:
-            redis_client.client_kill_filter(_id=client["id"])
-
-        def delivered() -> bool:
-            bus.publish(TASK_STARTED, {"after": "reconnect"})
-            return any(e["data"].get("after") == "reconnect" for e in got)
-
-        assert wait_until(delivered, timeout_s=8.0)
-        killed = {client["id"] for client in mine}
-        now = [c["id"] for c in redis_client.client_list(_type="pubsub") if int(c["db"]) == db]
+        assert wait_until(lambda: bool(listener_connections(redis_client)))
+        for i in range(50):
+            bus.publish(TASK_COMPLETED, {"i": i})
+        killed = {c["id"] for c in listener_connections(redis_client)}
+        for client_id in killed:
+            redis_client.client_kill_filter(_id=client_id)
+        for i in range(50, 100):  # published while the listener reconnects
+            bus.publish(TASK_COMPLETED, {"i": i})
+        assert wait_until(lambda: len(got) >= 100, timeout_s=8.0)
+        time.sleep(0.3)
+        assert [e["data"]["i"] for e in got] == list(range(100))
+        ids = [e["id"] for e in got]
+        assert ids == sorted(ids, key=event_id_key) and len(set(ids)) == 100
+        now = {c["id"] for c in listener_connections(redis_client)}
         assert now and killed.isdisjoint(now)
+    finally:
+        bus.close()
+
+
+def test_a_new_bus_resumes_after_an_event_id(redis_client: redis.Redis, prefix: str) -> None:
+    first = RedisEventBus(redis_client, prefix=prefix)
+    seen: list[Event] = []
+    first.subscribe(seen.append)
+    for i in range(10):
+        first.publish(TASK_COMPLETED, {"i": i})
+    assert wait_until(lambda: len(seen) == 10)
+    first.close()
+    last = seen[3]["id"]  # the last event the first process handled
+    second = RedisEventBus(redis_client, prefix=prefix)
+    resumed: list[Event] = []
+    try:
+        second.subscribe(resumed.append, event_types=[TASK_COMPLETED], since=last)
+        second.publish(TASK_COMPLETED, {"i": 10})
+        assert wait_until(lambda: len(resumed) == 7)
+        time.sleep(0.3)
+        assert [e["data"]["i"] for e in resumed] == list(range(4, 11))
+    finally:
+        second.close()
+
+
+def test_a_subscriber_behind_the_trimmed_stream_is_warned(
+    redis_client: redis.Redis, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    bus = RedisEventBus(redis_client, prefix=prefix, stream_maxlen=10)
+    for i in range(5):
+        bus.publish(TASK_COMPLETED, {"i": i})
+    since = bus.recent(5)[0]["id"]
+    for i in range(5, 400):  # the stream keeps about the last 10
+        bus.publish(TASK_COMPLETED, {"i": i})
+    got: list[Event] = []
+    bus.subscribe(got.append, since=since)
+    try:
+        assert wait_until(lambda: bool(got) and got[-1]["data"]["i"] == 399)
+        assert any("trimmed" in r.getMessage() for r in caplog.records)
     finally:
         bus.close()

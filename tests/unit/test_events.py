@@ -63,7 +63,33 @@ def test_event_shape_and_synchronous_delivery() -> None:
     got: list[Event] = []
     bus.subscribe(got.append)
     bus.publish(TASK_STARTED, {"taskId": "t1"})
-    assert got == [{"type": TASK_STARTED, "data": {"taskId": "t1"}, "timestamp": 42.5}]
+    assert got == [{"type": TASK_STARTED, "data": {"taskId": "t1"}, "timestamp": 42.5, "id": "1-0"}]
+
+
+def test_since_resumes_after_an_event_id_without_repeats() -> None:
+    bus = InMemoryEventBus()
+    first: list[Event] = []
+    subscription = bus.subscribe(first.append)
+    for i in range(5):
+        bus.publish(TASK_COMPLETED, {"i": i})
+    subscription.close()
+    last_seen = first[2]["id"]  # a subscriber that handled three events, then stopped
+    for i in range(5, 8):
+        bus.publish(TASK_COMPLETED, {"i": i})
+    resumed: list[Event] = []
+    bus.subscribe(resumed.append, since=last_seen)
+    bus.publish(TASK_COMPLETED, {"i": 8})
+    assert [e["data"]["i"] for e in resumed] == [3, 4, 5, 6, 7, 8]
+    later: list[Event] = []
+    bus.subscribe(later.append)  # no since: only what is published from now on
+    bus.publish(TASK_COMPLETED, {"i": 9})
+    assert [e["data"]["i"] for e in later] == [9]
+
+
+@pytest.mark.parametrize("bad", ["", "abc", "1-x", "-1-0"])
+def test_since_must_be_an_event_id(bad: str) -> None:
+    with pytest.raises(ValueError, match="since"):
+        InMemoryEventBus().subscribe(lambda event: None, since=bad)
 
 
 def test_subscription_filters_by_type_and_star_means_all() -> None:
