@@ -7,39 +7,13 @@ from typing import Any
 from celery import Celery
 
 from taskplane.config import DEFAULT_QUEUE, Settings, load_settings
-from taskplane.runtime import OUTAGE_BACKOFF_CAP_S, REDIS_OUTAGE_S
 from taskplane.tasks.pool import effective_pool, prepare_process
 from taskplane.tasks.shims import CONSUMER
 
-__all__ = ["DEFAULT_QUEUE", "celery_config", "create_app", "publish_retry_policy", "settings_of"]
+__all__ = ["DEFAULT_QUEUE", "celery_config", "create_app", "settings_of"]
 
 #: Broker connections beyond one per task slot (consumer, events, control).
 BROKER_SPARE_CONNECTIONS = 10
-#: Pause before the second try of a publish, added to each later pause (s).
-PUBLISH_RETRY_STEP_S = 0.2
-
-
-def publish_retry_policy(outage_s: float = REDIS_OUTAGE_S) -> dict[str, float]:
-    """Celery's ``task_publish_retry_policy`` riding through *outage_s* of broker absence.
-
-    Every publish — a client's plan, a finishing task's successor in the
-    window, a retry's countdown message — reconnects and tries again with
-    pauses of 0, 0.2, 0.4 … up to 1 s until about *outage_s* has passed.
-    Celery's default (3 retries within 0.6 s) gives up during a broker
-    restart, and a successor that is never published stalls its plan until
-    the waiting client resends it.
-    """
-    retries, waited, pause = 0, 0.0, 0.0
-    while waited < outage_s:
-        retries += 1
-        waited += pause
-        pause = min(pause + PUBLISH_RETRY_STEP_S, OUTAGE_BACKOFF_CAP_S)
-    return {
-        "max_retries": retries,
-        "interval_start": 0,
-        "interval_step": PUBLISH_RETRY_STEP_S,
-        "interval_max": OUTAGE_BACKOFF_CAP_S,
-    }
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -75,7 +49,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "redis_max_connections": settings.worker_concurrency + BROKER_SPARE_CONNECTIONS,
         "result_expires": settings.plan_retention_s,
         "broker_connection_retry_on_startup": True,
-        "task_publish_retry_policy": publish_retry_policy(),
         # reconnects to the broker after 0.5 s, 1 s, 1.5 s, 2 s … (Celery: 2 s, 4 s, 6 s …)
         "worker_consumer": CONSUMER,
         "task_track_started": False,

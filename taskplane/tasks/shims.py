@@ -12,7 +12,7 @@ proxies, which import ``celery._state`` → ``celery.utils`` →
 ``kombu.utils.functional``, and that module binds ``from time import
 sleep`` — the real, blocking ``time.sleep`` — before ``time`` is patched.
 ``kombu.utils.functional.retry_over_time`` (every reconnect wait: the
-consumer's, a publish retry's) then freezes the whole process — every
+consumer's, a publish's) then freezes the whole process — every
 greenlet, every task in flight — for the whole wait: measured, the tasks a
 worker had in flight finished 6.2 s after they would have, at the instant
 its consumer reconnected, though Redis had been back for 4 s. The fix

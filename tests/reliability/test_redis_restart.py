@@ -13,7 +13,7 @@ What the test checks (see RELIABILITY.md §1 for the figures):
   restart one, and counts it);
 * tasks in flight pause while Redis is away and carry on when it is back:
   the plan store's client retries its connection (``runtime.outage_retry``),
-  publishes retry (``publish_retry_policy``), and the consumer reconnects
+  a successor's publish retries (``publish_retry_policy``), the consumer reconnects
   within about a second without freezing the tasks in flight
   (``taskplane/tasks/shims.py``);
 * the plan completes, every task successful, and ends at most
