@@ -29,7 +29,9 @@ from taskplane.planstore import TERMINAL, WAIT_SLICE_S, PlanStore
 START = "0"
 #: No progress for this long, with Redis restarted since the run began, means lost messages (s).
 RESTART_STALL_S = 5.0
-#: Two server start times closer than this are one start (``uptime_in_seconds`` is whole) (s).
+#: ``uptime_in_seconds`` is whole seconds: a start time derived from it is this late at most (s).
+UPTIME_RESOLUTION_S = 1.0
+#: Two server start times closer than this are one start (s).
 START_RESOLUTION_S = 2.0
 
 
@@ -129,7 +131,9 @@ class PlanWatch:
         True once per start, so lost messages are resent once for it.
         """
         self._asked_at = self.clock()
-        if started_at <= self.created:
+        # uptime is whole seconds, so *started_at* may be up to 1 s late: a server
+        # started just before the run must not count as restarted under it
+        if started_at - UPTIME_RESOLUTION_S <= self.created:
             return False
         seen = self._restart_seen
         if seen is not None and abs(started_at - seen) < START_RESOLUTION_S:
