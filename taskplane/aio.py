@@ -150,7 +150,7 @@ class AsyncPlanHandle:
 
     async def _follow(self, watch: PlanWatch, step: Step) -> bool:
         """:meth:`ExecutionEngine.follow`, on a thread only when it touches the broker."""
-        if step.recover or step.kind is StepKind.DEADLINE:
+        if step.recover or step.kind is StepKind.DEADLINE or watch.wants_server_start():
             return await asyncio.to_thread(self._engine.engine.follow, self.id, watch, step)
         return self._engine.engine.follow(self.id, watch, step)  # no I/O
 

@@ -27,6 +27,12 @@ from taskplane.planstore import TERMINAL, WAIT_SLICE_S, PlanStore
 
 #: Stream position before the first entry.
 START = "0"
+#: No progress for this long, with Redis restarted since the run began, means lost messages (s).
+RESTART_STALL_S = 5.0
+#: ``uptime_in_seconds`` is whole seconds: a start time derived from it is this late at most (s).
+UPTIME_RESOLUTION_S = 1.0
+#: Two server start times closer than this are one start (s).
+START_RESOLUTION_S = 2.0
 
 
 class StepKind(StrEnum):
@@ -61,6 +67,15 @@ class PlanWatch:
         timeout_s: How long the caller waits at most; None waits for the run's deadline.
         stall_s: No progress for this long means messages were lost: recover.
         clock: Epoch seconds (the run's deadline is epoch seconds).
+
+    A Redis restart can lose a broker message outright: on ``SHUTDOWN`` the
+    replies of the last commands Redis ran never leave, and a message it
+    popped for a consumer is then gone (kombu's Redis transport records it
+    as unacknowledged only once the reply arrives). So every
+    :data:`RESTART_STALL_S` without progress, the waiter looks up when the
+    server started (:meth:`wants_server_start`); a start after the run was
+    created means Redis restarted under it, and lost messages are resent
+    then (:meth:`restarted`) instead of after ``stall_s``.
     """
 
     def __init__(
@@ -72,6 +87,9 @@ class PlanWatch:
         clock: Callable[[], float],
     ) -> None:
         self.clock = clock
+        self.created = float(meta.get("created") or 0.0)
+        self._asked_at: float | None = None
+        self._restart_seen: float | None = None
         self.timeout_s = timeout_s
         self.deadline = float(meta["deadline"])
         self.stall_s = stall_s
@@ -98,6 +116,30 @@ class PlanWatch:
                 return Step(StepKind.GIVE_UP, recover=recover)
             limit = min(limit, self.give_up - now)
         return Step(StepKind.BLOCK, block_s=max(limit, 0.01), recover=recover)
+
+    def wants_server_start(self) -> bool:
+        """Whether to look up when Redis started (for :meth:`restarted`).
+
+        True every :data:`RESTART_STALL_S` while the run makes no progress.
+        """
+        last = max(self._progress[1], self._asked_at or 0.0)
+        return self.clock() - last >= RESTART_STALL_S
+
+    def restarted(self, started_at: float) -> bool:
+        """Whether a Redis start at *started_at* (epoch s) is news: it came after the run began.
+
+        True once per start, so lost messages are resent once for it.
+        """
+        self._asked_at = self.clock()
+        # uptime is whole seconds, so *started_at* may be up to 1 s late: a server
+        # started just before the run must not count as restarted under it
+        if started_at - UPTIME_RESOLUTION_S <= self.created:
+            return False
+        seen = self._restart_seen
+        if seen is not None and abs(started_at - seen) < START_RESOLUTION_S:
+            return False
+        self._restart_seen = started_at
+        return True
 
 
 def unknown_plan(plan_id: str) -> PlanFailedError:

@@ -22,6 +22,8 @@ ENV_PREFIX = "TASKPLANE_"
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "sqlite:///taskplane-tracking.db"
+#: Broker queue every taskplane task goes to, and workers consume, unless ``queue`` says otherwise.
+DEFAULT_QUEUE = "taskplane"
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -121,6 +123,13 @@ class Settings(BaseSettings):
     broker_url: str | None = None
     database_url: str = DEFAULT_DATABASE_URL
     key_prefix: str = Field("taskplane", min_length=1)
+    queue: str = Field(
+        DEFAULT_QUEUE,
+        min_length=1,
+        max_length=255,
+        description="broker queue clients send to and workers consume; deployments sharing "
+        "one broker (or one RabbitMQ vhost) keep apart by giving each its own",
+    )
 
     max_concurrency: int = Field(10, ge=1)
     default_timeout: int = Field(30000, gt=0, description="ms, per call")

@@ -204,6 +204,13 @@ class PlanCoordinator:
         outcome = self.store.finish(plan_id, index, result, ran=ran)
         if outcome.next_index is not None and outcome.next_task is not None:
             self._enqueue(plan_id, outcome.next_index, outcome.next_task, deadline)
+        elif not outcome.recorded:
+            # An outcome already stood: another copy of this task recorded it, or this very
+            # call did and its reply was lost (Redis stopped after running the script), so
+            # the retried call found it. The successor it handed on may never have been sent.
+            successor = self.store.successor_to_resend(plan_id, index)
+            if successor is not None:
+                self._enqueue(plan_id, successor[0], successor[1], deadline)
         if outcome.ending:
             self._settle(plan_id, ended=True)
         return outcome.recorded

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import redis
 from celery import Celery
 
 from taskplane.cache import RedisResultCache, RunnerCache
@@ -511,6 +512,14 @@ class ExecutionEngine:
             raise unknown_plan(plan_id)
         return meta, PlanWatch(meta, timeout_s=timeout, stall_s=self.stall_s, clock=self.clock)
 
+    def server_started_at(self) -> float | None:
+        """When the Redis server started (epoch s, this client's clock); None when unknown."""
+        try:
+            uptime = float(self.redis.info("server")["uptime_in_seconds"])
+        except (redis.RedisError, KeyError, ValueError):
+            return None
+        return self.clock() - uptime
+
     def follow(self, plan_id: str, watch: PlanWatch, step: Step) -> bool:
         """Act on *step* for the client's side of a run; True when the run has ended.
 
@@ -519,7 +528,11 @@ class ExecutionEngine:
         Raises:
             WaitTimeoutError: The caller's timeout passed (the run keeps going).
         """
-        if step.recover:
+        restarted = False
+        if watch.wants_server_start():  # quiet for a while: did Redis restart under the run?
+            started_at = self.server_started_at()
+            restarted = started_at is not None and watch.restarted(started_at)
+        if step.recover or restarted:
             self.coordinator.recover(plan_id, watch.deadline)
         if step.kind is StepKind.DEADLINE:
             self.coordinator.end(plan_id, PlanState.TIMEOUT)

@@ -7,12 +7,13 @@ from typing import Any
 
 from celery import Celery
 
-from taskplane.config import Settings, load_settings
+from taskplane.config import DEFAULT_QUEUE, Settings, load_settings
 from taskplane.observability import tracing
 from taskplane.tasks.pool import effective_pool, prepare_process
+from taskplane.tasks.shims import CONSUMER
 
-#: Queue every taskplane task goes to unless routed elsewhere.
-DEFAULT_QUEUE = "taskplane"
+__all__ = ["DEFAULT_QUEUE", "celery_config", "create_app", "settings_of"]
+
 #: Broker connections beyond one per task slot (consumer, events, control).
 BROKER_SPARE_CONNECTIONS = 10
 
@@ -43,13 +44,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "worker_concurrency": settings.worker_concurrency,
-        "task_default_queue": DEFAULT_QUEUE,
+        "task_default_queue": settings.queue,
         "broker_transport_options": transport,
         "result_backend_transport_options": {"visibility_timeout": visibility},
         # redis-py's default pool fails past 100 connections; size it like the broker's
         "redis_max_connections": settings.worker_concurrency + BROKER_SPARE_CONNECTIONS,
         "result_expires": settings.plan_retention_s,
         "broker_connection_retry_on_startup": True,
+        # reconnects to the broker after 0.5 s, 1 s, 1.5 s, 2 s … (Celery: 2 s, 4 s, 6 s …)
+        "worker_consumer": CONSUMER,
         "task_track_started": False,
         "worker_send_task_events": True,
         "task_send_sent_event": True,

@@ -24,9 +24,34 @@ from taskplane.observability.celery_view import kwargs_repr, shadow_name
 from taskplane.plans import Mode, PlanLayout, layout
 from taskplane.planstore import PlanStore
 from taskplane.proxy.policy import PolicyLookup, with_agent_defaults
+from taskplane.runtime import OUTAGE_BACKOFF_CAP_S, REDIS_OUTAGE_S
 
 #: Name of the Celery task that runs one task of a plan.
 RUN_TASK = "taskplane.run_task"
+#: Pause before the second try of a successor's publish, added to each later pause (s).
+PUBLISH_RETRY_STEP_S = 0.2
+
+
+def publish_retry_policy(outage_s: float = REDIS_OUTAGE_S) -> dict[str, float]:
+    """Celery's ``retry_policy`` for a successor's publish, riding through *outage_s*.
+
+    A finishing task enqueues the next task of its window after recording
+    its outcome; if that publish fails, the successor is never sent and the
+    plan stalls until a waiting client resends it. So the publish reconnects
+    and tries again with pauses of 0, 0.2, 0.4 … up to 1 s until about
+    *outage_s* has passed (Celery's default gives up within 0.6 s).
+    """
+    retries, waited, pause = 0, 0.0, 0.0
+    while waited < outage_s:
+        retries += 1
+        waited += pause
+        pause = min(pause + PUBLISH_RETRY_STEP_S, OUTAGE_BACKOFF_CAP_S)
+    return {
+        "max_retries": retries,
+        "interval_start": 0,
+        "interval_step": PUBLISH_RETRY_STEP_S,
+        "interval_max": OUTAGE_BACKOFF_CAP_S,
+    }
 
 
 def member(
@@ -57,8 +82,10 @@ def member(
 def enqueue_member(
     app: Celery, plan_id: str, index: int, task_json: dict[str, Any], deadline: float | None
 ) -> None:
-    """Put one task of a plan on the broker."""
-    member(app, plan_id, index, task_json, deadline).apply_async()
+    """Put one task of a plan on the broker, retrying through a broker restart."""
+    member(app, plan_id, index, task_json, deadline).apply_async(
+        retry_policy=publish_retry_policy()
+    )
 
 
 def canvas(app: Celery, plan: ExecutionPlan, plan_layout: PlanLayout, deadline: float) -> Signature:

@@ -40,12 +40,16 @@ def prepare_process() -> None:
     """Make this process's libraries cooperate with gevent, when gevent is in.
 
     grpcio has to be told before its first channel (its own threads would
-    otherwise block the whole process).
+    otherwise block the whole process); kombu's reconnect waits must yield
+    (:func:`taskplane.tasks.shims.unblock_kombu_sleep`).
     """
     global _prepared
     if _prepared or not gevent_active():
         return
     import grpc.experimental.gevent as grpc_gevent
 
+    from taskplane.tasks.shims import unblock_kombu_sleep
+
     grpc_gevent.init_gevent()
+    unblock_kombu_sleep()
     _prepared = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from taskplane.completions import (
+    RESTART_STALL_S,
     PlanWatch,
     StepKind,
     block_ms,
@@ -59,6 +60,31 @@ def test_no_progress_for_longer_than_a_redelivery_asks_for_recovery_once() -> No
     assert not watch.step(meta(done="1", deadline=2000)).recover  # progress resets it too
     clock.now += 25
     assert not watch.step(meta(done="1", deadline=2000)).recover
+
+
+def test_a_quiet_run_asks_now_and_then_whether_redis_restarted_under_it() -> None:
+    clock = Clock()
+    created = {**meta(), "created": repr(clock.now - 1)}
+    watch = PlanWatch(created, timeout_s=None, stall_s=30, clock=clock)
+    watch.step(created)
+    assert not watch.wants_server_start()  # progress was just seen
+    clock.now += RESTART_STALL_S
+    assert watch.wants_server_start()
+    assert not watch.restarted(started_at=clock.now - 3600)  # up since before the run
+    # started just before the run: uptime's whole seconds make it look a little later
+    assert not watch.restarted(started_at=float(created["created"]) + 0.9)
+    assert not watch.wants_server_start()  # asked just now
+    watch.step({**created, "done": "1"})  # progress, then quiet again
+    clock.now += RESTART_STALL_S
+    assert watch.wants_server_start()
+    restart = clock.now - 2.4
+    assert watch.restarted(started_at=restart)  # started after the run: resend lost messages
+    clock.now += RESTART_STALL_S
+    assert watch.wants_server_start()
+    # the same start (uptime is whole seconds) is not news twice
+    assert not watch.restarted(started_at=restart + 0.9)
+    clock.now += RESTART_STALL_S
+    assert watch.restarted(started_at=clock.now - 1)  # a second restart is
 
 
 @pytest.mark.parametrize(("seconds", "ms"), [(0.0001, 1), (0.25, 250), (60, 5000)])

@@ -1,0 +1,80 @@
+"""Two workarounds for Celery/kombu behaviour that stalls a worker after a broker restart.
+
+Both are found by a Redis restart under a plan (RELIABILITY.md §1,
+``tests/reliability/test_redis_restart.py``, which fails without them) and
+both are checked against Celery 5.7.0, kombu 5.7.0 and gevent 26.9.
+
+**1. kombu's reconnect wait blocks a gevent worker** (:func:`unblock_kombu_sleep`).
+``celery -P gevent`` monkey-patches the process, but gevent patches
+``time`` only after ``threading``, and while it patches ``threading`` it
+scans every live object for locks; the scan touches Celery's lazy
+proxies, which import ``celery._state`` → ``celery.utils`` →
+``kombu.utils.functional``, and that module binds ``from time import
+sleep`` — the real, blocking ``time.sleep`` — before ``time`` is patched.
+``kombu.utils.functional.retry_over_time`` (every reconnect wait: the
+consumer's, a publish's) then freezes the whole process — every
+greenlet, every task in flight — for the whole wait: measured, the tasks a
+worker had in flight finished 6.2 s after they would have, at the instant
+its consumer reconnected, though Redis had been back for 4 s. The fix
+rebinds that one name to the patched ``time.sleep``. Remove it when
+``kombu.utils.functional.sleep is time.sleep`` holds in a ``celery -P
+gevent`` worker (``test_kombu_sleep_cooperates`` checks).
+
+**2. The consumer reconnects in 2 s, 4 s, 6 s … steps** (:class:`Consumer`).
+Celery's consumer waits with kombu's defaults (start 2 s, step 2 s, at most
+30 s) and has no setting for them, so after a 2 s Redis restart it took
+tasks again only at the third try, 6 s after the connection was lost. The
+subclass, installed with the documented ``worker_consumer`` setting, waits
+:data:`RECONNECT_START_S`, then :data:`RECONNECT_STEP_S` more each time,
+at most :data:`RECONNECT_MAX_S`. Remove it when Celery lets the intervals
+be configured.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+from celery.worker.consumer import Consumer as CeleryConsumer
+
+#: First pause of the consumer's reconnect loop after a failed try (s).
+RECONNECT_START_S = 0.5
+#: Added to the pause after each further failed try (s).
+RECONNECT_STEP_S = 0.5
+#: Longest pause between two tries (s).
+RECONNECT_MAX_S = 2.0
+
+#: The consumer class of taskplane's workers (Celery's ``worker_consumer`` setting).
+CONSUMER = "taskplane.tasks.shims:Consumer"
+
+
+def unblock_kombu_sleep() -> bool:
+    """Make kombu's retry waits yield to other greenlets; True when something was rebound.
+
+    Only acts in a process gevent has patched; elsewhere ``time.sleep`` is
+    what kombu holds already.
+    """
+    import kombu.utils.functional as kombu_functional
+
+    if kombu_functional.sleep is time.sleep:
+        return False
+    kombu_functional.sleep = time.sleep
+    return True
+
+
+class Consumer(CeleryConsumer):
+    """Celery's consumer, reconnecting to the broker after shorter pauses."""
+
+    def ensure_connected(self, conn: Any) -> Any:
+        ensure = conn.ensure_connection
+        conn.ensure_connection = functools.partial(
+            ensure,
+            interval_start=RECONNECT_START_S,
+            interval_step=RECONNECT_STEP_S,
+            interval_max=RECONNECT_MAX_S,
+        )
+        try:
+            return super().ensure_connected(conn)
+        finally:
+            del conn.ensure_connection
