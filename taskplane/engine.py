@@ -47,7 +47,12 @@ from taskplane.patterns import PatternExecutionResult, PatternExecutor, PatternH
 from taskplane.plans import PlanState
 from taskplane.planstore import PlanStore
 from taskplane.proxy import AgentInfo, AgentProxy, Quota, build_agent_proxy
-from taskplane.proxy.policy import AgentPolicy, make_policy, task_with_agent_defaults
+from taskplane.proxy.policy import (
+    AgentPolicy,
+    PolicyLookup,
+    make_policy,
+    task_with_agent_defaults,
+)
 from taskplane.runtime import redis_client
 from taskplane.tasks import deliver_results
 from taskplane.tasks.app import create_app
@@ -350,7 +355,10 @@ class ExecutionEngine:
             ValidationError: The plan is malformed; nothing was enqueued.
             BackendError: Redis or the broker cannot be reached; nothing was enqueued.
         """
-        parsed = parse_plan(plan)
+        return self._submit(parse_plan(plan), agent_policies=self._agent_policies)
+
+    def _submit(self, parsed: ExecutionPlan, *, agent_policies: PolicyLookup | None) -> PlanHandle:
+        """Enqueue a parsed plan, its agent tasks' defaults read with *agent_policies*."""
         if not parsed.tasks:
             return PlanHandle(self, parsed.id, empty=True)
         trace = tracing.start_plan(parsed)  # ended when the run's outcome is read
@@ -361,7 +369,7 @@ class ExecutionEngine:
                 parsed,
                 self.settings,
                 clock=self.clock,
-                agent_policies=self._agent_policies,
+                agent_policies=agent_policies,
                 plan_trace=trace,
             )
         except Exception:
@@ -435,7 +443,7 @@ class ExecutionEngine:
             )
         except ValueError as exc:
             raise ValidationError(f"invalid task: {exc}") from exc
-        return self.submit(plan)
+        return self._submit(plan, agent_policies=None)  # its agent's defaults are in already
 
     # -- nested patterns and the control plane ------------------------------
 
