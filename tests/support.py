@@ -1,10 +1,32 @@
-"""Small helpers shared by the integration tests."""
+"""Small helpers shared by the integration and reliability tests."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+import pytest
 import redis
+from kombu import Connection
+
+DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+def rabbitmq_url() -> str:
+    """RabbitMQ for the broker tests: ``TASKPLANE_TEST_RABBITMQ_URL``, else guest on 5672."""
+    return os.environ.get("TASKPLANE_TEST_RABBITMQ_URL", DEFAULT_RABBITMQ_URL)
+
+
+def require_rabbitmq(url: str) -> None:
+    """Fail (in CI) or skip (elsewhere, with the reason) unless RabbitMQ answers at *url*."""
+    try:
+        with Connection(url, connect_timeout=2) as conn:
+            conn.ensure_connection(max_retries=1)
+    except Exception as exc:  # kombu raises the transport's own errors
+        reason = f"RabbitMQ is not reachable at {url} (TASKPLANE_TEST_RABBITMQ_URL): {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
 
 
 def rec(task_id: str, cluster: Any, key: str, **payload: Any) -> dict[str, Any]:

@@ -16,11 +16,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from kombu import Connection
 
 from taskplane import ExecutionEngine, Settings
 from taskplane.devtools import redis_server
 from taskplane.devtools.cluster import WorkerProcess, start_worker, wait_ready
+from tests.support import rabbitmq_url, require_rabbitmq
 
 ROOT = Path(__file__).resolve().parents[2]
 LOG_DIR = ROOT / ".run" / "test-workers"
@@ -118,26 +118,6 @@ def engine(cluster: Cluster) -> ExecutionEngine:
 def uid() -> str:
     """A fresh id for plan ids and counter keys."""
     return uuid.uuid4().hex[:10]
-
-
-DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
-
-
-def rabbitmq_url() -> str:
-    """RabbitMQ for the broker tests: ``TASKPLANE_TEST_RABBITMQ_URL``, else guest on 5672."""
-    return os.environ.get("TASKPLANE_TEST_RABBITMQ_URL", DEFAULT_RABBITMQ_URL)
-
-
-def require_rabbitmq(url: str) -> None:
-    """Fail (in CI) or skip (elsewhere, with the reason) unless RabbitMQ answers at *url*."""
-    try:
-        with Connection(url, connect_timeout=2) as conn:
-            conn.ensure_connection(max_retries=1)
-    except Exception as exc:  # kombu raises the transport's own errors
-        reason = f"RabbitMQ is not reachable at {url} (TASKPLANE_TEST_RABBITMQ_URL): {exc}"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

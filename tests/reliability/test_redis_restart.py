@@ -26,7 +26,6 @@ What the test checks (see RELIABILITY.md §1 for the figures):
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from typing import Any
@@ -45,6 +44,7 @@ from tests.reliability.support import (
     running_cluster,
     wait_until,
 )
+from tests.support import rabbitmq_url, require_rabbitmq
 
 TASKS = 200
 TASK_MS = 150
@@ -57,27 +57,12 @@ DOWN_S = 2.0
 MAX_DELAY_S = 10.0
 #: Slack past the deadline for the client to wake up (s).
 DEADLINE_SLACK_S = 6.0
-DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
 CASES = (
     [("redis", "crash"), ("amqp", "crash")]
     if SHORT
     else [("redis", "shutdown"), ("redis", "crash"), ("amqp", "shutdown"), ("amqp", "crash")]
 )
-
-
-def rabbitmq_url() -> str:
-    """RabbitMQ for the broker case: ``TASKPLANE_TEST_RABBITMQ_URL``, else guest on 5672."""
-    url = os.environ.get("TASKPLANE_TEST_RABBITMQ_URL", DEFAULT_RABBITMQ_URL)
-    try:
-        with Connection(url, connect_timeout=2) as conn:
-            conn.ensure_connection(max_retries=1)
-    except Exception as exc:  # kombu raises the transport's own errors
-        reason = f"RabbitMQ is not reachable at {url} (TASKPLANE_TEST_RABBITMQ_URL): {exc}"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return url
 
 
 def drop_queue(url: str, queue: str) -> None:
@@ -119,6 +104,7 @@ def test_plan_rides_through_a_redis_restart(broker: str, mode: str) -> None:
     extra: dict[str, str] = {}
     amqp = rabbitmq_url() if broker == "amqp" else None
     if amqp is not None:  # our own queue: other RabbitMQ users purge and consume `taskplane`
+        require_rabbitmq(amqp)
         extra = {"TASKPLANE_BROKER_URL": amqp, "TASKPLANE_QUEUE": f"taskplane-restart-{tag}"}
     server = PrivateRedis(fresh_dir(f"redis-restart-{broker}-{mode}"))
     try:
