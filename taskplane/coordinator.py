@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from taskplane.budget import BudgetBackend, BudgetGate, exhausted_error
+from taskplane.budget import BudgetBackend, BudgetGate, BudgetOwners, exhausted_error
 from taskplane.errors import ExecutionError
 from taskplane.executor import (
     Attempt,
@@ -113,6 +113,7 @@ class PlanCoordinator:
         self.submit = submit
         self.on_result = on_result
         self.budgets = budgets
+        self._budget_owner = BudgetOwners(lambda run: store.meta_field(run, "budget"))
         self.on_plan_end = on_plan_end
         self.clock = clock
 
@@ -181,7 +182,7 @@ class PlanCoordinator:
             return self._expand(plan_id, index, task, ctx)
         assert self.runner is not None, "a collecting-only coordinator cannot run tasks"
         if self.budgets is not None and task.type is TaskType.AGENT:
-            held_by = self.store.meta_field(plan_id, "budget")
+            held_by = self._budget_owner(plan_id)
             if held_by:
                 ctx.budget = BudgetGate(self.budgets, held_by, plan_id, self.runner.hooks.emit)
         step = self.runner.step(task, ctx, attempt)
