@@ -410,6 +410,17 @@ def inject(headers: MutableMapping[str, str]) -> None:
         propagate.inject(headers)
 
 
+def outgoing_headers() -> dict[str, str]:
+    """Headers carrying the current span's ``traceparent`` (empty when tracing is off).
+
+    For calls that another thread makes on this one's behalf (the asyncio
+    SDKs' loop thread), where this thread's current span is not current.
+    """
+    carrier: dict[str, str] = {}
+    inject(carrier)
+    return carrier
+
+
 def inject_httpx(request: Any) -> None:
     """An httpx request event hook: the request carries the current span's ``traceparent``."""
     if active():
