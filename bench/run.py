@@ -36,9 +36,11 @@ def sections(redis_url: str, quick: bool) -> list[tuple[str, str, list[str]]]:
         ),
         (
             "Prometheus metrics and OpenTelemetry traces",
-            "One worker with `/metrics` served (scraped once per plan), or tracing through the "
-            "SDK (batch processor, spans dropped), vs the same worker with neither.",
-            ["-m", "bench.bench_metrics", "--rounds", "2"] + (["--tasks", "500"] if quick else []),
+            "Three workers side by side: one serving `/metrics` (scraped after each plan), one "
+            "tracing through the SDK (batch processor, spans dropped), one with neither; one plan "
+            "on each per round, in a rotating order.",
+            ["-m", "bench.bench_metrics", "--rounds", "3" if quick else "5"]
+            + (["--tasks", "500"] if quick else []),
         ),
         (
             "Waiting holds no worker slot",
