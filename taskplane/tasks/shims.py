@@ -45,6 +45,16 @@ safe to share between threads and greenlets, so workers share one backend;
 a client process keeps Celery's default, where each thread's waits drain
 their own result subscription. Remove it when Celery caches the backend
 per process for gevent (celery/celery#7960).
+
+**4. kombu builds a Redis client for every broker command**
+(:func:`reuse_kombu_clients`). The Redis transport's channel hands out a new
+``redis.Redis`` on its shared connection pool for each ack, fanout publish
+and queue operation (``Channel.conn_or_acquire``); building one copies
+redis-py's table of response callbacks, ~10 % of a gevent worker's CPU on
+no-op tasks. A ``redis.Redis`` on a pool is safe to share (each command
+takes a connection from the pool), so the shim keeps one per channel and
+pool and builds a new one when the channel's pool changes (a reconnect).
+Remove it when kombu reuses its client.
 """
 
 from __future__ import annotations
@@ -92,6 +102,30 @@ def share_result_backend_in_workers(app: Celery) -> None:
             conf.result_backend_thread_safe = True
 
     worker_init.connect(share, weak=False)
+
+
+def reuse_kombu_clients() -> bool:
+    """Make kombu's Redis channels reuse one client per connection pool; True when installed."""
+    import kombu.transport.redis as kombu_redis
+
+    channel = kombu_redis.Channel
+    if getattr(channel._create_client, "reuses_client", False):
+        return False
+    create = channel._create_client
+
+    @functools.wraps(create)
+    def create_client(self: Any, asynchronous: bool = False) -> Any:
+        if asynchronous:
+            return create(self, asynchronous)
+        pool = self.pool
+        client = self.__dict__.get("_taskplane_client")
+        if client is None or client.connection_pool is not pool:
+            client = self.__dict__["_taskplane_client"] = create(self, False)
+        return client
+
+    create_client.reuses_client = True  # type: ignore[attr-defined]
+    channel._create_client = create_client  # type: ignore[method-assign]
+    return True
 
 
 class Consumer(CeleryConsumer):

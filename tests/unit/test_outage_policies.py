@@ -150,3 +150,37 @@ def test_a_workers_greenlets_share_one_backend_and_a_clients_do_not() -> None:
     # Celery caches it per process itself and the shim can go); a worker's share one, and
     # only the app whose worker started changes
     assert out == ["3", "1", "3"], out
+
+
+KOMBU_CLIENT_PROBE = textwrap.dedent(
+    """
+    import redis
+    import kombu.transport.redis as kr
+    from taskplane.tasks.shims import reuse_kombu_clients
+
+    def channel():
+        made = object.__new__(kr.Channel)
+        made._pool, made._async_pool = redis.ConnectionPool(), redis.ConnectionPool()
+        made.Client = redis.Redis
+        return made
+
+    def same(ch):
+        return ch._create_client() is ch._create_client()
+
+    a, b = channel(), channel()
+    before = same(a)
+    installed, again = reuse_kombu_clients(), reuse_kombu_clients()
+    first = a._create_client()
+    reused = same(a) and first is not b._create_client()
+    a._pool = redis.ConnectionPool()  # what a reconnect does
+    fresh = a._create_client()
+    print(before, installed, again, reused, fresh is not first, fresh.connection_pool is a._pool,
+          a._create_client(asynchronous=True) is not fresh)
+    """
+)
+
+
+def test_kombus_channels_reuse_one_client_per_pool() -> None:
+    out = probe(KOMBU_CLIENT_PROBE)
+    # the first word False: kombu builds a client a call (when True, the shim can go)
+    assert out == ["False", "True", "False", "True", "True", "True", "True"], out
