@@ -375,7 +375,13 @@ class PlanCoordinator:
             self._settle(plan_id, ended=True)
 
     def _fill_missing(self, plan_id: str, meta: dict[str, str]) -> None:
-        """Record the tasks an ended plan never finished as cancelled or timed out."""
+        """Record the tasks an ended plan never finished as cancelled or timed out.
+
+        Nothing to read when *meta* counts every task done: ``done`` grows only with
+        an outcome recorded, so a plan whose tasks all finished is not read again.
+        """
+        if int(meta.get("done") or 0) >= int(meta.get("n") or 0):
+            return
         status, error = _FILL.get(
             meta.get("state", ""), (TaskStatus.CANCELLED, "cancelled: the plan ended")
         )
