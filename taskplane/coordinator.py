@@ -396,9 +396,12 @@ class PlanCoordinator:
         holds_it = "budgetTokens" in meta or "budgetCalls" in meta
         return exhausted_error(meta if holds_it else self.store.meta(held_by))
 
-    def collect(self, plan_id: str) -> PlanReport:
-        """Results of an ended plan; unfinished tasks are recorded as cancelled or timed out."""
-        meta = self.store.meta(plan_id)
+    def collect(self, plan_id: str, meta: dict[str, str] | None = None) -> PlanReport:
+        """Results of an ended plan; unfinished tasks are recorded as cancelled or timed out.
+
+        *meta*: the run's meta hash, read once it had ended (read here when None).
+        """
+        meta = self.store.meta(plan_id) if meta is None else meta
         state = meta.get("state", "")
         self._fill_missing(plan_id, meta)
         count = int(meta.get("n", "0"))
