@@ -20,7 +20,7 @@ without Flower); an N-task parallel plan
 (``maxConcurrency`` N); the plan with its first window sent as a Celery group
 (how taskplane sent it before). For each: wall time, worker and client CPU per
 task, and — from a separate, smaller pass under ``MONITOR`` (which slows Redis)
-— Redis round trips per task and the commands scripts ran inside them.
+— the Redis commands clients sent per task and those scripts ran inside them.
 """
 
 from __future__ import annotations
@@ -167,7 +167,8 @@ def latency(
 
 
 def monitored(env: dict[str, str], fn: Callable[[], None]) -> tuple[int, int]:
-    """Redis round trips *fn* caused on the benchmark's databases, and commands run in scripts."""
+    """Redis commands clients sent to the benchmark's databases during *fn*, and those run
+    inside scripts."""
     client = redis.Redis.from_url(env["TASKPLANE_REDIS_URL"])
     seen: list[dict[str, Any]] = []
     ready, stop = threading.Event(), threading.Event()
@@ -198,7 +199,7 @@ def monitored(env: dict[str, str], fn: Callable[[], None]) -> tuple[int, int]:
 def table(figures: dict[str, Any], count: int) -> str:
     lines = [
         f"| worker | side | wall ({count} tasks) | vs bare group (same worker) | worker CPU/task "
-        "| client CPU/task | Redis round trips/task | + commands inside scripts |",
+        "| client CPU/task | Redis commands sent/task | + run inside scripts |",
         "|---|---|--:|--:|--:|--:|--:|--:|",
     ]
     for config, rows in figures["configs"].items():

@@ -31,7 +31,7 @@ def sections(redis_url: str, quick: bool) -> list[tuple[str, str, list[str]]]:
         (
             "The price of a task",
             "One gevent worker (32 slots) as Celery ships it and as taskplane runs it; bare "
-            "Celery and taskplane alternate on each, defaults on. Round trips count what "
+            "Celery and taskplane alternate on each, defaults on. Redis commands count what "
             "MONITOR sees on the benchmark's own databases.",
             ["-m", "bench.bench_overhead", "--rounds", "2" if quick else "3"]
             + (["--tasks", "500"] if quick else []),
