@@ -2,7 +2,7 @@
 
 The first two are found by a Redis restart under a plan (RELIABILITY.md §1,
 ``tests/reliability/test_redis_restart.py``, which fails without them), the
-third by profiling a worker draining no-op tasks; all are checked against
+other two by profiling a worker draining no-op tasks; all are checked against
 Celery 5.7.0, kombu 5.7.0 and gevent 26.9.
 
 **1. kombu's reconnect wait blocks a gevent worker** (:func:`unblock_kombu_sleep`).
@@ -94,7 +94,6 @@ def unblock_kombu_sleep() -> bool:
 
 def share_result_backend_in_workers(app: Celery) -> None:
     """Make a worker of *app* share one result backend between its tasks."""
-
     conf = app.conf
 
     def share(sender: Any = None, **_: Any) -> None:
