@@ -1,4 +1,4 @@
-"""Delivery: enqueueing by task name from outside, and surviving a killed worker."""
+"""Delivery: enqueueing a window and by task name from outside, surviving a killed worker."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from typing import Any
 
@@ -29,6 +30,48 @@ CLIENT = textwrap.dedent(
     print(json.dumps(results))
     """
 )
+
+
+def test_a_window_subscribes_the_client_to_no_result_channel(cluster: Any, uid: str) -> None:
+    engine = cluster.engine
+    sleepers = [
+        {"id": f"s{i}", "type": "function", "target": "sleep", "payload": {"ms": 1500}}
+        for i in range(3)
+    ]
+    client = redis.Redis.from_url(cluster.settings.redis_url)
+    commands: list[str] = []
+    stop = threading.Event()
+
+    def watch(monitor: Any) -> None:
+        for command in monitor.listen():
+            if stop.is_set():
+                return
+            commands.append(command["command"])
+
+    with client.monitor() as monitor:
+        watcher = threading.Thread(target=watch, args=(monitor,), daemon=True)
+        watcher.start()
+        handle = engine.submit({"id": f"window-{uid}", "strategy": "allSettled", "tasks": sleepers})
+        running: list[str] = []
+        deadline = time.monotonic() + 10
+        while len(running) < 3 and time.monotonic() < deadline:
+            active = engine.app.control.inspect(timeout=0.5).active() or {}
+            running = [
+                t["id"]
+                for tasks in active.values()
+                for t in tasks
+                if (t.get("kwargs") or {}).get("plan_id") == handle.id
+            ]
+        stop.set()
+        client.ping()  # one more command, so the watcher sees the stop
+        watcher.join(5)
+    client.close()
+    assert len(running) == 3, running
+    # run_task stores no result, yet a Celery group subscribed to each member's channel
+    channels = {f"celery-task-meta-{i}" for i in running}
+    assert commands, "MONITOR saw nothing"
+    assert not [c for c in commands if c.startswith("SUBSCRIBE") and set(c.split()) & channels]
+    assert [r.status for r in handle.wait()] == [TaskStatus.SUCCESS] * 3
 
 
 def test_send_task_by_name_from_a_process_without_taskplane(cluster: Any, uid: str) -> None:
