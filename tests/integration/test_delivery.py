@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from typing import Any
 
@@ -14,7 +13,7 @@ import pytest
 import redis
 
 from taskplane import ExecutionEngine, TaskStatus
-from tests.support import counter, rec
+from tests.support import counter, monitored, rec
 
 pytestmark = pytest.mark.integration
 
@@ -38,19 +37,7 @@ def test_a_window_subscribes_the_client_to_no_result_channel(cluster: Any, uid: 
         {"id": f"s{i}", "type": "function", "target": "sleep", "payload": {"ms": 1500}}
         for i in range(3)
     ]
-    client = redis.Redis.from_url(cluster.settings.redis_url)
-    commands: list[str] = []
-    stop = threading.Event()
-
-    def watch(monitor: Any) -> None:
-        for command in monitor.listen():
-            if stop.is_set():
-                return
-            commands.append(command["command"])
-
-    with client.monitor() as monitor:
-        watcher = threading.Thread(target=watch, args=(monitor,), daemon=True)
-        watcher.start()
+    with monitored(cluster.settings.redis_url) as commands:
         handle = engine.submit({"id": f"window-{uid}", "strategy": "allSettled", "tasks": sleepers})
         running: list[str] = []
         deadline = time.monotonic() + 10
@@ -62,14 +49,9 @@ def test_a_window_subscribes_the_client_to_no_result_channel(cluster: Any, uid: 
                 for t in tasks
                 if (t.get("kwargs") or {}).get("plan_id") == handle.id
             ]
-        stop.set()
-        client.ping()  # one more command, so the watcher sees the stop
-        watcher.join(5)
-    client.close()
     assert len(running) == 3, running
     # run_task stores no result, yet a Celery group subscribed to each member's channel
     channels = {f"celery-task-meta-{i}" for i in running}
-    assert commands, "MONITOR saw nothing"
     assert not [c for c in commands if c.startswith("SUBSCRIBE") and set(c.split()) & channels]
     assert [r.status for r in handle.wait()] == [TaskStatus.SUCCESS] * 3
 
