@@ -128,8 +128,8 @@ def test_a_plan_whose_tasks_all_finished_is_not_read_again(
         time.sleep(0.5)  # the worker settles the run just after the waiting client wakes
     assert [r.result for r in results] == [1]
     # no side reads every task and result to record missing outcomes: none are missing
-    reads = {f"HGETALL {engine.store.key(plan_id, 'tasks')}"}
-    reads.add(f"HKEYS {engine.store.key(plan_id, 'results')}")
+    store = engine.store
+    reads = {f"HGETALL {store.key(plan_id, 'tasks')}", f"HKEYS {store.key(plan_id, 'results')}"}
     assert not [c for c in commands if c in reads]
 
 
