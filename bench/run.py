@@ -29,6 +29,14 @@ def sections(redis_url: str, quick: bool) -> list[tuple[str, str, list[str]]]:
             ["-m", "bench.bench_plans", "--rounds", rounds],
         ),
         (
+            "The price of a task",
+            "One gevent worker (32 slots) as Celery ships it and as taskplane runs it; bare "
+            "Celery and taskplane alternate on each, defaults on. Redis commands count what "
+            "MONITOR sees on the benchmark's own databases.",
+            ["-m", "bench.bench_overhead", "--rounds", "2" if quick else "3"]
+            + (["--tasks", "500"] if quick else []),
+        ),
+        (
             "Events, tracking and horizontal scaling",
             "Workers restarted with the feature off for the baseline; scaling on 1 then 3 workers.",
             ["-m", "bench.bench_throughput", "--rounds", "2" if quick else "3"]

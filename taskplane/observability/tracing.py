@@ -19,7 +19,7 @@ span                               kind      where
 =================================  ========  =====================================
 
 The plan span is the parent of every task delivery of its run, however the
-message got there: the client's group or chain, the next task of a window
+message got there: the client's window or chain, the next task of a window
 enqueued by a finishing one, a chain carried on by a failed step, a retry, a
 redelivery after a worker died, a message resent by a waiting client. Every
 taskplane message of a plan carries the plan span's context in its headers

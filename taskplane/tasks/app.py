@@ -10,7 +10,7 @@ from celery import Celery
 from taskplane.config import DEFAULT_QUEUE, Settings, load_settings
 from taskplane.observability import tracing
 from taskplane.tasks.pool import effective_pool, prepare_process
-from taskplane.tasks.shims import CONSUMER
+from taskplane.tasks.shims import CONSUMER, share_result_backend_in_workers
 
 __all__ = ["DEFAULT_QUEUE", "celery_config", "create_app", "settings_of"]
 
@@ -98,6 +98,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     )
     app.conf.update(celery_config(settings))
     app.taskplane_settings = settings
+    share_result_backend_in_workers(app)
     from taskplane.tasks import register_tasks
 
     register_tasks(app)
