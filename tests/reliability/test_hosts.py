@@ -3,8 +3,10 @@
 Each worker runs in a network namespace of its own (:mod:`tests.reliability.hosts`)
 and reaches Redis — the broker and everything else — and the HTTP agent on
 the root namespace's end of its veth. While a 60-task window plan of 300 ms
-agent calls runs, one host is cut off the Redis port: a blackhole, packets
-dropped both ways, connections hang (the agent stays reachable).
+agent calls runs, one host is cut off: a blackhole, packets dropped both
+ways, connections hang. Either from the Redis port only (the agent stays
+reachable, so the cut host's breaker, limiter and cache have something to
+decide) or from everything (``make reliability`` only).
 
 What the test checks (see RELIABILITY.md §10 for the figures):
 
@@ -36,7 +38,7 @@ import pytest
 from taskplane import TaskStatus
 from taskplane.devtools.cluster import WorkerProcess, wait_ready
 from tests.agents import HttpAgentServer
-from tests.reliability.conftest import fresh_dir
+from tests.reliability.conftest import SHORT, fresh_dir
 from tests.reliability.hosts import HostNetwork, NamespaceError, refuse, require_namespaces
 from tests.reliability.redisproc import PrivateRedis
 from tests.reliability.support import (
@@ -145,9 +147,14 @@ def answers_ping(cluster: Cluster, worker: WorkerProcess) -> bool:
     return any(key.split("@", 1)[0] == worker.name for reply in replies for key in reply)
 
 
+#: What the cut host loses: Redis only (the agent stays reachable), or everything.
+CUTS = ["redis"] if SHORT else ["redis", "host"]
+
+
 @pytest.mark.timeout(240)
-def test_a_host_cut_off_redis_mid_plan_and_back(
-    network: HostNetwork, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("cut", CUTS)
+def test_a_host_cut_off_mid_plan_and_back(
+    network: HostNetwork, cut: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="taskplane")
     gateway = network.gateway
@@ -199,7 +206,7 @@ def test_a_host_cut_off_redis_mid_plan_and_back(
         recorded_before = set(state.hkeys(results_key))
         in_flight_at_cut = calling_now(agent, victim.address)
         cut_at, cut_wall = time.monotonic(), time.time()
-        victim.cut(ports=(server.port,))
+        victim.cut(ports=(server.port,) if cut == "redis" else ())
         try:
             results = handle.wait(timeout=COMPLETE_WITHIN_S)
             completed_after_cut_s = time.monotonic() - cut_at
@@ -223,7 +230,8 @@ def test_a_host_cut_off_redis_mid_plan_and_back(
         # them may record a second outcome or call the agent a third time
         time.sleep(2.0)
         calls = calls_by_task(agent, plan_id)
-        order_len = state.xlen(f"taskplane:plan:{plan_id}:order")
+        order = [entry_id for entry_id, _ in state.xrange(f"taskplane:plan:{plan_id}:order")]
+        order_len = len(order)
         results_len = state.hlen(results_key)
         state.close()
         exits = [w.name for w in workers if not w.alive()]
@@ -232,6 +240,7 @@ def test_a_host_cut_off_redis_mid_plan_and_back(
     second_by_host = Counter(str(r.metadata.get("worker", "")).split("@", 1)[0] for r in second)
     repeated = sorted(i for i, n in calls.items() if n > 1)
     figures = {
+        "cut": cut,
         "hosts": HOSTS,
         "threads_per_worker": THREADS,
         "tasks": TASKS,
@@ -249,6 +258,10 @@ def test_a_host_cut_off_redis_mid_plan_and_back(
         "outcomes_by_host": {name: by_host[name] for name in sorted(by_host)},
         "outcomes_recorded": results_len,
         "order_stream_len": order_len,
+        # when the last outcomes were recorded (the stream's ids are Redis's clock, in ms)
+        "last_outcomes_after_cut_s": [
+            round(int(entry_id.split("-")[0]) / 1000 - cut_wall, 2) for entry_id in order[-4:]
+        ],
         "events_per_task_max": max(outcomes.by_task.values(), default=0),
         "events_total": sum(outcomes.by_task.values()),
         "agent_calls": sum(calls.values()),
@@ -266,7 +279,7 @@ def test_a_host_cut_off_redis_mid_plan_and_back(
         "second_plan_by_host": {name: second_by_host[name] for name in sorted(second_by_host)},
         "worker_exits": exits,
     }
-    record_figures("hosts_cut_mid_plan", figures)
+    record_figures(f"hosts_cut_{cut}_mid_plan", figures)
 
     assert not exits, f"workers exited: {exits}"
     assert still_cut, "the plan must complete on the other hosts while the host is cut"
@@ -282,6 +295,8 @@ def test_a_host_cut_off_redis_mid_plan_and_back(
     assert in_flight_at_cut >= 1
     # the cut host starts nothing new: only calls it had admitted before the cut go out
     assert all(t <= ADMITTED_GRACE_S for t in victim_calls_after_cut), victim_calls_after_cut
+    if cut == "host":
+        assert victim_calls_after_cut == []
     # the cut host rejoins: it answers a ping and runs tasks of the next plan
     assert rejoined, f"the restored host did not answer a ping within {REJOIN_WITHIN_S} s"
     assert [r.status for r in second] == [TaskStatus.SUCCESS] * SECOND_TASKS
