@@ -31,10 +31,12 @@ skips the test with the reason when they cannot be made, and fails it in CI
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
 import shutil
+import signal
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -107,16 +109,30 @@ def links() -> list[str]:
     return names
 
 
+def kill_programs(namespace: str) -> list[int]:
+    """SIGKILL what still runs in *namespace* (a worker a crashed run left); their PIDs."""
+    pids = [int(pid) for pid in run("ip", "netns", "pids", namespace, check=False).split()]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
+
+
 def remove_stale() -> list[str]:
-    """Remove namespaces and links of earlier runs whose process is gone; their names."""
+    """Remove namespaces and links of earlier runs whose process is gone; their names.
+
+    Programs still running in such a namespace (workers of a run that was
+    killed) are killed first: they would hold the namespace and its veth.
+    """
     removed = []
+    for name in namespaces():
+        if _stale(name):
+            kill_programs(name)
+            run("ip", "netns", "del", name, check=False)
+            removed.append(name)
     for name in links():
         if _stale(name):
             run("ip", "link", "del", name, check=False)
-            removed.append(name)
-    for name in namespaces():
-        if _stale(name):
-            run("ip", "netns", "del", name, check=False)
             removed.append(name)
     return removed
 
@@ -310,6 +326,7 @@ class HostNetwork:
         """Remove every host and the bridge (programs on the hosts must have stopped)."""
         for host in self.hosts:
             host.restore()
+            kill_programs(host.namespace)  # none, unless stopping a worker failed
             run("ip", "link", "del", host.veth, check=False)
             run("ip", "netns", "del", host.namespace, check=False)
         self.hosts = []
