@@ -197,14 +197,15 @@ def test_a_host_cut_off_mid_plan_and_back(
         results_key = f"taskplane:plan:{plan_id}:results"
         started = time.monotonic()
         handle = engine.submit(agent_plan(plan_id, TASKS, CONCURRENCY))
-        # mid-plan, and the victim host has a call in flight
-        assert wait_until(
-            lambda: state.hlen(results_key) >= CUT_AFTER and calling_now(agent, victim.address),
-            timeout_s=60,
-            interval_s=0.01,
-        )
+        in_flight = [0]  # the victim's calls in flight when the cut was decided
+
+        def mid_plan() -> bool:  # and the victim host has a call in flight
+            in_flight[0] = calling_now(agent, victim.address)
+            return in_flight[0] > 0 and state.hlen(results_key) >= CUT_AFTER
+
+        assert wait_until(mid_plan, timeout_s=60, interval_s=0.01)
         recorded_before = set(state.hkeys(results_key))
-        in_flight_at_cut = calling_now(agent, victim.address)
+        in_flight_at_cut = in_flight[0]
         cut_at, cut_wall = time.monotonic(), time.time()
         victim.cut(ports=(server.port,) if cut == "redis" else ())
         try:
