@@ -1,11 +1,12 @@
 """Worker hosts in network namespaces, and cutting one off its servers.
 
-Each host is a network namespace of its own with one veth pair: the end in
-the namespace (``eth0``) holds ``10.213.S.(10+i)/24``, the other end is a
-port of a bridge in the root namespace holding the gateway ``10.213.S.1``
-(``S`` a subnet no interface here uses yet). Servers the hosts reach listen on
-the gateway address; a worker runs on a host under :attr:`Host.wrapper`
-(``ip netns exec NAME``)::
+Each host is a network namespace of its own, plugged by a veth pair into a
+switch — a bridge in a namespace of its own — whose uplink, another veth
+pair, ends in the root namespace. The host's end (``eth0``) holds
+``10.213.S.(10+i)/24``; the uplink's root end holds the gateway
+``10.213.S.1`` (``S`` a subnet no interface here uses yet). Servers the
+hosts reach listen on the gateway address; a worker runs on a host under
+:attr:`Host.wrapper` (``ip netns exec NAME``)::
 
     with HostNetwork(3) as network:
         redis = PrivateRedis(state_dir, bind=("127.0.0.1", network.gateway))
@@ -14,19 +15,23 @@ the gateway address; a worker runs on a host under :attr:`Host.wrapper`
         host.cut(ports=(redis.port,))   # a partition between the host and Redis
         host.restore()
 
-A cut is a blackhole, not a refusal: every packet between the host and the
-given ports of the gateway is dropped, in both directions, on both ends of
-its veth (``tc``: an ``htb`` root whose second class holds a ``pfifo`` of
-zero packets, and ``u32`` filters sending the cut traffic there). Open
-connections hang, new ones time out, nothing is reset — as when a switch or
-a link between two racks fails. Other traffic (the agents' port) still flows.
+A cut is a blackhole, not a refusal: the switch drops every packet between
+the host and the given ports of the gateway, both ways (``tc`` on the
+switch's two ports: an ``htb`` root whose second class holds a ``pfifo`` of
+zero packets, and ``u32`` filters sending the cut traffic there). Neither
+end's kernel drops anything itself — a drop on a host's own interface is
+reported to its TCP, which then gives up within seconds — so to both the
+other side merely falls silent: open connections hang until their timeouts
+or TCP's retransmissions give up, new ones time out, nothing is reset, as
+when a switch or a link between racks fails. Other traffic (the agents'
+port) still flows.
 
 Names carry the creating process's id (``tph<pid>…``): a run removes, at
-start, what a crashed earlier run left (names whose process is gone), and
-never what a live run owns. Everything is removed on exit, failure included.
-Making namespaces needs root, ``ip`` and ``tc``; :func:`require_namespaces`
-skips the test with the reason when they cannot be made, and fails it in CI
-(``CI`` set), where they can.
+start, what a crashed earlier run left (names whose process is gone, and
+what still runs in them), and never what a live run owns. Everything is
+removed on exit, failure included. Making namespaces needs root, ``ip`` and
+``tc``; :func:`require_namespaces` skips the test with the reason when they
+cannot be made, and fails it in CI (``CI`` set), where they can.
 """
 
 from __future__ import annotations
@@ -153,8 +158,8 @@ def free_subnet() -> ipaddress.IPv4Network:
     raise NamespaceError(f"no free /24 left in {RANGE}")
 
 
-def _drop_into_cut_class(tc: Sequence[str], dev: str, matches: Sequence[Sequence[str]]) -> None:
-    """On *dev*'s egress: traffic matching one of *matches* is dropped, the rest passes."""
+def _install_cut_qdisc(tc: Sequence[str], dev: str) -> None:
+    """On *dev*'s egress: an ``htb`` root passing everything, and a class that drops all."""
     run(*tc, "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "10")
     for classid in (PASS_CLASS, CUT_CLASS):
         run(
@@ -176,6 +181,12 @@ def _drop_into_cut_class(tc: Sequence[str], dev: str, matches: Sequence[Sequence
     run(
         *tc, "qdisc", "add", "dev", dev, "parent", CUT_CLASS, "handle", "20:", "pfifo", "limit", "0"
     )
+
+
+def _add_cut_filters(
+    tc: Sequence[str], dev: str, prio: int, matches: Sequence[Sequence[str]]
+) -> None:
+    """Send what matches one of *matches* on *dev* to the dropping class (filters of *prio*)."""
     for match in matches:
         run(
             *tc,
@@ -188,7 +199,7 @@ def _drop_into_cut_class(tc: Sequence[str], dev: str, matches: Sequence[Sequence
             "protocol",
             "ip",
             "prio",
-            "1",
+            str(prio),
             "u32",
             *match,
             "flowid",
@@ -197,23 +208,30 @@ def _drop_into_cut_class(tc: Sequence[str], dev: str, matches: Sequence[Sequence
 
 
 def _dropped(tc: Sequence[str], dev: str) -> int:
-    """Packets the cut class's queue on *dev* dropped (0 when nothing is cut)."""
+    """Packets the dropping class on *dev* dropped so far (0 when it has none)."""
     out = run(*tc, "-s", "qdisc", "show", "dev", dev, check=False)
     found = re.search(r"qdisc pfifo 20:.*?dropped (\d+)", out, re.S)
     return int(found.group(1)) if found else 0
 
 
+#: The switch's port to the root namespace, and its filters' priority for host *i*.
+UPLINK = "uplink"
+UPLINK_PRIO_BASE = 100
+
+
 @dataclass
 class Host:
-    """One worker host: a network namespace, its veth pair and its address."""
+    """One worker host: a network namespace, its port on the switch and its address."""
 
     index: int
     namespace: str
-    veth: str
+    switch: str
+    port: str
     address: str
     gateway: str
     cut_ports: tuple[int, ...] | None = None
     dropped: int = 0
+    _uplink_mark: int = 0
 
     @property
     def wrapper(self) -> tuple[str, ...]:
@@ -221,23 +239,44 @@ class Host:
         return ("ip", "netns", "exec", self.namespace)
 
     @property
-    def _inner_tc(self) -> tuple[str, ...]:
-        return ("tc", "-n", self.namespace)
+    def _switch_tc(self) -> tuple[str, ...]:
+        return ("tc", "-n", self.switch)
+
+    @property
+    def _prio(self) -> int:
+        return UPLINK_PRIO_BASE + self.index
 
     def cut(self, *, ports: Sequence[int] = ()) -> None:
         """Drop every packet between this host and *ports* of the gateway (all of it: empty).
+
+        Both directions are dropped in the switch, so neither end's own kernel
+        sees a drop: to both, the other side merely stops answering.
 
         Raises:
             NamespaceError: The qdiscs could not be installed.
         """
         if self.cut_ports is not None:
             raise NamespaceError(f"host {self.index} is cut already")
-        gateway = f"{self.gateway}/32"
+        gateway, me = f"{self.gateway}/32", f"{self.address}/32"
         outbound: list[tuple[str, ...]]
         inbound: list[tuple[str, ...]]
         if ports:
             outbound = [
-                ("match", "ip", "dst", gateway, "match", "ip", "dport", str(p), "0xffff")
+                (
+                    "match",
+                    "ip",
+                    "src",
+                    me,
+                    "match",
+                    "ip",
+                    "dst",
+                    gateway,
+                    "match",
+                    "ip",
+                    "dport",
+                    str(p),
+                    "0xffff",
+                )
                 for p in ports
             ]
             inbound = [
@@ -245,25 +284,45 @@ class Host:
                 for p in ports
             ]
         else:
-            outbound = [("match", "ip", "dst", gateway)]
+            outbound = [("match", "ip", "src", me, "match", "ip", "dst", gateway)]
             inbound = [("match", "ip", "src", gateway)]
         self.cut_ports = tuple(ports)
-        _drop_into_cut_class(self._inner_tc, "eth0", outbound)
-        _drop_into_cut_class(("tc",), self.veth, inbound)
+        if "qdisc htb 1:" not in run(*self._switch_tc, "qdisc", "show", "dev", UPLINK):
+            _install_cut_qdisc(self._switch_tc, UPLINK)
+        self._uplink_mark = _dropped(self._switch_tc, UPLINK)
+        _add_cut_filters(self._switch_tc, UPLINK, self._prio, outbound)
+        _install_cut_qdisc(self._switch_tc, self.port)
+        _add_cut_filters(self._switch_tc, self.port, 1, inbound)
 
     def restore(self) -> None:
-        """Let the cut traffic through again; counts what was dropped in :attr:`dropped`."""
+        """Let the cut traffic through again; counts what was dropped in :attr:`dropped`.
+
+        (The switch's uplink counts for every host: with several cut at once,
+        each host's count includes the others' packets dropped meanwhile.)
+        """
         if self.cut_ports is None:
             return
-        self.dropped += _dropped(self._inner_tc, "eth0") + _dropped(("tc",), self.veth)
-        run(*self._inner_tc, "qdisc", "del", "dev", "eth0", "root", check=False)
-        run("tc", "qdisc", "del", "dev", self.veth, "root", check=False)
+        uplink = _dropped(self._switch_tc, UPLINK) - self._uplink_mark
+        self.dropped += _dropped(self._switch_tc, self.port) + uplink
+        run(
+            *self._switch_tc,
+            "filter",
+            "del",
+            "dev",
+            UPLINK,
+            "parent",
+            "1:",
+            "prio",
+            str(self._prio),
+            check=False,
+        )
+        run(*self._switch_tc, "qdisc", "del", "dev", self.port, "root", check=False)
         self.cut_ports = None
 
 
 @dataclass
 class HostNetwork:
-    """*count* hosts on one bridge; made on enter, removed on exit.
+    """*count* hosts on one switch; made on enter, removed on exit.
 
     Raises:
         NamespaceError: On enter, when something cannot be made (what was
@@ -280,12 +339,18 @@ class HostNetwork:
         return f"{PREFIX}{os.getpid()}"
 
     @property
-    def bridge(self) -> str:
-        return f"{self.tag}b"
+    def switch(self) -> str:
+        """The namespace of the switch (a bridge) every host and the uplink plug into."""
+        return f"{self.tag}-sw"
+
+    @property
+    def uplink(self) -> str:
+        """The root namespace's end of the switch's uplink; it holds :attr:`gateway`."""
+        return f"{self.tag}u"
 
     @property
     def gateway(self) -> str:
-        """The root namespace's address on the bridge, where servers listen."""
+        """The root namespace's address towards the hosts, where servers listen."""
         assert self.subnet is not None
         return str(self.subnet.network_address + 1)
 
@@ -298,40 +363,53 @@ class HostNetwork:
             raise
         return self
 
+    def _plug(self, veth: str, name: str) -> None:
+        """Move *veth* into the switch as port *name*, on its bridge, up."""
+        sw = ("ip", "-n", self.switch)
+        run("ip", "link", "set", veth, "netns", self.switch)
+        run(*sw, "link", "set", veth, "name", name)
+        run(*sw, "link", "set", name, "master", "br0")
+        run(*sw, "link", "set", name, "up")
+
     def _build(self) -> None:
         self.subnet = free_subnet()
         prefix = self.subnet.prefixlen
-        run("ip", "link", "add", self.bridge, "type", "bridge")
-        run("ip", "addr", "add", f"{self.gateway}/{prefix}", "dev", self.bridge)
-        run("ip", "link", "set", self.bridge, "up")
+        run("ip", "netns", "add", self.switch)
+        run("ip", "-n", self.switch, "link", "add", "br0", "type", "bridge")
+        run("ip", "-n", self.switch, "link", "set", "br0", "up")
+        run("ip", "link", "add", self.uplink, "type", "veth", "peer", "name", f"{self.tag}w")
+        self._plug(f"{self.tag}w", UPLINK)
+        run("ip", "addr", "add", f"{self.gateway}/{prefix}", "dev", self.uplink)
+        run("ip", "link", "set", self.uplink, "up")
         for index in range(self.count):
-            namespace, veth, inner = (
+            namespace, outer, inner = (
                 f"{self.tag}-{index}",
                 f"{self.tag}h{index}",
                 f"{self.tag}n{index}",
             )
             address = str(self.subnet.network_address + HOST_OFFSET + index)
             run("ip", "netns", "add", namespace)
-            self.hosts.append(Host(index, namespace, veth, address, self.gateway))
-            run("ip", "link", "add", veth, "type", "veth", "peer", "name", inner)
+            port = f"host{index}"
+            self.hosts.append(Host(index, namespace, self.switch, port, address, self.gateway))
+            run("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
+            self._plug(outer, port)
             run("ip", "link", "set", inner, "netns", namespace)
-            run("ip", "link", "set", veth, "master", self.bridge)
-            run("ip", "link", "set", veth, "up")
             run("ip", "-n", namespace, "link", "set", inner, "name", "eth0")
             run("ip", "-n", namespace, "addr", "add", f"{address}/{prefix}", "dev", "eth0")
             run("ip", "-n", namespace, "link", "set", "eth0", "up")
             run("ip", "-n", namespace, "link", "set", "lo", "up")
 
     def close(self) -> None:
-        """Remove every host and the bridge (programs on the hosts must have stopped)."""
+        """Remove every host, the switch and the uplink (the hosts' programs must have ended)."""
         for host in self.hosts:
             host.restore()
             kill_programs(host.namespace)  # none, unless stopping a worker failed
-            run("ip", "link", "del", host.veth, check=False)
             run("ip", "netns", "del", host.namespace, check=False)
         self.hosts = []
-        if self.bridge in links():
-            run("ip", "link", "del", self.bridge, check=False)
+        if self.switch in namespaces():
+            run("ip", "netns", "del", self.switch, check=False)  # its ports go with it
+        if self.uplink in links():
+            run("ip", "link", "del", self.uplink, check=False)
 
     def __exit__(self, *exc: object) -> None:
         self.close()

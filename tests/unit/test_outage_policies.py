@@ -14,7 +14,7 @@ from redis.exceptions import BusyLoadingError
 
 from taskplane.config import Settings
 from taskplane.runtime import REDIS_OUTAGE_S, outage_retry
-from taskplane.tasks.app import celery_config
+from taskplane.tasks.app import BROKER_CONNECT_TIMEOUT_S, BROKER_SOCKET_TIMEOUT_S, celery_config
 from taskplane.tasks.canvas import publish_retry_policy
 from taskplane.tasks.shims import (
     CONSUMER,
@@ -25,6 +25,8 @@ from taskplane.tasks.shims import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
+#: kombu's server-side BRPOP timeout (s): a reply comes within it, so a command may wait longer.
+BRPOP_TIMEOUT_S = 1
 
 
 def test_outage_retry_covers_the_outage_and_retries_connection_errors_only() -> None:
@@ -44,6 +46,14 @@ def test_a_successors_publish_retries_through_the_outage() -> None:
         pauses.append(pause)
         pause = min(pause + policy["interval_step"], policy["interval_max"])
     assert REDIS_OUTAGE_S <= sum(pauses) < REDIS_OUTAGE_S + 1.5
+
+
+def test_a_silent_redis_broker_fails_commands_and_connects_instead_of_hanging() -> None:
+    options = celery_config(Settings())["broker_transport_options"]
+    assert options["socket_timeout"] == BROKER_SOCKET_TIMEOUT_S > BRPOP_TIMEOUT_S
+    assert options["socket_connect_timeout"] == BROKER_CONNECT_TIMEOUT_S
+    amqp = celery_config(Settings(broker_url="amqp://guest:guest@127.0.0.1:5672//"))
+    assert "socket_timeout" not in amqp["broker_transport_options"]
 
 
 def test_workers_use_taskplanes_consumer() -> None:
