@@ -4,11 +4,11 @@ Usage::
 
     python -m bench.bench_metrics [--tasks 1000] [--rounds 5]   # about four minutes
 
-Three workers run side by side, each on its own queue: one serving
+Four workers run side by side, each on its own queue: one serving
 ``/metrics`` (scraped after each of its plans, as Prometheus would), one
 tracing through the OpenTelemetry SDK (batch processor, an exporter that drops
-the spans), one with neither; a bare Celery group of the same size on the last
-is the reference. Each round runs one plan on each, in an order that rotates
+the spans), one with neither, and one more with neither for a bare Celery
+group of the same size, the reference. Each round runs one plan on each, in an order that rotates
 from round to round, so a drift of the machine over the run lands on every
 configuration alike; the first round is a warm-up and is left out. Each plan
 is sent from a fresh client process of its configuration (the tracing client
@@ -44,8 +44,8 @@ GOAL = 1.05
 
 
 def worker_env(env: dict[str, str], name: str, metrics_port: int) -> dict[str, str]:
-    """The settings of configuration *name*'s worker (bare Celery shares the "off" worker)."""
-    queue = {"TASKPLANE_QUEUE": f"bench-{'off' if name == 'bare' else name}"}
+    """The settings of configuration *name*'s worker (bare Celery's has neither feature on)."""
+    queue = {"TASKPLANE_QUEUE": f"bench-{name}"}
     if name == "metrics":
         return {**env, **queue, "TASKPLANE_METRICS_PORT": str(metrics_port)}
     if name == "tracing":
@@ -71,7 +71,7 @@ def run(count: int, rounds: int) -> dict[str, list[dict[str, float]]]:
             root=ROOT,
             app_module="bench.baseline",
         )
-        for name in CONFIGS[:3]
+        for name in CONFIGS
     }
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in CONFIGS}
     try:
@@ -79,7 +79,7 @@ def run(count: int, rounds: int) -> dict[str, list[dict[str, float]]]:
         for round_no in range(rounds + 1):
             shift = round_no % len(CONFIGS)
             for name in CONFIGS[shift:] + CONFIGS[:shift]:
-                worker = workers["off" if name == "bare" else name]
+                worker = workers[name]
                 figures = one_client(env, name, port, worker.pid, count)
                 if name == "metrics":
                     httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).raise_for_status()
