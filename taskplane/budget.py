@@ -35,6 +35,7 @@ import redis
 from taskplane.errors import BackendError
 from taskplane.events.names import PLAN_BUDGET_EXHAUSTED, PLAN_BUDGET_WARNING
 from taskplane.executor import BudgetRefusal
+from taskplane.keys import plan_key
 from taskplane.models import ExecutionTask, PlanBudget
 from taskplane.proxy import estimated_tokens
 from taskplane.redisio import load_script
@@ -209,7 +210,7 @@ class InMemoryBudgetBackend(BudgetBackend):
 
 
 class RedisBudgetBackend(BudgetBackend):
-    """Budgets in the meta hashes of their runs, ``{prefix}:plan:{owner}:meta``.
+    """Budgets in the meta hashes of their runs (:func:`taskplane.keys.plan_key`).
 
     Raises:
         BackendError: When Redis cannot be reached.
@@ -221,7 +222,7 @@ class RedisBudgetBackend(BudgetBackend):
         self._script = load_script(client, "taskplane", "plan_budget.lua")
 
     def _run(self, owner: str, args: list[str]) -> list[Any]:
-        key = f"{self.prefix}:plan:{owner}:meta"
+        key = plan_key(self.prefix, owner, "meta")
         try:
             reply = self._script(keys=[key], args=args)
         except redis.RedisError as exc:

@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from taskplane import ExecutionEngine, TaskStatus
+from taskplane.keys import plan_key
 from tests.support import counter, rec
 
 pytestmark = pytest.mark.integration
@@ -71,21 +72,21 @@ def test_killed_worker_plan_completes_without_rerunning_recorded_tasks(
     client = redis.Redis.from_url(cluster.state_url, decode_responses=True)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        done = client.hlen(f"taskplane:plan:{plan_id}:results")
+        done = client.hlen(plan_key("taskplane", plan_id, "results"))
         if done >= 8 and victim.log() is not None:
             break
         time.sleep(0.05)
     victim.kill()
-    recorded_at_kill = set(client.hkeys(f"taskplane:plan:{plan_id}:results"))
+    recorded_at_kill = set(client.hkeys(plan_key("taskplane", plan_id, "results")))
     assert 0 < len(recorded_at_kill) < count
 
     results = handle.wait(80)
     assert [r.status for r in results] == [TaskStatus.SUCCESS] * count
-    assert len(client.hkeys(f"taskplane:plan:{plan_id}:results")) == count
+    assert len(client.hkeys(plan_key("taskplane", plan_id, "results"))) == count
     for index in recorded_at_kill:
         assert counter(cluster, f"{uid}:k{index}") == 1, f"task {index} ran again"
     assert all(1 <= counter(cluster, f"{uid}:k{i}") <= 2 for i in range(count))
     # a task taken over after its worker died is not counted as running twice
-    assert client.hget(f"taskplane:plan:{plan_id}:meta", "running") == "0"
+    assert client.hget(plan_key("taskplane", plan_id, "meta"), "running") == "0"
     assert handle.status()["running"] == 0
     client.close()

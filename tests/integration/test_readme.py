@@ -26,6 +26,7 @@ import pytest
 import redis
 
 from taskplane.devtools.redis_server import free_port
+from taskplane.keys import plan_key
 from tests.integration.conftest import ROOT, Cluster
 
 pytestmark = pytest.mark.integration
@@ -122,7 +123,7 @@ def fresh_plans(cluster: Cluster) -> Iterator[None]:
 
     def forget() -> None:
         for plan_id in README_PLAN_IDS:
-            for key in client.scan_iter(f"{cluster.settings.key_prefix}:plan:{plan_id}:*"):
+            for key in client.scan_iter(plan_key(cluster.settings.key_prefix, plan_id, "*")):
                 client.delete(key)
 
     forget()
