@@ -10,7 +10,6 @@ import time
 from typing import Any
 
 import pytest
-import redis
 
 from taskplane import ExecutionEngine, TaskStatus
 from taskplane.keys import plan_key
@@ -22,10 +21,10 @@ CLIENT = textwrap.dedent(
     """
     import json, sys
     from celery import Celery
-    broker, backend, plan = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    broker, backend, plan, queue = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
     app = Celery("client", broker=broker, backend=backend)
     app.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
-    results = app.send_task("taskplane.execute_plan", [plan], queue="taskplane").get(timeout=30)
+    results = app.send_task("taskplane.execute_plan", [plan], queue=queue).get(timeout=30)
     assert "taskplane" not in sys.modules
     print(json.dumps(results))
     """
@@ -47,8 +46,9 @@ def test_send_task_by_name_from_a_process_without_taskplane(cluster: Any, uid: s
             "-c",
             CLIENT,
             cluster.settings.broker_url,
-            cluster.state_url,
+            cluster.engine.app.conf.result_backend,
             json.dumps(plan),
+            cluster.settings.queue,
         ],
         capture_output=True,
         text=True,
@@ -69,7 +69,7 @@ def test_killed_worker_plan_completes_without_rerunning_recorded_tasks(
     tasks = [rec(f"t{i}", cluster, f"{uid}:k{i}", ms=250) for i in range(count)]
     plan_id = f"kill-{uid}"
     handle = engine.submit({"id": plan_id, "tasks": tasks, "maxConcurrency": 12, "timeout": 90000})
-    client = redis.Redis.from_url(cluster.state_url, decode_responses=True)
+    client = engine.redis
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         done = client.hlen(plan_key("taskplane", plan_id, "results"))
@@ -89,4 +89,3 @@ def test_killed_worker_plan_completes_without_rerunning_recorded_tasks(
     # a task taken over after its worker died is not counted as running twice
     assert client.hget(plan_key("taskplane", plan_id, "meta"), "running") == "0"
     assert handle.status()["running"] == 0
-    client.close()

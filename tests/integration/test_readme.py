@@ -23,7 +23,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
 from taskplane.devtools.redis_server import free_port
 from taskplane.keys import plan_key
@@ -119,7 +118,7 @@ def example_agent() -> Iterator[str]:
 @pytest.fixture
 def fresh_plans(cluster: Cluster) -> Iterator[None]:
     """Forget the runs the README's plan ids name (before and after), and its agent."""
-    client = redis.Redis.from_url(cluster.state_url, decode_responses=True)
+    client = cluster.engine.redis
 
     def forget() -> None:
         for plan_id in README_PLAN_IDS:
@@ -132,7 +131,6 @@ def fresh_plans(cluster: Cluster) -> Iterator[None]:
     finally:
         forget()
         cluster.engine.unregister_agent("reviewer")
-        client.close()
 
 
 @pytest.mark.parametrize(
