@@ -151,6 +151,25 @@ def cluster(redis_url: str, request: pytest.FixtureRequest) -> Iterator[Cluster]
             path.unlink(missing_ok=True)
 
 
+def own_broker(cluster: Cluster, offset: int) -> dict[str, str]:
+    """Settings (as environment variables) of a broker only a worker started with them uses.
+
+    Another database of the test Redis as broker; on a Redis Cluster run, another queue.
+    """
+    if ON_REDIS_CLUSTER:
+        return {"TASKPLANE_QUEUE": f"{cluster.settings.queue}-{offset}"}
+    broker_url = str(cluster.settings.broker_url)
+    broker_db = (int(broker_url.rsplit("/", 1)[1]) - offset) % 16
+    return {"TASKPLANE_BROKER_URL": redis_server.with_db(broker_url, broker_db)}
+
+
+def own_settings(cluster: Cluster, env: dict[str, str]) -> Settings:
+    """The cluster's settings with the broker of :func:`own_broker`'s *env*."""
+    update = {"broker_url": env.get("TASKPLANE_BROKER_URL", cluster.settings.broker_url)}
+    update["queue"] = env.get("TASKPLANE_QUEUE", cluster.settings.queue)
+    return Settings(**{**cluster.settings.model_dump(), **update})
+
+
 @pytest.fixture
 def engine(cluster: Cluster) -> ExecutionEngine:
     return cluster.engine
