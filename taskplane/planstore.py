@@ -22,6 +22,8 @@ script that records an outcome also appends its ``task:completed`` or
 channel) when the store is given an event bus: one event per recorded
 outcome, written with it or not at all, whoever records it (a worker, a
 rerun, the client filling in a plan's unfinished tasks).
+On a Redis Cluster the event stream has a slot of its own: there the event
+is written right after the script, in a second round trip (see ``cluster``).
 All keys expire ``plan_retention_s`` after the plan was submitted.
 """
 

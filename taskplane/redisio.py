@@ -87,8 +87,10 @@ def clone_client(client: redis.Redis, **overrides: Any) -> redis.Redis:
     """A client of its own to the same Redis (or cluster), e.g. for blocking reads."""
     if isinstance(client, RedisCluster):
         kwargs = {**client.nodes_manager.connection_kwargs, **overrides}
-        for name in ("redis_connect_func", "retry", "host", "port", "cache"):
+        for name in ("redis_connect_func", "retry", "host", "port", "cache", "timeout"):
             kwargs.pop(name, None)
+        kwargs.pop("connection_pool_class", None)
+        kwargs["max_connections"] = 2  # per node
         nodes = [ClusterNode(n.host, n.port) for n in client.get_primaries()]
         return cast(redis.Redis, RedisCluster(startup_nodes=nodes, retry=client.retry, **kwargs))
     pool = client.connection_pool

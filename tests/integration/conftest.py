@@ -54,6 +54,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(skip)
 
 
+def drop_queue(engine: ExecutionEngine) -> None:
+    """Delete the engine's own broker queue (a session's, on a RabbitMQ others may share)."""
+    with engine.app.connection_for_write() as conn:
+        conn.default_channel.queue_delete(engine.settings.queue)
+
+
 @pytest.fixture(scope="session")
 def redis_cluster_url() -> Iterator[str]:
     """A Redis Cluster of three masters, started for this session and stopped after it."""
@@ -146,6 +152,8 @@ def cluster(redis_url: str, request: pytest.FixtureRequest) -> Iterator[Cluster]
     finally:
         for worker in workers:
             worker.stop()
+        if ON_REDIS_CLUSTER:
+            drop_queue(engine)
         engine.close()
         for path in TRACKING_DB.parent.glob(TRACKING_DB.name + "*"):
             path.unlink(missing_ok=True)
@@ -193,10 +201,10 @@ def rabbit_cluster(cluster: Cluster) -> Iterator[Cluster]:
         return
     broker = rabbitmq_url()
     require_rabbitmq(broker)
-    env = {**cluster.env, "TASKPLANE_BROKER_URL": broker}
-    settings = cluster.settings.model_copy(update={"broker_url": broker})
+    queue = f"taskplane-test-{uuid.uuid4().hex[:8]}"  # this RabbitMQ may be shared
+    env = {**cluster.env, "TASKPLANE_BROKER_URL": broker, "TASKPLANE_QUEUE": queue}
+    settings = cluster.settings.model_copy(update={"broker_url": broker, "queue": queue})
     engine = ExecutionEngine(settings)
-    engine.app.control.purge()  # the taskplane queue on this RabbitMQ is the tests' alone
     workers = [
         start_worker(env, concurrency=8, name=f"rw{i}", log_dir=LOG_DIR, root=ROOT)
         for i in range(2)
@@ -207,4 +215,5 @@ def rabbit_cluster(cluster: Cluster) -> Iterator[Cluster]:
     finally:
         for worker in workers:
             worker.stop()
+        drop_queue(engine)
         engine.close()

@@ -9,7 +9,14 @@ import pytest
 
 from taskplane import ExecutionEngine, TaskStatus
 from taskplane.devtools.cluster import start_worker, wait_ready
-from tests.integration.conftest import LOG_DIR, ROOT, own_broker, own_settings
+from tests.integration.conftest import (
+    LOG_DIR,
+    ON_REDIS_CLUSTER,
+    ROOT,
+    drop_queue,
+    own_broker,
+    own_settings,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -29,6 +36,8 @@ def small_engine(cluster: Any) -> Iterator[ExecutionEngine]:
         yield engine
     finally:
         worker.stop()
+        if ON_REDIS_CLUSTER:
+            drop_queue(engine)
         engine.close()
 
 
@@ -190,6 +199,8 @@ def test_workers_can_hand_patterns_to_a_control_plane(cluster: Any, uid: str) ->
         )
     finally:
         worker.stop()
+        if ON_REDIS_CLUSTER:
+            drop_queue(engine)
         engine.close()
     assert result.status is TaskStatus.SUCCESS, result.error
     assert result.result["pattern"] == "code-review" and result.result["input"] == {"code": "x"}
