@@ -120,7 +120,9 @@ def measure(name: str, env: dict[str, str], agent: HttpAgentServer, rounds: int)
         fan_out()
         time.sleep(0.5)
         per_call = commands(env["TASKPLANE_REDIS_URL"]) / FAN_OUT
-    return {"name": name, "plan_s": plan_s, "fan_s": fan_s, "ops_per_call": per_call}
+    row = {"name": name, "plan_s": plan_s, "fan_s": fan_s, "ops_per_call": per_call}
+    print(row, flush=True)  # each deployment's figures as soon as they are in
+    return row
 
 
 def run(rounds: int, ports: list[int] | None) -> list[dict[str, Any]]:

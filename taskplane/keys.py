@@ -4,21 +4,18 @@ A Redis Cluster stores a key in the slot of its *hash tag*, the text between
 its first ``{`` and the next ``}``; keys with the same tag share a slot, and
 only keys of one slot can meet in one Lua script or transaction. The layout:
 
-====================  =====================================  ===================
-what                  key (after ``{prefix}:``)              tag (one slot per)
-====================  =====================================  ===================
-a plan run            ``plan:{id}:meta`` / ``:tasks`` …      run id
-a run's task lease    ``plan:{id}:lease:<index>``            run id
-a run's children      ``plan:{id}:children``                 run id
-an agent's breaker    ``breaker:{agent}``, ``…:failures``    agent id
-calls in flight       ``inflight:{agent}``                   agent id
-an agent's windows    ``ratelimit:{owner}:<agent>``,         the agent's quota,
-                      ``tokens:{owner}:<agent>``             else the agent id
-a quota's windows     ``quota:{name}:requests`` / ``:tokens``  quota name
-the registry          ``{registry}:agents`` / ``:quotas``    one tag
-the result cache      ``{cache}:lru`` … ``{cache}:entry:<k>``  one tag
-the event stream      ``{events}:stream``                    one tag
-====================  =====================================  ===================
+* a plan run: ``plan:{id}:meta``, ``:tasks``, ``:results``, ``:done``,
+  ``:order``, ``:reply``, ``:children``, ``:lease:<index>`` — tagged by run id;
+* an agent's breaker and calls in flight: ``breaker:{agent}`` (and
+  ``…:failures``), ``inflight:{agent}`` — tagged by agent id;
+* an agent's own limiter windows: ``ratelimit:{owner}:<agent>``,
+  ``tokens:{owner}:<agent>`` — tagged by the agent's quota, else its id;
+* a quota's windows: ``quota:{name}:requests``, ``quota:{name}:tokens``;
+* the registry ``{registry}:agents`` / ``:quotas``, the result cache
+  ``{cache}:lru`` … ``{cache}:entry:<key>`` and the event stream
+  ``{events}:stream`` — one tag each.
+
+All of them start with ``{prefix}:``.
 
 An agent that shares a quota keeps its own limiter windows in the quota's
 slot, so one script books the agent's and the quota's windows together (its
