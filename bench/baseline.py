@@ -34,7 +34,30 @@ def install_noop_tracing() -> None:
 if os.environ.get("BENCH_TRACING") == "noop":  # the tracing benchmark's worker
     install_noop_tracing()
 
+
+def undo_worker_shims(app: Any, *, keep_backend: bool) -> None:
+    """Run this worker as Celery ships (the overhead benchmark's reference): a result
+    backend per greenlet, and, unless *keep_backend*, a kombu client per broker command."""
+    import kombu.transport.redis as kombu_redis
+    from celery.signals import worker_init
+
+    create = kombu_redis.Channel._create_client
+    kombu_redis.Channel._create_client = getattr(create, "__wrapped__", create)
+    if keep_backend:
+        return
+
+    def unshare(sender: Any = None, **_: Any) -> None:  # runs after taskplane's own handler
+        if getattr(sender, "app", None) is app:
+            app.conf.result_backend_thread_safe = False
+
+    worker_init.connect(unshare, weak=False)
+
+
 app = create_app()
+#: "on" (taskplane's default), "backend" (the shared result backend only) or "off"
+SHIMS = os.environ.get("BENCH_SHIMS", "on")
+if SHIMS != "on":
+    undo_worker_shims(app, keep_backend=SHIMS == "backend")
 
 _client = httpx.Client(timeout=30.0)
 
@@ -42,6 +65,13 @@ _client = httpx.Client(timeout=30.0)
 @app.task(name="bench.noop", shared=False)
 def noop(*_args: Any, **_kwargs: Any) -> None:
     """Do nothing."""
+    return None
+
+
+@app.task(name="bench.noop_quiet", shared=False, send_events=False)
+def noop_quiet(*_args: Any, **_kwargs: Any) -> None:
+    """Do nothing, sending no task events (with ``task_send_sent_event`` off in the
+    client: bare Celery as run without Flower)."""
     return None
 
 

@@ -29,6 +29,14 @@ def sections(redis_url: str, quick: bool) -> list[tuple[str, str, list[str]]]:
             ["-m", "bench.bench_plans", "--rounds", rounds],
         ),
         (
+            "The price of a task",
+            "One gevent worker (32 slots) as Celery ships it and as taskplane runs it; bare "
+            "Celery and taskplane alternate on each, defaults on. Redis commands count what "
+            "MONITOR sees on the benchmark's own databases.",
+            ["-m", "bench.bench_overhead", "--rounds", "2" if quick else "3"]
+            + (["--tasks", "500"] if quick else []),
+        ),
+        (
             "Events, tracking and horizontal scaling",
             "Workers restarted with the feature off for the baseline; scaling on 1 then 3 workers.",
             ["-m", "bench.bench_throughput", "--rounds", "2" if quick else "3"]
@@ -36,9 +44,11 @@ def sections(redis_url: str, quick: bool) -> list[tuple[str, str, list[str]]]:
         ),
         (
             "Prometheus metrics and OpenTelemetry traces",
-            "One worker with `/metrics` served (scraped once per plan), or tracing through the "
-            "SDK (batch processor, spans dropped), vs the same worker with neither.",
-            ["-m", "bench.bench_metrics", "--rounds", "2"] + (["--tasks", "500"] if quick else []),
+            "Three workers side by side: one serving `/metrics` (scraped after each plan), one "
+            "tracing through the SDK (batch processor, spans dropped), one with neither; one plan "
+            "on each per round, in a rotating order.",
+            ["-m", "bench.bench_metrics", "--rounds", "3" if quick else "5"]
+            + (["--tasks", "500"] if quick else []),
         ),
         (
             "Waiting holds no worker slot",

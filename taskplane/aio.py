@@ -90,7 +90,9 @@ class AsyncPlanHandle:
         while not await self._follow(watch, step := watch.step(meta)):
             seen = await self._engine.watcher.changed(order, seen, step.block_s)
             meta = await self._meta()
-        return await asyncio.to_thread(self._engine.engine.outcome, self.id, self._sync.trace)
+        return await asyncio.to_thread(
+            self._engine.engine.outcome, self.id, self._sync.trace, (step, meta)
+        )
 
     async def as_completed(self, timeout: float | None = None) -> AsyncIterator[ExecutionResult]:
         """Each task's envelope as its outcome is recorded, in completion order.

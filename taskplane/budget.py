@@ -18,7 +18,10 @@ of the calls in flight. ``plan:budget-warning`` fires once when 80 % is spent,
 
 In Redis each verb is one Lua script (``lua/plan_budget.lua``) on the run's
 meta hash; :class:`InMemoryBudgetBackend` keeps the same rule for tests.
-When Redis is unreachable the budget fails open, like the rate limiter.
+A worker settles behind the call (:class:`taskplane.redisio.WriteBehind`),
+so a call waits for one round trip, its reservation; which run holds a
+run's budget is read once per run (:class:`BudgetOwners`). When Redis is
+unreachable the budget fails open, like the rate limiter.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +42,7 @@ from taskplane.executor import BudgetRefusal
 from taskplane.keys import plan_key
 from taskplane.models import ExecutionTask, PlanBudget
 from taskplane.proxy import estimated_tokens
-from taskplane.redisio import load_script
+from taskplane.redisio import WriteBehind, load_script
 from taskplane.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
@@ -132,8 +136,22 @@ class BudgetBackend(ABC):
         """Reserve one call and *tokens* from the budget held by run *owner*."""
 
     @abstractmethod
-    def settle(self, owner: str, *, held: tuple[int, int], spent: tuple[int, int]) -> Settled:
-        """Release *held* ``(tokens, calls)`` and count *spent* ``(tokens, calls)`` instead."""
+    def settle(
+        self,
+        owner: str,
+        *,
+        held: tuple[int, int],
+        spent: tuple[int, int],
+        then: Callable[[Settled], None],
+    ) -> None:
+        """Release *held* ``(tokens, calls)`` and count *spent* ``(tokens, calls)`` instead.
+
+        *then* receives what settling announced: at once, or later from
+        another thread when the backend settles behind the caller's back.
+
+        Raises:
+            BackendError: The budget could not be settled (synchronous backends).
+        """
 
 
 @dataclass
@@ -186,7 +204,17 @@ class InMemoryBudgetBackend(BudgetBackend):
                 take = dict.fromkeys(MEASURES, 0)
             return Verdict(decision, take["tokens"], take["calls"], measure, first, state.figures())
 
-    def settle(self, owner: str, *, held: tuple[int, int], spent: tuple[int, int]) -> Settled:
+    def settle(
+        self,
+        owner: str,
+        *,
+        held: tuple[int, int],
+        spent: tuple[int, int],
+        then: Callable[[Settled], None],
+    ) -> None:
+        then(self._settle(owner, held, spent))
+
+    def _settle(self, owner: str, held: tuple[int, int], spent: tuple[int, int]) -> Settled:
         with self._lock:
             state = self._states.get(owner)
             if state is None:
@@ -212,22 +240,33 @@ class InMemoryBudgetBackend(BudgetBackend):
 class RedisBudgetBackend(BudgetBackend):
     """Budgets in the meta hashes of their runs (:func:`taskplane.keys.plan_key`).
 
+    Args:
+        client: Where the runs' meta hashes are.
+        prefix: Namespace of every key.
+        behind: Sends settling behind the caller's back (see
+            :class:`taskplane.redisio.WriteBehind`); None: settling waits for Redis.
+
     Raises:
         BackendError: When Redis cannot be reached.
     """
 
-    def __init__(self, client: redis.Redis, *, prefix: str = "taskplane") -> None:
+    def __init__(
+        self, client: redis.Redis, *, prefix: str = "taskplane", behind: WriteBehind | None = None
+    ) -> None:
         self.client = client
         self.prefix = prefix
+        self.behind = behind
         self._script = load_script(client, "taskplane", "plan_budget.lua")
 
+    def _key(self, owner: str) -> str:
+        return plan_key(self.prefix, owner, "meta")
+
     def _run(self, owner: str, args: list[str]) -> list[Any]:
-        key = plan_key(self.prefix, owner, "meta")
         try:
-            reply = self._script(keys=[key], args=args)
+            reply = self._script(keys=[self._key(owner)], args=args)
         except redis.RedisError as exc:
             raise BackendError(f"plan budget of {owner}: {exc}") from exc
-        return [v.decode() if isinstance(v, bytes) else v for v in reply]
+        return _texts(reply)
 
     def reserve(self, owner: str, tokens: int) -> Verdict:
         reply = self._run(owner, ["reserve", str(tokens)])
@@ -237,10 +276,28 @@ class RedisBudgetBackend(BudgetBackend):
             _figures(reply[5:]),
         )  # fmt: skip
 
-    def settle(self, owner: str, *, held: tuple[int, int], spent: tuple[int, int]) -> Settled:
+    def settle(
+        self,
+        owner: str,
+        *,
+        held: tuple[int, int],
+        spent: tuple[int, int],
+        then: Callable[[Settled], None],
+    ) -> None:
         args = ["settle", str(held[0]), str(spent[0]), str(held[1]), str(spent[1])]
-        reply = self._run(owner, args)
-        return Settled(bool(reply[0]), bool(reply[1]), str(reply[2]), _figures(reply[3:]))
+
+        def announce(reply: list[Any]) -> None:
+            reply = _texts(reply)
+            then(Settled(bool(reply[0]), bool(reply[1]), str(reply[2]), _figures(reply[3:])))
+
+        if self.behind is not None:
+            self.behind.submit(self._script, [self._key(owner)], args, then=announce)
+        else:
+            announce(self._run(owner, args))
+
+
+def _texts(reply: list[Any]) -> list[Any]:
+    return [v.decode() if isinstance(v, bytes) else v for v in reply]
 
 
 def _figures(values: list[Any]) -> Figures:
@@ -252,6 +309,44 @@ def _figures(values: list[Any]) -> Figures:
         },
         {"tokens": int(float(used_tokens)), "calls": int(float(used_calls))},
     )
+
+
+#: Runs whose budget holder a :class:`BudgetOwners` remembers.
+OWNERS_KEPT = 4096
+
+
+class BudgetOwners:
+    """Which run holds the budget a run draws from, read once per run and process.
+
+    A run's ``budget`` meta field is written when the run is created and
+    never changes, so a worker running a thousand agent tasks of one plan
+    reads it once, not a thousand times. The newest :data:`OWNERS_KEPT` runs
+    are remembered.
+
+    Args:
+        read: The ``budget`` meta field of a run ("" or None: no budget).
+    """
+
+    def __init__(self, read: Callable[[str], str | None]) -> None:
+        self.read = read
+        self._owners: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, plan_id: str) -> str:
+        """The run whose budget *plan_id* draws from; "" when it has none.
+
+        Raises:
+            BackendError: The run's meta could not be read.
+        """
+        with self._lock:
+            owner = self._owners.get(plan_id)
+        if owner is None:
+            owner = self.read(plan_id) or ""
+            with self._lock:
+                self._owners[plan_id] = owner
+                if len(self._owners) > OWNERS_KEPT:
+                    self._owners.popitem(last=False)
+        return owner
 
 
 @dataclass(frozen=True)
@@ -304,14 +399,16 @@ class BudgetGate:
         if not called:
             spent_tokens = 0
         try:
-            settled = self.backend.settle(
+            self.backend.settle(
                 self.owner,
                 held=(hold.tokens, hold.calls),
                 spent=(spent_tokens if hold.tokens else 0, 1 if called and hold.calls else 0),
+                then=self._settled,
             )
         except BackendError as exc:
             self._warn(exc)
-            return
+
+    def _settled(self, settled: Settled) -> None:
         if settled.warned:
             self._announce(PLAN_BUDGET_WARNING, settled.measure, settled.figures)
         if settled.exhausted:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from taskplane.budget import BudgetBackend, BudgetGate, exhausted_error
+from taskplane.budget import BudgetBackend, BudgetGate, BudgetOwners, exhausted_error
 from taskplane.errors import ExecutionError
 from taskplane.executor import (
     Attempt,
@@ -113,6 +113,7 @@ class PlanCoordinator:
         self.submit = submit
         self.on_result = on_result
         self.budgets = budgets
+        self._budget_owner = BudgetOwners(lambda run: store.meta_field(run, "budget"))
         self.on_plan_end = on_plan_end
         self.clock = clock
 
@@ -181,7 +182,7 @@ class PlanCoordinator:
             return self._expand(plan_id, index, task, ctx)
         assert self.runner is not None, "a collecting-only coordinator cannot run tasks"
         if self.budgets is not None and task.type is TaskType.AGENT:
-            held_by = self.store.meta_field(plan_id, "budget")
+            held_by = self._budget_owner(plan_id)
             if held_by:
                 ctx.budget = BudgetGate(self.budgets, held_by, plan_id, self.runner.hooks.emit)
         step = self.runner.step(task, ctx, attempt)
@@ -375,7 +376,13 @@ class PlanCoordinator:
             self._settle(plan_id, ended=True)
 
     def _fill_missing(self, plan_id: str, meta: dict[str, str]) -> None:
-        """Record the tasks an ended plan never finished as cancelled or timed out."""
+        """Record the tasks an ended plan never finished as cancelled or timed out.
+
+        Nothing to read when *meta* counts every task done: ``done`` grows only with
+        an outcome recorded, so a plan whose tasks all finished is not read again.
+        """
+        if int(meta.get("done") or 0) >= int(meta.get("n") or 0):
+            return
         status, error = _FILL.get(
             meta.get("state", ""), (TaskStatus.CANCELLED, "cancelled: the plan ended")
         )
@@ -390,9 +397,12 @@ class PlanCoordinator:
         holds_it = "budgetTokens" in meta or "budgetCalls" in meta
         return exhausted_error(meta if holds_it else self.store.meta(held_by))
 
-    def collect(self, plan_id: str) -> PlanReport:
-        """Results of an ended plan; unfinished tasks are recorded as cancelled or timed out."""
-        meta = self.store.meta(plan_id)
+    def collect(self, plan_id: str, meta: dict[str, str] | None = None) -> PlanReport:
+        """Results of an ended plan; unfinished tasks are recorded as cancelled or timed out.
+
+        *meta*: the run's meta hash, read once it had ended (read here when None).
+        """
+        meta = self.store.meta(plan_id) if meta is None else meta
         state = meta.get("state", "")
         self._fill_missing(plan_id, meta)
         count = int(meta.get("n", "0"))

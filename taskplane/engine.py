@@ -550,13 +550,22 @@ class ExecutionEngine:
             raise WaitTimeoutError(f"plan {plan_id} still running after {watch.timeout_s}s")
         return step.kind is not StepKind.BLOCK
 
-    def outcome(self, plan_id: str, trace: PlanTrace | None = None) -> list[ExecutionResult]:
+    def outcome(
+        self,
+        plan_id: str,
+        trace: PlanTrace | None = None,
+        ended: tuple[Step, dict[str, str]] | None = None,
+    ) -> list[ExecutionResult]:
         """What an ended run returns by its strategy; ends the run's *trace* span.
+
+        *ended*: the waiter's last step and the meta hash it was taken on; when
+        that step saw the run ended, the hash is not read again.
 
         Raises:
             PlanFailedError: The run failed, timed out or was cancelled.
         """
-        report = self.coordinator.collect(plan_id)
+        meta = ended[1] if ended is not None and ended[0].kind is StepKind.ENDED else None
+        report = self.coordinator.collect(plan_id, meta)
         if trace is not None:
             trace.end(report.state, ok=report.ok)
         if not report.ok:

@@ -65,7 +65,7 @@ class PlanHandle:
         while not engine.follow(self.id, watch, step := watch.step(meta)):
             engine.store.wait(self.id, step.block_s)
             meta = engine.store.meta(self.id)
-        return engine.outcome(self.id, self.trace)
+        return engine.outcome(self.id, self.trace, (step, meta))
 
     def status(self) -> dict[str, Any]:
         """``{id, state, total, pending, running, done}``."""

@@ -35,7 +35,7 @@ from taskplane.patterns import FilePatternEngine, PatternHandler, load_pattern_e
 from taskplane.planstore import PlanStore
 from taskplane.proxy import AgentProxy, build_agent_proxy
 from taskplane.proxy.policy import AgentPolicy
-from taskplane.redisio import cluster_client, is_cluster, is_cluster_url
+from taskplane.redisio import WriteBehind, cluster_client, is_cluster, is_cluster_url
 from taskplane.tracking import ConfidenceTracker, TrackingRecorder, build_tracker
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,11 @@ class WorkerRuntime:
             event_hooks={"request": [tracing.inject_httpx]},
         )
         fast = redis_client(settings.redis_url, fast=True, max_connections=connections)
-        proxy = build_agent_proxy(settings, fast, emit=hooks.emit, http_pool_size=pool)
+        # token windows and plan budgets are settled after each call without holding it up
+        settles = WriteBehind(fast, name="taskplane-settle")
+        proxy = build_agent_proxy(
+            settings, fast, emit=hooks.emit, http_pool_size=pool, settle_behind=settles
+        )
         handlers: dict[TaskType, Handler] = {
             TaskType.AGENT: proxy,
             TaskType.FUNCTION: registry,
@@ -227,7 +231,7 @@ class WorkerRuntime:
             deliver=deliver,
             patterns=patterns,
             submit=submit,
-            budgets=RedisBudgetBackend(client, prefix=settings.key_prefix),
+            budgets=RedisBudgetBackend(client, prefix=settings.key_prefix, behind=settles),
         )
         runtime = cls(settings, client, store, runner, coordinator, hooks, http, worker, bus, proxy)
         runtime.closers += [client.close, fast.close, http.close, proxy.close]
@@ -244,6 +248,7 @@ class WorkerRuntime:
             runtime.tracker = build_tracker(settings, emit=hooks.emit)
             runtime.recorder = TrackingRecorder(runtime.tracker)
             runtime.closers += [runtime.tracker.close, runtime.recorder.close]
+        runtime.closers.append(settles.close)  # first: its replies publish events
         return runtime
 
     def agent_policies(self, agent_ids: Iterable[str]) -> Mapping[str, AgentPolicy]:

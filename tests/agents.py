@@ -1,4 +1,6 @@
-"""Controllable test agents: HTTP and gRPC servers on 127.0.0.1, a random port, a thread.
+"""Controllable test agents: HTTP and gRPC servers on a random port, in a thread.
+
+Both listen on 127.0.0.1; the HTTP one on another address when given one.
 
 ::
 
@@ -25,7 +27,8 @@ Modes (both servers):
 (by ``X-Taskplane-Task-Id``) answer in ``first_mode``, later ones in ``mode``.
 
 Both count ``calls`` (analyze only), keep arrival ``timestamps`` (epoch s),
-the ``requests`` received and the ``max_in_flight`` concurrency seen.
+the ``requests`` received (HTTP: with the caller's address, ``peer``) and the
+``max_in_flight`` concurrency seen.
 ``healthy`` drives the health endpoint.
 """
 
@@ -103,8 +106,8 @@ class _HttpServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
 
-    def __init__(self, recorder: _Recorder) -> None:
-        super().__init__(("127.0.0.1", 0), _HttpHandler)
+    def __init__(self, recorder: _Recorder, host: str) -> None:
+        super().__init__((host, 0), _HttpHandler)
         self.recorder = recorder
 
     def get_request(self) -> tuple[socket.socket, Any]:
@@ -134,7 +137,12 @@ class _HttpHandler(BaseHTTPRequestHandler):
         rec = self.server.recorder
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         body = json.loads(raw or b"null")
-        request = {"path": self.path, "headers": dict(self.headers), "body": body}
+        request = {
+            "path": self.path,
+            "headers": dict(self.headers),
+            "body": body,
+            "peer": self.client_address[0],
+        }
         mode = rec.enter(request, self.headers.get("X-Taskplane-Task-Id", ""))
         try:
             self._reply(rec, mode, body)
@@ -173,13 +181,23 @@ class _HttpHandler(BaseHTTPRequestHandler):
 
 
 class HttpAgentServer(_Recorder):
-    """A test HTTP agent; see the module docstring for its modes."""
+    """A test HTTP agent; see the module docstring for its modes.
 
-    def __init__(self, mode: str = "ok", *, delay_ms: float = 0, confidence: float = 0.9) -> None:
+    *host* is the address it listens on (127.0.0.1 unless told otherwise).
+    """
+
+    def __init__(
+        self,
+        mode: str = "ok",
+        *,
+        delay_ms: float = 0,
+        confidence: float = 0.9,
+        host: str = "127.0.0.1",
+    ) -> None:
         super().__init__(mode, delay_ms, confidence)
-        self._server = _HttpServer(self)
+        self._server = _HttpServer(self, host)
         self.port = int(self._server.server_address[1])
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.endpoint = f"http://{host}:{self.port}"
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -27,6 +30,34 @@ def require_rabbitmq(url: str) -> None:
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)
+
+
+@contextmanager
+def monitored(url: str) -> Iterator[list[str]]:
+    """The commands Redis at *url* runs while the block runs (``MONITOR``), as text."""
+    client = redis.Redis.from_url(url)
+    commands: list[str] = []
+    stop = threading.Event()
+
+    def watch(monitor: Any) -> None:
+        for command in monitor.listen():
+            if stop.is_set():
+                return
+            commands.append(command["command"])
+
+    try:
+        with client.monitor() as monitor:
+            watcher = threading.Thread(target=watch, args=(monitor,), daemon=True)
+            watcher.start()
+            try:
+                yield commands
+            finally:
+                stop.set()
+                client.ping()  # one more command, so the watcher sees the stop
+                watcher.join(5)
+    finally:
+        client.close()
+    assert commands, "MONITOR saw nothing"
 
 
 def rec(task_id: str, cluster: Any, key: str, **payload: Any) -> dict[str, Any]:

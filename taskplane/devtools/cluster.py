@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,12 +77,19 @@ def start_worker(
     extra_args: tuple[str, ...] = (),
     app_module: str = "taskplane.celery_app",
     pool: str = "gevent",
+    wrapper: Sequence[str] = (),
 ) -> WorkerProcess:
-    """Start one ``celery worker`` process of *app_module* on *pool* (gevent or threads)."""
+    """Start one ``celery worker`` process of *app_module* on *pool* (gevent or threads).
+
+    *wrapper* is a command the worker runs under, e.g. ``ip netns exec NAME``
+    to run it in a network namespace; stopping the worker signals its whole
+    process group, the wrapper included.
+    """
     name = name or f"w{uuid.uuid4().hex[:6]}"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     cmd = [
+        *wrapper,
         sys.executable,
         "-m",
         "celery",

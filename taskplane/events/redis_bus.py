@@ -440,10 +440,14 @@ class _Sender(threading.Thread):
 
     def _take(self) -> list[tuple[str, str]]:
         with self.ready:
-            while not self.queue and not self.stopping:
-                self.ready.wait()
-            if not self.stopping:
-                self.ready.wait(LINGER_S)  # let a burst gather into one round trip
+            while True:
+                while not self.queue and not self.stopping:
+                    self.ready.wait()
+                if not self.stopping:
+                    self.ready.wait(LINGER_S)  # let a burst gather into one round trip
+                # the plan store may have taken the queue meanwhile (take_queued): wait again
+                if self.queue or self.stopping:
+                    break
             count = min(len(self.queue), MAX_BATCH)
             self.sending = count > 0
             return [self.queue.popleft() for _ in range(count)]

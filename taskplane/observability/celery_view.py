@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,6 +24,8 @@ MAX_REPR_CHARS = 1024
 MAX_NAME_CHARS = 120
 #: What replaces a masked value.
 MASK = "***"
+#: The node name every process that sends tasks gives its ``task-sent`` events.
+SENDER_NODE = "taskplane-sender"
 #: Keys whose values are never shown (matched case-insensitively, anywhere in the key).
 SECRET_KEY = re.compile(
     r"headers|authori[sz]ation|token|secret|passw|api[-_]?key|cookie|credential|private",
@@ -86,7 +90,16 @@ class NamingAMQP(AMQP):
     Celery names the task in ``task-sent`` by its registered name and in the
     worker's events by its shadow; a monitor that gets ``task-sent`` last
     (it comes from another connection) would show ``taskplane.run_task``.
+    Every sending process signs its ``task-sent`` events with one node name
+    per host (:data:`SENDER_NODE`), not Celery's per-process ``gen<pid>``.
     """
+
+    @cached_property
+    def _event_dispatcher(self) -> Any:
+        # Celery names a sending process gen<pid>@host: every client and CLI run would be a
+        # new "worker" in Flower and a new label value of its /metrics; one name per host
+        hostname = f"{SENDER_NODE}@{socket.gethostname()}"
+        return self.app.events.Dispatcher(enabled=False, hostname=hostname)
 
     def as_task_v2(self, task_id: str, name: str, *args: Any, **kwargs: Any) -> Any:
         message = super().as_task_v2(task_id, name, *args, **kwargs)

@@ -19,7 +19,7 @@ span                               kind      where
 =================================  ========  =====================================
 
 The plan span is the parent of every task delivery of its run, however the
-message got there: the client's group or chain, the next task of a window
+message got there: the client's window or chain, the next task of a window
 enqueued by a finishing one, a chain carried on by a failed step, a retry, a
 redelivery after a worker died, a message resent by a waiting client. Every
 taskplane message of a plan carries the plan span's context in its headers
@@ -408,6 +408,17 @@ def inject(headers: MutableMapping[str, str]) -> None:
     """Add the current span's ``traceparent`` to outgoing *headers* (tracing on only)."""
     if active():
         propagate.inject(headers)
+
+
+def outgoing_headers() -> dict[str, str]:
+    """Headers carrying the current span's ``traceparent`` (empty when tracing is off).
+
+    For calls that another thread makes on this one's behalf (the asyncio
+    SDKs' loop thread), where this thread's current span is not current.
+    """
+    carrier: dict[str, str] = {}
+    inject(carrier)
+    return carrier
 
 
 def inject_httpx(request: Any) -> None:

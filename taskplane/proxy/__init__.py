@@ -45,6 +45,7 @@ from taskplane.proxy.registry import (
     make_agent_info,
 )
 from taskplane.proxy.transport import AgentTransport, HealthReport, InMemoryTransport
+from taskplane.redisio import WriteBehind
 
 __all__ = [
     # The handler and its factory
@@ -363,6 +364,7 @@ def build_agent_proxy(
     emit: Emit,
     clock: Callable[[], float] = time.time,
     http_pool_size: int = DEFAULT_HTTP_POOL_SIZE,
+    settle_behind: WriteBehind | None = None,
 ) -> AgentProxy:
     """Build the process's proxy: Redis registry, breaker and limiter, pooled transports.
 
@@ -374,6 +376,8 @@ def build_agent_proxy(
         clock: Wall clock in epoch seconds.
         http_pool_size: Connections kept to HTTP agents: as many as the
             worker's calls in flight.
+        settle_behind: Settles token windows behind the call (None: the
+            call waits for settling).
     """
     prefix = settings.key_prefix
     max_bytes = settings.http_max_response_bytes
@@ -399,7 +403,7 @@ def build_agent_proxy(
             redis_client, settings.circuit_breaker, prefix=prefix, emit=emit, clock=clock
         ),
         limiter=RateLimiter(
-            RedisLimiterBackend(redis_client, prefix=prefix),
+            RedisLimiterBackend(redis_client, prefix=prefix, behind=settle_behind),
             settings.rate_limit,
             clock=clock,
         ),

@@ -49,6 +49,7 @@ import functools
 import time
 import uuid
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,9 +67,19 @@ from taskplane.errors import (
 )
 from taskplane.executor import CallContext, Outcome
 from taskplane.models import ExecutionTask
+from taskplane.observability import tracing
 from taskplane.proxy.aio import LoopThread
 from taskplane.proxy.registry import AgentInfo
 from taskplane.proxy.transport import AgentTransport, HealthReport, confidence_of
+
+#: Headers every request of the call being made carries (its ``traceparent``),
+#: set by the call's coroutine on the loop thread, read by the shared client.
+_CALL_HEADERS: ContextVar[dict[str, str] | None] = ContextVar("a2a_call_headers", default=None)
+
+
+async def _add_call_headers(request: httpx.Request) -> None:
+    request.headers.update(_CALL_HEADERS.get() or {})
+
 
 #: How long a worker trusts an agent card it read (s).
 CARD_TTL_S = 300.0
@@ -327,7 +338,11 @@ class A2ATransport(AgentTransport):
         running = asyncio.get_running_loop()
         if self._http is None or self._http[0] is not running:
             timeout = httpx.Timeout(connect=5.0, read=None, write=10.0, pool=10.0)
-            client = httpx.AsyncClient(timeout=timeout, follow_redirects=False)
+            client = httpx.AsyncClient(
+                timeout=timeout,
+                follow_redirects=False,
+                event_hooks={"request": [_add_call_headers]},
+            )
             self._http = (running, client)
             self.loop.at_close(client.aclose)
         return self._http[1]
@@ -398,7 +413,9 @@ class A2ATransport(AgentTransport):
         where: str,
         timeout_s: float,
         stop: asyncio.Event,
+        headers: dict[str, str],
     ) -> Outcome:
+        _CALL_HEADERS.set(headers)  # this task's context: its requests, and its subtasks'
         async with asyncio.timeout(timeout_s):
             client, _ = await self._client(endpoint)
         followed = Followed()
@@ -429,7 +446,10 @@ class A2ATransport(AgentTransport):
         message = build_message(task, call)
         stop = asyncio.Event()
         loop = self.loop.loop()
-        future = self.loop.submit(self._attempt(agent.endpoint, message, where, timeout_s, stop))
+        headers = tracing.outgoing_headers()  # the call span is current here, not on the loop
+        future = self.loop.submit(
+            self._attempt(agent.endpoint, message, where, timeout_s, stop, headers)
+        )
         deadline = self.clock() + timeout_s + CANCEL_TIMEOUT_S + 1.0
         signalled = False
         while not self.loop.wait(future, CANCEL_CHECK_S):

@@ -48,7 +48,7 @@ from taskplane.config import RateLimitConfig
 from taskplane.errors import BackendError, RateLimitedError
 from taskplane.keys import agent_tokens_key, agent_window_key, quota_tokens_key, quota_window_key
 from taskplane.proxy.policy import AgentPolicy, Quota
-from taskplane.redisio import load_script
+from taskplane.redisio import WriteBehind, load_script
 from taskplane.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
@@ -187,13 +187,22 @@ class RedisLimiterBackend(LimiterBackend):
     A token window keeps each call's tokens, and its recent mean (field
     ``avg``), in the hash ``{prefix}:{window.key}:amounts``.
 
+    Args:
+        client: Where the windows live.
+        prefix: Namespace of every key.
+        behind: Sends settling behind the caller's back (see
+            :class:`taskplane.redisio.WriteBehind`); None: settling waits for Redis.
+
     Raises:
         BackendError: When Redis cannot be reached.
     """
 
-    def __init__(self, client: redis.Redis, *, prefix: str = "taskplane") -> None:
+    def __init__(
+        self, client: redis.Redis, *, prefix: str = "taskplane", behind: WriteBehind | None = None
+    ) -> None:
         self.client = client
         self.prefix = prefix
+        self.behind = behind
         self._script = load_script(client, "taskplane.proxy", "reserve_slot.lua")
         self._settle = load_script(client, "taskplane.proxy", "settle_tokens.lua")
 
@@ -224,8 +233,12 @@ class RedisLimiterBackend(LimiterBackend):
 
     def settle(self, windows: Sequence[Window], *, member: str, tokens: int) -> None:
         keys = self._keys(windows)
+        args = [member, str(tokens), repr(MEAN_WEIGHT)]
+        if self.behind is not None:
+            self.behind.submit(self._settle, keys, args)
+            return
         try:
-            self._settle(keys=keys, args=[member, str(tokens), repr(MEAN_WEIGHT)])
+            self._settle(keys=keys, args=args)
         except redis.RedisError as exc:
             raise BackendError(f"token windows {', '.join(keys[::2])}: {exc}") from exc
 

@@ -41,6 +41,7 @@ unwell, so it is not retried and does not count against the breaker.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -61,6 +62,7 @@ from taskplane.errors import (
 )
 from taskplane.executor import CallContext, Outcome
 from taskplane.models import ExecutionTask
+from taskplane.observability import tracing
 from taskplane.proxy.aio import LoopThread
 from taskplane.proxy.registry import AgentInfo
 from taskplane.proxy.transport import AgentTransport, HealthReport
@@ -199,6 +201,25 @@ def tool_of(agent: AgentInfo, task: ExecutionTask) -> str:
     return tool
 
 
+#: Connect, write and pool timeout of the HTTP client a traced MCP call makes (s).
+HTTP_TIMEOUT_S = 30.0
+
+
+async def _server(
+    stack: contextlib.AsyncExitStack, endpoint: str, headers: dict[str, str], timeout_s: float
+) -> Any:
+    """What ``mcp.Client`` connects to: the endpoint, or (with *headers* to send) a
+    streamable HTTP transport over a client that adds them to every request."""
+    if not headers:
+        return endpoint
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+
+    timeout = httpx2.Timeout(HTTP_TIMEOUT_S, read=timeout_s)
+    http = await stack.enter_async_context(httpx2.AsyncClient(headers=headers, timeout=timeout))
+    return streamable_http_client(endpoint, http_client=http)
+
+
 class MCPTransport(AgentTransport):
     """Calls tools on MCP servers over streamable HTTP.
 
@@ -215,9 +236,11 @@ class MCPTransport(AgentTransport):
         tool = tool_of(agent, task)
         where = f"MCP agent {agent.agent_id}"
         arguments = dict(task.payload)
+        headers = tracing.outgoing_headers()  # the call span is current here, not on the loop
         try:
             return self.loop.run(
-                self._call(agent.endpoint, tool, arguments, where, timeout_s), timeout_s=timeout_s
+                self._call(agent.endpoint, tool, arguments, where, timeout_s, headers),
+                timeout_s=timeout_s,
             )
         except ExecutionError:
             raise
@@ -226,12 +249,21 @@ class MCPTransport(AgentTransport):
 
     @staticmethod
     async def _call(
-        endpoint: str, tool: str, arguments: dict[str, Any], where: str, timeout_s: float
+        endpoint: str,
+        tool: str,
+        arguments: dict[str, Any],
+        where: str,
+        timeout_s: float,
+        headers: dict[str, str],
     ) -> Outcome:
         from mcp import Client
 
         with anyio.fail_after(timeout_s):
-            async with Client(endpoint, read_timeout_seconds=timeout_s, cache=None) as client:
+            async with contextlib.AsyncExitStack() as stack:
+                server = await _server(stack, endpoint, headers, timeout_s)
+                client = await stack.enter_async_context(
+                    Client(server, read_timeout_seconds=timeout_s, cache=None)
+                )
                 listing = await client.list_tools()
                 found = next((t for t in listing.tools if t.name == tool), None)
                 if found is None:

@@ -10,18 +10,23 @@ from celery import Celery
 from taskplane.config import DEFAULT_QUEUE, Settings, load_settings
 from taskplane.observability import tracing
 from taskplane.tasks.pool import effective_pool, prepare_process
-from taskplane.tasks.shims import CONSUMER
+from taskplane.tasks.redelivery import REDIS_SCHEMES
+from taskplane.tasks.shims import CONSUMER, share_result_backend_in_workers
 
 __all__ = ["DEFAULT_QUEUE", "celery_config", "create_app", "settings_of"]
 
 #: Broker connections beyond one per task slot (consumer, events, control).
 BROKER_SPARE_CONNECTIONS = 10
+#: Longest a command to a Redis broker may wait for its reply, and a connect for its
+#: answer (s): as long as taskplane's own Redis clients wait (``taskplane.runtime``).
+BROKER_SOCKET_TIMEOUT_S = 15.0
+BROKER_CONNECT_TIMEOUT_S = 5.0
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """The Celery configuration taskplane needs, from *settings*."""
     visibility = settings.effective_visibility_timeout_s
-    transport = {
+    transport: dict[str, float] = {
         "visibility_timeout": visibility,
         "unacked_restore_interval": settings.redelivery_sweep_s,
         "unacked_restore_throttle": 1,
@@ -32,6 +37,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # is delivered again after the visibility timeout
         "max_connections": settings.worker_concurrency + BROKER_SPARE_CONNECTIONS,
     }
+    if settings.effective_broker_url.startswith(REDIS_SCHEMES):
+        # a broker that goes silent without closing the connection (a network partition):
+        # kombu waits forever by default, so an ack or a publish on the dead connection
+        # never returns, and a reconnect hangs in the kernel's SYN retries for about two
+        # minutes; a worker cut off for a while then took tasks again only ~20 s after
+        # the network came back (RELIABILITY.md §10)
+        transport["socket_timeout"] = BROKER_SOCKET_TIMEOUT_S
+        transport["socket_connect_timeout"] = BROKER_CONNECT_TIMEOUT_S
     config: dict[str, Any] = {
         "broker_url": settings.effective_broker_url,
         "result_backend": settings.result_backend_url,
@@ -98,6 +111,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     )
     app.conf.update(celery_config(settings))
     app.taskplane_settings = settings
+    share_result_backend_in_workers(app)
     from taskplane.tasks import register_tasks
 
     register_tasks(app)

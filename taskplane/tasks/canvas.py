@@ -1,10 +1,15 @@
-"""From a validated plan to Celery canvas: a group for the first window, or a chain.
+"""From a validated plan to Celery messages: the first window, or a chain.
 
-Parallel plans enqueue a Celery group of their first ``maxConcurrency``
-tasks; each task that finishes enqueues the next one (see
+Parallel plans enqueue their first ``maxConcurrency`` tasks, one message
+each over one producer; each task that finishes enqueues the next one (see
 :class:`taskplane.coordinator.PlanCoordinator`), so the limit holds across
 every worker and no task waits holding a worker slot. Sequential and
 weighted plans are a Celery chain.
+
+The window is not a Celery group: a group's result waits on every member,
+so the client subscribed to each member's result channel (a ``SUBSCRIBE``
+and an ``UNSUBSCRIBE`` per task) although ``run_task`` stores no result and
+clients read outcomes from the plan store.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from celery import Celery, chain, group
+from celery import Celery, chain
 from celery.canvas import Signature
 
 from taskplane.budget import budget_meta
@@ -88,19 +93,27 @@ def enqueue_member(
     )
 
 
-def canvas(app: Celery, plan: ExecutionPlan, plan_layout: PlanLayout, deadline: float) -> Signature:
-    """The group or chain that starts *plan*."""
+def canvas(
+    app: Celery, plan: ExecutionPlan, plan_layout: PlanLayout, deadline: float
+) -> list[Signature]:
+    """The messages that start *plan*: its first window's members, or one chain."""
     tasks = [task.to_json_dict() for task in plan.tasks]
     if plan_layout.mode is Mode.WINDOW:
         first = plan_layout.order[: plan_layout.window]
-        sigs = [member(app, plan.id, i, tasks[i], deadline) for i in first]
-        return sigs[0] if len(sigs) == 1 else group(sigs)
+        return [member(app, plan.id, i, tasks[i], deadline) for i in first]
     forward = plan_layout.rule == "sequential"
     steps = []
     for position, index in enumerate(plan_layout.order):
         previous = plan_layout.order[position - 1] if forward and position else None
         steps.append(member(app, plan.id, index, tasks[index], deadline, previous))
-    return steps[0] if len(steps) == 1 else chain(steps)
+    return [steps[0] if len(steps) == 1 else chain(steps)]
+
+
+def send_canvas(app: Celery, signatures: list[Signature]) -> None:
+    """Publish *signatures* over one producer (one broker connection for the window)."""
+    with app.producer_or_acquire() as producer:
+        for signature in signatures:
+            signature.apply_async(producer=producer)
 
 
 def effective_timeout_ms(task: ExecutionTask, settings: Settings) -> int:
@@ -192,7 +205,7 @@ def submit_plan(
             return False
         try:
             with plan_trace.scope(plan.id):
-                canvas(app, plan, plan_layout, deadline).apply_async()
+                send_canvas(app, canvas(app, plan, plan_layout, deadline))
         except Exception as exc:
             store.discard(plan.id)
             plan_trace.end("not enqueued", ok=False)

@@ -48,8 +48,9 @@ def prepare_process() -> None:
         return
     import grpc.experimental.gevent as grpc_gevent
 
-    from taskplane.tasks.shims import unblock_kombu_sleep
+    from taskplane.tasks.shims import reuse_kombu_clients, unblock_kombu_sleep
 
     grpc_gevent.init_gevent()
     unblock_kombu_sleep()
+    reuse_kombu_clients()
     _prepared = True

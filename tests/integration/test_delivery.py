@@ -1,4 +1,4 @@
-"""Delivery: enqueueing by task name from outside, and surviving a killed worker."""
+"""Delivery: enqueueing a window and by task name from outside, surviving a killed worker."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from taskplane import ExecutionEngine, TaskStatus
 from taskplane.keys import plan_key
-from tests.support import counter, rec
+from tests.support import counter, monitored, rec
 
 pytestmark = pytest.mark.integration
 
@@ -29,6 +29,31 @@ CLIENT = textwrap.dedent(
     print(json.dumps(results))
     """
 )
+
+
+def test_a_window_subscribes_the_client_to_no_result_channel(cluster: Any, uid: str) -> None:
+    engine = cluster.engine
+    sleepers = [
+        {"id": f"s{i}", "type": "function", "target": "sleep", "payload": {"ms": 1500}}
+        for i in range(3)
+    ]
+    with monitored(cluster.settings.redis_url) as commands:
+        handle = engine.submit({"id": f"window-{uid}", "strategy": "allSettled", "tasks": sleepers})
+        running: list[str] = []
+        deadline = time.monotonic() + 10
+        while len(running) < 3 and time.monotonic() < deadline:
+            active = engine.app.control.inspect(timeout=0.5).active() or {}
+            running = [
+                t["id"]
+                for tasks in active.values()
+                for t in tasks
+                if (t.get("kwargs") or {}).get("plan_id") == handle.id
+            ]
+    assert len(running) == 3, running
+    # run_task stores no result, yet a Celery group subscribed to each member's channel
+    channels = {f"celery-task-meta-{i}" for i in running}
+    assert not [c for c in commands if c.startswith("SUBSCRIBE") and set(c.split()) & channels]
+    assert [r.status for r in handle.wait()] == [TaskStatus.SUCCESS] * 3
 
 
 def test_send_task_by_name_from_a_process_without_taskplane(cluster: Any, uid: str) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis
 
-from taskplane.events import RedisEventBus
+from taskplane.events import RedisEventBus, redis_bus
 
 pytestmark = pytest.mark.integration
 
@@ -44,3 +44,23 @@ def test_background_sender_survives_redis_down() -> None:
     bus.publish("task:started", {"n": 1})
     bus.close()  # logs and drops; must not raise or hang
     assert not bus._sender.is_alive()  # type: ignore[union-attr]
+
+
+def test_the_sender_keeps_sending_after_the_plan_store_takes_its_queue(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """take_queued() may empty the queue while the sender lingers; it must wait again, not stop."""
+    monkeypatch.setattr(redis_bus, "LINGER_S", 0.3)  # a linger long enough to take the queue in
+    bus = RedisEventBus(redis_client, prefix="bg-taken", background=True)
+    bus.publish("task:started", {"n": 1})
+    time.sleep(0.1)  # the sender has woken and lingers
+    taken = bus.take_queued()
+    time.sleep(0.4)  # the linger is over: the sender found its queue empty
+    bus.publish("circuit:open", {"n": "after"})
+    until = time.monotonic() + 5
+    while time.monotonic() < until and not bus.recent(1, "circuit:open"):
+        time.sleep(0.02)
+    found = bus.recent(1, "circuit:open")
+    bus.close()
+    assert len(taken) == 1
+    assert [e["data"]["n"] for e in found] == ["after"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,10 +18,12 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from taskplane import PlanFailedError, TaskStatus
 from taskplane.devtools.cluster import worker_env
 from taskplane.devtools.redis_server import free_port
+from taskplane.observability.celery_view import SENDER_NODE
 from tests.httpserver import HttpTestServer
 from tests.integration.conftest import LOG_DIR, ROOT, Cluster
 
@@ -218,3 +221,41 @@ def test_flower_shows_a_cancelled_task_as_revoked(
     }
     seen = _wait_for(flower, plan_id, lambda s: {t["name"]: t["state"] for t in s} == expected)
     assert {t["name"]: t["state"] for t in seen} == expected
+
+
+def test_every_sending_process_is_one_node_of_its_host_in_flower(
+    flower: Flower, cluster: Cluster, uid: str, tmp_path: Any
+) -> None:
+    _wait_until_listening(flower, cluster, uid)
+    plan = {"id": f"flower-cli-{uid}", "tasks": [{"id": "c", "type": "function", "target": "noop"}]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    for _ in range(2):  # two CLI runs: two more processes sending tasks
+        done = subprocess.run(
+            [sys.executable, "-m", "taskplane.cli", "run", str(tmp_path / "plan.json"), "--json"],
+            env={**worker_env(cluster.env, root=ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+        )
+        assert done.returncode == 0, done.stderr
+    wanted = f"{SENDER_NODE}@{socket.gethostname()}"
+    senders: set[str] = set()
+    deadline = time.monotonic() + EVENTS_TIMEOUT_S
+    while time.monotonic() < deadline:
+        reply = httpx.get(f"{flower.url}/metrics", auth=AUTH, timeout=5)
+        reply.raise_for_status()
+        senders = {
+            sample.labels["worker"]
+            for family in text_string_to_metric_families(reply.text)
+            if family.name == "flower_events"
+            for sample in family.samples
+            if sample.labels.get("type") == "task-sent"
+        }
+        if senders:
+            break
+        time.sleep(0.3)
+    # this process and both CLI runs sent tasks; Flower knows one sender on this host
+    assert senders == {wanted}
+    workers = flower.get("/api/workers", refresh="1")
+    assert not [name for name in workers if name.startswith("gen")]

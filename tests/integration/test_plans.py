@@ -10,7 +10,7 @@ import pytest
 from taskplane import ExecutionEngine, PlanFailedError, TaskStatus, ValidationError
 from tests.httpserver import HttpTestServer
 from tests.integration.conftest import ON_REDIS_CLUSTER
-from tests.support import counter, rec
+from tests.support import counter, monitored, rec
 
 pytestmark = pytest.mark.integration
 
@@ -124,6 +124,21 @@ def test_parallel_all_returns_every_result_in_order(engine: ExecutionEngine, uid
     results = engine.execute_parallel(plan)
     assert [r.task_id for r in results] == [f"t{i}" for i in range(12)]
     assert [r.result for r in results] == [i + 1 for i in range(12)]
+
+
+def test_a_plan_whose_tasks_all_finished_is_not_read_again(
+    engine: ExecutionEngine, uid: str
+) -> None:
+    plan_id = f"read-once-{uid}"
+    task = {"id": "t", "type": "function", "target": "add", "payload": {"a": 0, "b": 1}}
+    with monitored(engine.settings.redis_url) as commands:
+        results = engine.execute_parallel({"id": plan_id, "tasks": [task]})
+        time.sleep(0.5)  # the worker settles the run just after the waiting client wakes
+    assert [r.result for r in results] == [1]
+    # no side reads every task and result to record missing outcomes: none are missing
+    store = engine.store
+    reads = {f"HGETALL {store.key(plan_id, 'tasks')}", f"HKEYS {store.key(plan_id, 'results')}"}
+    assert not [c for c in commands if c in reads]
 
 
 def test_parallel_all_fails_fast_and_cancels_the_rest(

@@ -8,8 +8,12 @@ export over OTLP/HTTP to a receiver in this test; this process (the client, and 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,10 +24,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from taskplane import TaskStatus
+from taskplane.devtools.redis_server import free_port
 from taskplane.observability import tracing
 from tests.agents import GrpcAgentServer, HttpAgentServer
 from tests.httpserver import HttpTestServer
+from tests.integration.conftest import ROOT
 from tests.integration.small import SmallCluster, agent_task, small_cluster
+from tests.integration.test_proxy_mcp import wait_listening
 from tests.otlp import OtlpReceiver, Span
 
 pytestmark = pytest.mark.integration
@@ -186,6 +193,68 @@ def test_a_sequential_plan_traces_agent_function_and_http_tasks(
     assert grpc_seen == [call.span_id]  # the gRPC agent got traceparent in its metadata
     sent = {k.lower(): v for k, v in echoed["body"]["headers"].items()}
     assert sent["traceparent"].split("-")[2] == request.span_id
+
+
+@pytest.fixture(scope="module")
+def traced_sdk_agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The example A2A agent and MCP server, each noting every request's traceparent."""
+    started: dict[str, Any] = {}
+    procs = []
+    try:
+        for kind in ("a2a", "mcp"):
+            port = free_port()
+            notes = tmp_path_factory.mktemp(kind) / "headers.jsonl"
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.traced_agents", kind, str(port), str(notes)],
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            procs.append(proc)
+            wait_listening(port, proc)
+            url = f"http://127.0.0.1:{port}" + ("/mcp" if kind == "mcp" else "")
+            started[kind] = (url, notes)
+        yield started
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def noted_spans(notes: Path) -> list[str | None]:
+    """The span ids in the traceparents an SDK agent received (None: a request without one)."""
+    lines = notes.read_text(encoding="utf-8").splitlines() if notes.exists() else []
+    seen = [json.loads(line)["traceparent"] for line in lines]
+    return [value.split("-")[2] if value else None for value in seen]
+
+
+def test_a2a_and_mcp_agents_receive_the_traceparent_of_their_call_span(
+    traced: SmallCluster, receiver: OtlpReceiver, traced_sdk_agents: dict[str, Any]
+) -> None:
+    plan_id = f"tr-sdk-{time.time_ns()}"
+    (a2a_url, a2a_notes), (mcp_url, mcp_notes) = traced_sdk_agents["a2a"], traced_sdk_agents["mcp"]
+    traced.engine.register_agent(f"{plan_id}-a2a", a2a_url, protocol="a2a")
+    traced.engine.register_agent(
+        f"{plan_id}-mcp", mcp_url, protocol="mcp", policy={"tool": "count_words"}
+    )
+    before = len(noted_spans(a2a_notes)), len(noted_spans(mcp_notes))  # registration's checks
+    tasks = [
+        agent_task("remote", f"{plan_id}-a2a") | {"payload": {"prompt": "hello"}},
+        agent_task("tool", f"{plan_id}-mcp") | {"payload": {"text": "to be or not to be"}},
+    ]
+    results = traced.engine.execute_parallel({"id": plan_id, "tasks": tasks})
+    assert [r.status for r in results] == [TaskStatus.SUCCESS] * 2, [r.error for r in results]
+
+    spans = receiver.wait_for(lambda got: len(deliveries(got, plan_id)) == 2)
+    by_task = {s.attributes["taskplane.task.id"]: s for s in deliveries(spans, plan_id)}
+    spans = receiver.wait_for(lambda got: all(children(got, s.span_id) for s in by_task.values()))
+    [a2a_call] = children(spans, by_task["remote"].span_id, "invoke_agent")
+    [mcp_call] = children(spans, by_task["tool"].span_id, "invoke_agent")
+    # every request of each call (card, message; initialize, list, call) carried its call span
+    a2a_seen, mcp_seen = noted_spans(a2a_notes)[before[0] :], noted_spans(mcp_notes)[before[1] :]
+    assert a2a_seen and set(a2a_seen) == {a2a_call.span_id}
+    assert len(mcp_seen) >= 3 and set(mcp_seen) == {mcp_call.span_id}
 
 
 def test_a_nested_pattern_run_is_in_its_parent_plans_trace(

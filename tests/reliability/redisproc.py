@@ -41,6 +41,7 @@ class PrivateRedis:
         password: ``requirepass`` for the server; None for no password.
         appendonly: Keep data in an append-only file (``appendfsync always``).
         port: The port to listen on; a free one is picked when None.
+        bind: The addresses to listen on (127.0.0.1 first: the suite's own clients use it).
     """
 
     def __init__(
@@ -50,18 +51,23 @@ class PrivateRedis:
         password: str | None = None,
         appendonly: bool = True,
         port: int | None = None,
+        bind: tuple[str, ...] = ("127.0.0.1",),
     ) -> None:
         self.state_dir = state_dir
         self.password = password
         self.appendonly = appendonly
         self.port = port or free_port()
+        self.bind = bind
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
-    def url(self, db: int = 0) -> str:
-        """The server's URL for database *db* (with the password, if any)."""
+    def url(self, db: int = 0, *, host: str | None = None) -> str:
+        """The server's URL for database *db* (with the password, if any) at *host*.
+
+        *host* is one of :attr:`bind`; None is the first.
+        """
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
+        return f"redis://{auth}{host or self.bind[0]}:{self.port}/{db}"
 
     def client(self, db: int = 0) -> redis.Redis:
         """A new client (``decode_responses=True``) for database *db*."""
@@ -75,7 +81,7 @@ class PrivateRedis:
             "--port",
             str(self.port),
             "--bind",
-            "127.0.0.1",
+            *self.bind,
             "--dir",
             str(self.state_dir.resolve()),
             "--logfile",
@@ -89,6 +95,9 @@ class PrivateRedis:
         ]
         if self.password:
             args += ["--requirepass", self.password]
+        if any(address != "127.0.0.1" for address in self.bind):
+            # without a password Redis answers only loopback clients, whatever it binds
+            args += ["--protected-mode", "no"]
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )

@@ -11,7 +11,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,15 +78,24 @@ class Cluster:
     def state_url(self) -> str:
         return self.env["TASKPLANE_REDIS_URL"]
 
-    def start_worker(self, name: str, *, loglevel: str = "WARNING") -> WorkerProcess:
-        """One more worker with the cluster's settings."""
+    def start_worker(
+        self,
+        name: str,
+        *,
+        loglevel: str = "WARNING",
+        concurrency: int = WORKER_THREADS,
+        env: Mapping[str, str] | None = None,
+        wrapper: Sequence[str] = (),
+    ) -> WorkerProcess:
+        """One more worker with the cluster's settings (and *env* over them), under *wrapper*."""
         worker = start_worker(
-            self.env,
-            concurrency=WORKER_THREADS,
+            {**self.env, **(env or {})},
+            concurrency=concurrency,
             name=name,
             log_dir=LOG_DIR,
             root=ROOT,
             loglevel=loglevel,
+            wrapper=wrapper,
         )
         self.workers.append(worker)
         return worker
@@ -202,3 +211,21 @@ def record_figures(scenario: str, figures: dict[str, Any]) -> None:
     data = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
     data[scenario] = figures
     FIGURES.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+OUTCOME_EVENTS = ("task:completed", "task:failed")
+
+
+class Outcomes:
+    """task:completed / task:failed events of one plan, per task id (an ``engine.on`` handler)."""
+
+    def __init__(self, plan_id: str) -> None:
+        self.plan_id = plan_id
+        self.by_task: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        data = event["data"]
+        if data.get("planId") == self.plan_id and event["type"] in OUTCOME_EVENTS:
+            with self.lock:
+                self.by_task[data["taskId"]] = self.by_task.get(data["taskId"], 0) + 1

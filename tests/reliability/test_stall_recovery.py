@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 import uuid
 from typing import Any
@@ -43,7 +42,13 @@ from taskplane.devtools.cluster import wait_ready
 from taskplane.keys import plan_key
 from tests.reliability.conftest import fresh_dir
 from tests.reliability.redisproc import PrivateRedis
-from tests.reliability.support import Cluster, record_figures, running_cluster, wait_until
+from tests.reliability.support import (
+    Cluster,
+    Outcomes,
+    record_figures,
+    running_cluster,
+    wait_until,
+)
 
 VISIBILITY_S = 10
 TASKS = 4
@@ -127,24 +132,6 @@ def calls_of(server: PrivateRedis, plan_id: str, count: int) -> list[int]:
         return [int(state.get(f"{plan_id}:{i}:calls") or 0) for i in range(count)]
     finally:
         state.close()
-
-
-OUTCOME_EVENTS = ("task:completed", "task:failed")
-
-
-class Outcomes:
-    """task:completed / task:failed events of one plan, per task id (an ``engine.on`` handler)."""
-
-    def __init__(self, plan_id: str) -> None:
-        self.plan_id = plan_id
-        self.by_task: dict[str, int] = {}
-        self.lock = threading.Lock()
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        data = event["data"]
-        if data.get("planId") == self.plan_id and event["type"] in OUTCOME_EVENTS:
-            with self.lock:
-                self.by_task[data["taskId"]] = self.by_task.get(data["taskId"], 0) + 1
 
 
 LONG_TASK_MS = 3000

@@ -13,6 +13,7 @@ import pytest
 from taskplane.budget import (
     DEFAULT_BUDGET_ESTIMATE,
     BudgetGate,
+    BudgetOwners,
     Hold,
     InMemoryBudgetBackend,
     admit,
@@ -273,3 +274,29 @@ def test_only_agent_tasks_draw_from_the_budget() -> None:
         result = runner.step(make_task(TaskType.FUNCTION, task_id=f"f{i}"), ctx)
         assert not isinstance(result, Reschedule) and result.ok
     assert backend._states["p1"].used["calls"] == 0
+
+
+def test_a_runs_budget_holder_is_read_once_and_only_the_newest_runs_are_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import taskplane.budget as budget_module
+
+    monkeypatch.setattr(budget_module, "OWNERS_KEPT", 2)
+    reads: list[str] = []
+    holders = {"nested": "root", "root": "root"}
+
+    def read(run: str) -> str | None:
+        reads.append(run)
+        return holders.get(run)
+
+    owners = BudgetOwners(read)
+    assert [owners(run) for run in ("nested", "nested", "plain", "plain")] == [
+        "root",
+        "root",
+        "",
+        "",
+    ]
+    assert reads == ["nested", "plain"]
+    owners("root")  # a third run: the oldest ("nested") is forgotten
+    assert owners("nested") == "root"
+    assert reads == ["nested", "plain", "root", "nested"]

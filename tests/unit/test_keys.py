@@ -133,7 +133,9 @@ def test_the_plan_store_in_cluster_mode_sends_one_slot_per_script(
     store.end("run{1}", PlanState.CANCELLED)
     budgets = RedisBudgetBackend(checking, prefix=PREFIX)
     budgets.reserve("run{1}", 10)
-    budgets.settle("run{1}", held=(0, 0), spent=(1, 1))
+    settled: list[object] = []
+    budgets.settle("run{1}", held=(0, 0), spent=(1, 1), then=settled.append)
+    assert len(settled) == 1
     # each outcome's event reached the stream, written after its outcome
     types = [event["type"] for event in bus.recent(10)]
     assert types.count("task:completed") == 1 and types.count("task:failed") == 2
