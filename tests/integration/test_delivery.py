@@ -31,6 +31,7 @@ CLIENT = textwrap.dedent(
 )
 
 
+@pytest.mark.single_redis  # MONITOR watches one Redis
 def test_a_window_subscribes_the_client_to_no_result_channel(cluster: Any, uid: str) -> None:
     engine = cluster.engine
     sleepers = [

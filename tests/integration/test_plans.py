@@ -126,6 +126,7 @@ def test_parallel_all_returns_every_result_in_order(engine: ExecutionEngine, uid
     assert [r.result for r in results] == [i + 1 for i in range(12)]
 
 
+@pytest.mark.single_redis  # MONITOR watches one Redis
 def test_a_plan_whose_tasks_all_finished_is_not_read_again(
     engine: ExecutionEngine, uid: str
 ) -> None:
