@@ -8,8 +8,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install test test-unit demo check lint format typecheck bench worker flower clean \
-	reliability reliability-short check-min-versions
+.PHONY: install test test-unit test-cluster demo check lint format typecheck bench worker flower \
+	clean reliability reliability-short check-min-versions bench-cluster
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ test: $(STAMP)
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+# the integration suite with taskplane's state on a Redis Cluster of three masters (started
+# and stopped by the tests; needs redis-server and redis-cli) and RabbitMQ as the broker
+# (TASKPLANE_TEST_RABBITMQ_URL, default guest on 127.0.0.1:5672)
+test-cluster: $(STAMP)
+	TASKPLANE_TEST_REDIS_CLUSTER=1 $(PY) -m pytest tests/integration -q -m 'not postgres' $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(PY) -m taskplane.cli demo

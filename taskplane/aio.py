@@ -37,7 +37,7 @@ from taskplane.aio_watch import RunWatcher
 from taskplane.completions import START, CompletionReader, PlanWatch, Step, StepKind, unknown_plan
 from taskplane.config import Settings
 from taskplane.engine import ExecutionEngine
-from taskplane.errors import BackendError, PlanFailedError
+from taskplane.errors import BackendError, ConfigurationError, PlanFailedError
 from taskplane.handle import PlanHandle, empty_status
 from taskplane.models import (
     ExecutionPlan,
@@ -183,6 +183,11 @@ class AsyncExecutionEngine:
         self._owns_engine = engine is None
         self.engine = engine or ExecutionEngine(settings)
         self.settings = self.engine.settings
+        if self.settings.redis_cluster:  # its one blocking read watches streams of many slots
+            raise ConfigurationError(
+                "TASKPLANE_REDIS_URL: the asyncio engine needs one Redis, not a Redis Cluster; "
+                "use ExecutionEngine (its waits run in threads) with a cluster"
+            )
         # built here, not lazily on the executor's threads (nothing connects yet)
         self.engine.build_client_parts()
         self._redis: aioredis.Redis | None = None

@@ -45,7 +45,7 @@ class AsyncEventStream:
 
     Args:
         client: A ``redis.asyncio`` client with ``decode_responses=True``.
-        stream: The event stream (``{prefix}:events:stream``).
+        stream: The event stream (``{prefix}:{events}:stream``).
         event_types: Types to deliver; empty delivers every event.
         since: An event's ``id``: start right after it (None: at the next event).
 

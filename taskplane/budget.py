@@ -39,6 +39,7 @@ import redis
 from taskplane.errors import BackendError
 from taskplane.events.names import PLAN_BUDGET_EXHAUSTED, PLAN_BUDGET_WARNING
 from taskplane.executor import BudgetRefusal
+from taskplane.keys import plan_key
 from taskplane.models import ExecutionTask, PlanBudget
 from taskplane.proxy import estimated_tokens
 from taskplane.redisio import WriteBehind, load_script
@@ -237,7 +238,7 @@ class InMemoryBudgetBackend(BudgetBackend):
 
 
 class RedisBudgetBackend(BudgetBackend):
-    """Budgets in the meta hashes of their runs, ``{prefix}:plan:{owner}:meta``.
+    """Budgets in the meta hashes of their runs (:func:`taskplane.keys.plan_key`).
 
     Args:
         client: Where the runs' meta hashes are.
@@ -258,7 +259,7 @@ class RedisBudgetBackend(BudgetBackend):
         self._script = load_script(client, "taskplane", "plan_budget.lua")
 
     def _key(self, owner: str) -> str:
-        return f"{self.prefix}:plan:{owner}:meta"
+        return plan_key(self.prefix, owner, "meta")
 
     def _run(self, owner: str, args: list[str]) -> list[Any]:
         try:

@@ -30,6 +30,7 @@ import redis
 
 from taskplane.config import CacheConfig
 from taskplane.errors import BackendError, ValidationError
+from taskplane.keys import result_cache_key
 from taskplane.models import ExecutionResult, ExecutionTask, TaskStatus, TaskType
 from taskplane.throttle import LogThrottle
 
@@ -220,7 +221,7 @@ class InMemoryResultCache(ResultCache):
 
 
 # Shared Lua: Redis's own clock (ms) and removal of entries whose TTL has passed.
-# Entry values live in their own keys ({prefix}:cache:entry:<key>, with PXAT);
+# Entry values live in their own keys ({prefix}:{cache}:entry:<key>, with PXAT);
 # "lru" scores each live key by a global access counter, "exp" by its expiry.
 _LUA_COMMON = """
 local lru, exp, stats, seq, entry = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -337,8 +338,10 @@ class RedisResultCache(ResultCache):
         super().__init__(config)
         self.redis = redis_client
         self.prefix = prefix
-        self.entry_prefix = f"{prefix}:cache:entry:"
-        self._index_keys = [f"{prefix}:cache:{name}" for name in ("lru", "exp", "stats", "seq")]
+        self.entry_prefix = result_cache_key(prefix, "entry:")
+        self._index_keys = [
+            result_cache_key(prefix, name) for name in ("lru", "exp", "stats", "seq")
+        ]
         self._get = redis_client.register_script(_LUA_GET)
         self._set = redis_client.register_script(_LUA_SET)
         self._delete = redis_client.register_script(_LUA_DELETE)

@@ -17,14 +17,15 @@ from rich.text import Text
 
 from taskplane.engine import ExecutionEngine
 from taskplane.errors import BackendError
-from taskplane.proxy import AgentInfo
-from taskplane.proxy.limiter import (
-    Window,
+from taskplane.keys import (
     agent_tokens_key,
     agent_window_key,
+    inflight_key,
     quota_tokens_key,
     quota_window_key,
 )
+from taskplane.proxy import AgentInfo
+from taskplane.proxy.limiter import Window
 
 
 def window_usage(engine: ExecutionEngine, window: Window, *, now_s: float) -> int:
@@ -58,7 +59,7 @@ def in_flight(engine: ExecutionEngine, agent_id: str, *, now_s: float) -> int:
     Raises:
         BackendError: Redis cannot be reached.
     """
-    key = f"{engine.settings.key_prefix}:inflight:{agent_id}"
+    key = inflight_key(engine.settings.key_prefix, agent_id)
     try:
         return int(engine.redis.zcount(key, f"({now_s * 1000.0!r}", "+inf"))
     except redis.RedisError as exc:
@@ -93,9 +94,10 @@ def agent_state(
         quota = engine.proxy.registry.get_quota(agent.policy.quota)
     windows = engine.proxy.limiter.windows(agent.agent_id, agent.policy, quota)
     usage = {w.key: _usage(engine, w, now_s) for w in windows}
-    row["rateLimit"] = usage[agent_window_key(agent.agent_id)]
-    if agent_tokens_key(agent.agent_id) in usage:
-        row["tokenLimit"] = usage[agent_tokens_key(agent.agent_id)]
+    owner = quota.name if quota is not None else None
+    row["rateLimit"] = usage[agent_window_key(agent.agent_id, owner)]
+    if agent_tokens_key(agent.agent_id, owner) in usage:
+        row["tokenLimit"] = usage[agent_tokens_key(agent.agent_id, owner)]
     if quota is not None:
         row["quotaUsage"] = {"quota": quota.name}
         for kind, key in (

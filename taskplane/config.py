@@ -13,10 +13,11 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import pydantic
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from taskplane.errors import ConfigurationError
+from taskplane.redisio import cluster_nodes, is_cluster_url
 
 ENV_PREFIX = "TASKPLANE_"
 
@@ -119,10 +120,19 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
-    redis_url: str = DEFAULT_REDIS_URL
+    redis_url: str = Field(
+        DEFAULT_REDIS_URL,
+        description="one Redis (redis://, rediss://, unix://), or a Redis Cluster: "
+        "redis+cluster://[user:password@]host:port[,host:port…] (then broker_url is required)",
+    )
     broker_url: str | None = None
     database_url: str = DEFAULT_DATABASE_URL
-    key_prefix: str = Field("taskplane", min_length=1)
+    key_prefix: str = Field(
+        "taskplane",
+        min_length=1,
+        pattern=r"^[^{}]+$",
+        description="starts every Redis key; no braces (they make Redis Cluster hash tags)",
+    )
     queue: str = Field(
         DEFAULT_QUEUE,
         min_length=1,
@@ -184,6 +194,39 @@ class Settings(BaseSettings):
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split_list(value)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _cluster_url(cls, value: str) -> str:
+        if is_cluster_url(value):
+            cluster_nodes(value)  # ValueError names what is wrong
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _cluster_broker(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and is_cluster_url(value):
+            raise ValueError("kombu has no Redis Cluster transport: use RabbitMQ (amqp://)")
+        if value is None and is_cluster_url(str(info.data.get("redis_url", ""))):
+            raise ValueError(
+                "required when redis_url is a Redis Cluster (kombu's Redis transport has "
+                "no cluster mode): e.g. amqp://user:password@rabbitmq:5672//"
+            )
+        return value
+
+    @property
+    def redis_cluster(self) -> bool:
+        """Whether state lives on a Redis Cluster (``redis+cluster://``)."""
+        return is_cluster_url(self.redis_url)
+
+    @property
+    def result_backend_url(self) -> str:
+        """Celery's result backend (results of ``execute_plan`` sent by name).
+
+        Redis when state is on one Redis; on a Redis Cluster (which Celery's
+        Redis backend cannot use) the tracking database, ``db+database_url``.
+        """
+        return f"db+{self.database_url}" if self.redis_cluster else self.redis_url
 
     @property
     def effective_broker_url(self) -> str:

@@ -53,6 +53,7 @@ from taskplane.proxy.policy import (
     make_policy,
     task_with_agent_defaults,
 )
+from taskplane.redisio import is_cluster
 from taskplane.runtime import redis_client
 from taskplane.tasks import deliver_results
 from taskplane.tasks.app import create_app
@@ -125,6 +126,7 @@ class ExecutionEngine:
                 retention_s=self.settings.plan_retention_s,
                 events=self.events if self.settings.events_enabled else None,
                 clock=self.clock,
+                cluster=is_cluster(self.redis),
             )
         return self._store
 

@@ -1,6 +1,7 @@
 """Plan runs in Redis: one record per run, each outcome recorded once.
 
-Keys, under ``{prefix}:plan:{id}``:
+Keys, under ``{prefix}:plan:{id}`` (the run id is the keys' hash tag, see
+:mod:`taskplane.keys`):
 
 * ``:meta``    hash: state, rule, mode, n, window cursor ``next``, counters
   ``done``/``running``, ``cancel`` flag, ``deadline`` (epoch s), ``winner``;
@@ -21,6 +22,8 @@ script that records an outcome also appends its ``task:completed`` or
 channel) when the store is given an event bus: one event per recorded
 outcome, written with it or not at all, whoever records it (a worker, a
 rerun, the client filling in a plan's unfinished tasks).
+On a Redis Cluster the event stream has a slot of its own: there the event
+is written right after the script, in a second round trip (see ``cluster``).
 All keys expire ``plan_retention_s`` after the plan was submitted.
 """
 
@@ -38,6 +41,7 @@ import redis
 from taskplane.errors import BackendError
 from taskplane.events import RedisEventBus, finished_event
 from taskplane.executor import envelope
+from taskplane.keys import event_stream_key, plan_key
 from taskplane.models import ExecutionResult, ExecutionTask, TaskStatus
 from taskplane.plans import (
     WEIGHTED_CONFIDENCE_TARGET,
@@ -89,7 +93,7 @@ return {'run', prev}
 """
 
 _FINISH = """
--- KEYS: meta, results, tasks, done, order, event stream.
+-- KEYS: meta, results, tasks, done, order, event stream (on a cluster: a run key, untouched).
 -- ARGV: index, result JSON, status, confidence, ran (1/0), event JSON ('' for none),
 --       event stream maxlen, event channel, then events of this process not yet
 --       sent (its task:started...), written first so the stream keeps their order.
@@ -155,10 +159,12 @@ _FILL = """
 -- ARGV: ttl (s), event stream maxlen, event channel, then (index, result JSON,
 --       event JSON or '') triples.
 -- Records each outcome unless one stands, lists it in the order stream and
--- appends its event.
+-- appends its event. Returns the indexes it recorded.
 local ttl = tonumber(ARGV[1])
+local recorded = {}
 for i = 4, #ARGV, 3 do
   if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
+    recorded[#recorded + 1] = ARGV[i]
     redis.call('XADD', KEYS[2], '*', 'i', ARGV[i])
     if ARGV[i + 2] ~= '' then
       redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'event', ARGV[i + 2])
@@ -168,7 +174,7 @@ for i = 4, #ARGV, 3 do
 end
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)
-return 1
+return recorded
 """
 
 _END = """
@@ -234,6 +240,12 @@ class PlanStore:
         events: Where each recorded outcome's ``task:completed``/``task:failed``
             goes, written by the same script (None: no events).
         clock: Epoch seconds.
+        cluster: *client* is a Redis Cluster client. The event stream has a slot
+            of its own there, which no script of a run may touch: each recorded
+            outcome's event is written in a second call right after the script
+            that recorded it (with the events this process queued before it, in
+            order). A process that dies between the two loses that one event;
+            the outcome stands, and a rerun finds it recorded and writes none.
     """
 
     def __init__(
@@ -244,9 +256,11 @@ class PlanStore:
         retention_s: int = 86400,
         events: RedisEventBus | None = None,
         clock: Callable[[], float] = time.time,
+        cluster: bool = False,
     ) -> None:
         self.client = client
         self.prefix = prefix
+        self.cluster = cluster
         self.retention_s = retention_s
         self.events = events
         self.clock = clock
@@ -257,17 +271,23 @@ class PlanStore:
         self._fill = client.register_script(_FILL)
 
     def _keys(self, plan_id: str) -> dict[str, str]:
-        base = f"{self.prefix}:plan:{plan_id}"
-        return {k: f"{base}:{k}" for k in ("meta", "tasks", "results", "done", "reply", "order")}
+        parts = ("meta", "tasks", "results", "done", "reply", "order")
+        return {k: plan_key(self.prefix, plan_id, k) for k in parts}
 
     def key(self, plan_id: str, name: str) -> str:
         """The Redis key of part *name* (``meta``, ``results``, ``done``, ``order``…) of a run."""
         return self._keys(plan_id)[name]
 
-    def _event_stream(self) -> tuple[str, list[str]]:
-        """The event stream's key and the (maxlen, channel) arguments of the recording scripts."""
+    def _event_stream(self, plan_id: str) -> tuple[str, list[str]]:
+        """The event stream's key and the (maxlen, channel) arguments of the recording scripts.
+
+        On a cluster the scripts write no event: the key is one of the run's own
+        (in its slot, never touched).
+        """
+        if self.cluster:
+            return plan_key(self.prefix, plan_id, "meta"), ["0", ""]
         if self.events is None:
-            return f"{self.prefix}:events:stream", ["0", ""]
+            return event_stream_key(self.prefix), ["0", ""]
         return self.events.stream, [str(self.events.stream_maxlen), self.events.channel]
 
     def _finished_event(self, plan_id: str, result: ExecutionResult) -> str:
@@ -281,7 +301,7 @@ class PlanStore:
             return ""
 
     def _lease(self, plan_id: str, index: int) -> str:
-        return f"{self.prefix}:plan:{plan_id}:lease:{index}"
+        return plan_key(self.prefix, plan_id, f"lease:{index}")
 
     def _call(self, what: str, func: Callable[[], Any]) -> Any:
         try:
@@ -383,10 +403,12 @@ class PlanStore:
         keys = self._keys(plan_id)
         confidence = "" if result.confidence is None else repr(result.confidence)
         args = [str(index), result.model_dump_json(by_alias=True), result.status.value, confidence]
-        stream, stream_args = self._event_stream()
-        args += ["1" if ran else "0", self._finished_event(plan_id, result), *stream_args]
-        if self.events is not None:  # the task's own earlier events go in first
-            args += self.events.take_queued()
+        stream, stream_args = self._event_stream(plan_id)
+        event = self._finished_event(plan_id, result)
+        queued = self.events.take_queued() if self.events is not None else []
+        args += ["1" if ran else "0", "" if self.cluster else event, *stream_args]
+        if not self.cluster:  # the task's own earlier events go in first
+            args += queued
         recorded, ending, next_index, next_task = self._call(
             "finish",
             lambda: self._finish(
@@ -401,6 +423,8 @@ class PlanStore:
                 args=args,
             ),
         )
+        if self.cluster and self.events is not None:
+            self.events.write_now([*queued, event] if recorded and event else queued)
         return FinishDecision(
             recorded=bool(recorded),
             ending=ending or None,
@@ -525,20 +549,24 @@ class PlanStore:
             return
         left = self._call("ttl", lambda: self.client.ttl(keys["meta"]))
         # the results hash expires with the run (it may be created here, after submission)
-        stream, stream_args = self._event_stream()
+        stream, stream_args = self._event_stream(plan_id)
         args: list[Any] = [left if left > 0 else self.retention_s, *stream_args]
+        events: dict[str, str] = {}
         for index, task in missing:
             result = envelope(task, status, error=error)
             result.metadata["planId"] = plan_id
-            event = self._finished_event(plan_id, result)
+            events[str(index)] = self._finished_event(plan_id, result)
+            event = "" if self.cluster else events[str(index)]
             args += [str(index), result.model_dump_json(by_alias=True), event]
-        self._call(
+        recorded = self._call(
             "fill", lambda: self._fill(keys=[keys["results"], keys["order"], stream], args=args)
         )
+        if self.cluster and self.events is not None:  # after the outcomes, as in finish()
+            self.events.write_now([events[str(i)] for i in recorded if events.get(str(i))])
 
     def add_child(self, plan_id: str, child_id: str) -> None:
         """Remember that *child_id* runs a nested pattern of *plan_id*."""
-        key = f"{self.prefix}:plan:{plan_id}:children"
+        key = plan_key(self.prefix, plan_id, "children")
         pipe = self.client.pipeline(transaction=False)
         pipe.sadd(key, child_id)
         pipe.expire(key, self.retention_s)
@@ -546,7 +574,7 @@ class PlanStore:
 
     def children(self, plan_id: str) -> list[str]:
         """Runs of nested patterns started by *plan_id*'s tasks."""
-        key = f"{self.prefix}:plan:{plan_id}:children"
+        key = plan_key(self.prefix, plan_id, "children")
         return sorted(self._call("children", lambda: self.client.smembers(key)))
 
     def add_reply(self, plan_id: str, celery_task_id: str) -> None:

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import redis
@@ -35,7 +35,7 @@ from taskplane.patterns import FilePatternEngine, PatternHandler, load_pattern_e
 from taskplane.planstore import PlanStore
 from taskplane.proxy import AgentProxy, build_agent_proxy
 from taskplane.proxy.policy import AgentPolicy
-from taskplane.redisio import WriteBehind
+from taskplane.redisio import WriteBehind, cluster_client, is_cluster, is_cluster_url
 from taskplane.tracking import ConfidenceTracker, TrackingRecorder, build_tracker
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ def redis_client(
     free connection (as long as a command may take) instead of failing: a
     worker passes one per task slot, since redis-py's own default pool (100
     connections, failing past them) is too small for a thousand greenlets.
+    A ``redis+cluster://`` *url* makes a Redis Cluster client (its pools bounded per node).
     """
     if fast:
         options: dict[str, Any] = {
@@ -103,6 +104,12 @@ def redis_client(
             "health_check_interval": 30,
             "retry": outage_retry(),
         }
+    if is_cluster_url(url):  # the cluster client retries, and follows slot moves, itself
+        retry = options.pop("retry")
+        client = cluster_client(
+            url, retry=retry, max_connections=max_connections, decode_responses=True, **options
+        )
+        return cast(redis.Redis, client)
     if max_connections is None:
         return redis.Redis.from_url(url, decode_responses=True, **options)
     pool = redis.BlockingConnectionPool.from_url(
@@ -211,7 +218,11 @@ class WorkerRuntime:
         )
         # the store writes each recorded outcome's task:completed/task:failed itself
         store = PlanStore(
-            client, prefix=settings.key_prefix, retention_s=settings.plan_retention_s, events=bus
+            client,
+            prefix=settings.key_prefix,
+            retention_s=settings.plan_retention_s,
+            events=bus,
+            cluster=is_cluster(client),
         )
         coordinator = PlanCoordinator(
             store,

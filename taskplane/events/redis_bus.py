@@ -1,6 +1,6 @@
 """The Redis event bus: a bounded stream every subscriber reads, and a live channel.
 
-Every event is appended to the stream ``{prefix}:events:stream`` (``XADD``,
+Every event is appended to the stream ``{prefix}:{events}:stream`` (``XADD``,
 trimmed to about ``stream_maxlen``) and published on the channel
 ``{prefix}:events`` in the same round trip. A plan task's
 ``task:completed``/``task:failed`` is written by the plan store's script
@@ -40,6 +40,8 @@ from taskplane.events.bus import (
     event_id_key,
     make_event,
 )
+from taskplane.keys import event_channel, event_stream_key
+from taskplane.redisio import clone_client, is_cluster, load_script
 from taskplane.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
@@ -122,13 +124,19 @@ class RedisEventBus(EventBus):
     ) -> None:
         super().__init__(clock=clock)
         self.redis = redis_client
-        self.channel = f"{prefix}:events"
-        self.stream = f"{prefix}:events:stream"
+        self.channel = event_channel(prefix)
+        self.stream = event_stream_key(prefix)
         self.stream_maxlen = stream_maxlen
         self._throttle = LogThrottle()
         self._listener: _Listener | None = None
         self._listener_lock = threading.Lock()
         self._sender = _Sender(self) if background else None
+        # a cluster pipeline cannot PUBLISH: there one script (in the stream's slot) sends
+        self._cluster_send = (
+            load_script(redis_client, "taskplane.events", "publish_events.lua")
+            if is_cluster(redis_client)
+            else None
+        )
 
     def encode(self, event_type: str, data: dict[str, Any]) -> str:
         """The stream and channel payload of an event of *event_type*, stamped now.
@@ -170,9 +178,25 @@ class RedisEventBus(EventBus):
             self._send([("queued", payload) for payload in head])
         return taken
 
+    def write_now(self, payloads: list[str]) -> None:
+        """Send encoded events (see :meth:`encode`) now, in order, in one round trip.
+
+        For a caller that took this process's queued events (:meth:`take_queued`)
+        and writes them, and one of its own, after its own round trip.
+        """
+        for start in range(0, len(payloads), MAX_BATCH):
+            self._send([("event", p) for p in payloads[start : start + MAX_BATCH]])
+
     def _send(self, batch: list[tuple[str, str]]) -> None:
         """Publish *batch* in one round trip; failures are logged and the events dropped."""
+        if not batch:
+            return
         try:
+            if self._cluster_send is not None:
+                args: list[str | int] = [self.stream_maxlen, self.channel]
+                args += [payload for _type, payload in batch]
+                self._cluster_send(keys=[self.stream], args=args)
+                return
             pipe = self.redis.pipeline(transaction=False)
             for _event_type, payload in batch:
                 pipe.publish(self.channel, payload)
@@ -336,12 +360,7 @@ class _Listener(threading.Thread):
 
     def _client(self) -> redis.Redis:
         """A client of its own (one connection, named), so blocking reads hold no shared slot."""
-        pool = self.bus.redis.connection_pool
-        kwargs = {**pool.connection_kwargs, "client_name": LISTENER_CLIENT_NAME}
-        own = redis.ConnectionPool(
-            connection_class=pool.connection_class, max_connections=2, **kwargs
-        )
-        return redis.Redis(connection_pool=own)
+        return clone_client(self.bus.redis, client_name=LISTENER_CLIENT_NAME)
 
     def run(self) -> None:
         backoff_s = RECONNECT_MIN_S
@@ -389,7 +408,8 @@ class _Listener(threading.Thread):
         finally:
             with contextlib.suppress(redis.RedisError, OSError):
                 client.close()
-                client.connection_pool.disconnect()
+                if not is_cluster(client):
+                    client.connection_pool.disconnect()
 
 
 class _Sender(threading.Thread):

@@ -11,9 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException
+from redis.retry import Retry
 
 from taskplane.config import Settings
 from taskplane.models import redact_credentials
+from taskplane.redisio import cluster_client
 
 
 def worker_problems(
@@ -22,14 +26,21 @@ def worker_problems(
     """What keeps the worker *node* (or any worker of these settings) from being ready."""
     problems: list[str] = []
     try:
-        client = redis.Redis.from_url(
-            settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-        )
+        options: dict[str, Any] = {
+            "socket_timeout": timeout_s,
+            "socket_connect_timeout": timeout_s,
+        }
+        if settings.redis_cluster:
+            client = cluster_client(
+                settings.redis_url, retry=Retry(NoBackoff(), 0), max_connections=None, **options
+            )
+        else:
+            client = redis.Redis.from_url(settings.redis_url, **options)
         try:
             client.ping()
         finally:
             client.close()
-    except redis.RedisError as exc:
+    except (redis.RedisError, RedisClusterException) as exc:
         problems.append(f"cannot reach Redis at {redact_credentials(settings.redis_url)}: {exc}")
     broker = redact_credentials(settings.effective_broker_url)
     try:

@@ -41,6 +41,7 @@ from taskplane.errors import (
     UpstreamError,
 )
 from taskplane.hooks import ExecutionHooks
+from taskplane.keys import BREAKER, untag
 from taskplane.models import ExecutionResult, ExecutionTask, TaskType
 from taskplane.proxy.breaker_storage import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN
 
@@ -91,7 +92,7 @@ class BreakerCollector(Collector):
 
     def __init__(self, client: redis.Redis, *, prefix: str) -> None:
         self.client = client
-        self.prefix = f"{prefix}:breaker:"
+        self.prefix = f"{prefix}:{BREAKER}"
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
@@ -114,7 +115,7 @@ class BreakerCollector(Collector):
             log.warning("breaker state for metrics unreadable: %s", exc)
             keys, states = [], []
         for key, state in zip(keys, states, strict=True):
-            agent = str(key)[len(self.prefix) :]
+            agent = untag(str(key)[len(self.prefix) :])
             family.add_metric([agent], BREAKER_STATES.get(str(state or STATE_CLOSED), 0.0))
         yield family
 

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import redis
 
 from taskplane.errors import BackendError
+from taskplane.keys import breaker_key
 from taskplane.proxy.breaker_storage import (
     STATE_CLOSED,
     BreakerPolicy,
@@ -74,8 +75,8 @@ def _text(value: object) -> str:
 class RedisBreakerStorage(BreakerStorage):
     """One agent's breaker state in Redis, shared by every process.
 
-    Keys: ``{prefix}:breaker:{agent}`` (a hash: state, opened_at, trial) and
-    ``{prefix}:breaker:{agent}:failures`` (a sorted set, the failure window).
+    Keys (:func:`taskplane.keys.breaker_key`, tagged by agent): ``{prefix}:breaker:{agent}``
+    (a hash: state, opened_at, trial) and ``…:failures`` (a sorted set, the failure window).
 
     Raises:
         BackendError: From every method, when Redis cannot be reached.
@@ -84,7 +85,7 @@ class RedisBreakerStorage(BreakerStorage):
     def __init__(self, client: redis.Redis, name: str, *, prefix: str = "taskplane") -> None:
         super().__init__(name)
         self.client = client
-        self.key = f"{prefix}:breaker:{name}"
+        self.key = breaker_key(prefix, name)
         self.failures_key = f"{self.key}:failures"
         self._admit = client.register_script(_ADMIT)
         self._record = client.register_script(_RECORD)

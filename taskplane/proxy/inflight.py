@@ -26,6 +26,7 @@ from collections.abc import Callable
 import redis
 
 from taskplane.errors import BackendError, RateLimitedError
+from taskplane.keys import inflight_key
 from taskplane.redisio import load_script
 from taskplane.throttle import LogThrottle
 
@@ -88,6 +89,8 @@ class InMemoryInFlightBackend(InFlightBackend):
 class RedisInFlightBackend(InFlightBackend):
     """Leases as Redis sorted sets ``{prefix}:inflight:{agent}``, shared by every process.
 
+    The agent id is the key's hash tag (:mod:`taskplane.keys`).
+
     Raises:
         BackendError: When Redis cannot be reached.
     """
@@ -99,7 +102,7 @@ class RedisInFlightBackend(InFlightBackend):
 
     def key(self, agent_id: str) -> str:
         """The agent's lease set."""
-        return f"{self.prefix}:inflight:{agent_id}"
+        return inflight_key(self.prefix, agent_id)
 
     def take(
         self, agent_id: str, token: str, *, now_ms: float, limit: int, lease_ms: float

@@ -46,6 +46,7 @@ import redis
 
 from taskplane.config import RateLimitConfig
 from taskplane.errors import BackendError, RateLimitedError
+from taskplane.keys import agent_tokens_key, agent_window_key, quota_tokens_key, quota_window_key
 from taskplane.proxy.policy import AgentPolicy, Quota
 from taskplane.redisio import WriteBehind, load_script
 from taskplane.throttle import LogThrottle
@@ -81,26 +82,6 @@ class Window:
 MEAN_WEIGHT = 0.2
 #: Tokens a call reserves when neither the task, the window's history nor the policy says.
 DEFAULT_ESTIMATED_TOKENS = 1000
-
-
-def agent_window_key(agent_id: str) -> str:
-    """Where an agent's own request window lives (after the key prefix)."""
-    return f"ratelimit:{agent_id}"
-
-
-def agent_tokens_key(agent_id: str) -> str:
-    """Where an agent's own token window lives (after the key prefix)."""
-    return f"tokens:{agent_id}"
-
-
-def quota_window_key(name: str) -> str:
-    """Where a quota's request window lives (after the key prefix)."""
-    return f"quota:{name}:requests"
-
-
-def quota_tokens_key(name: str) -> str:
-    """Where a quota's token window lives (after the key prefix)."""
-    return f"quota:{name}:tokens"
 
 
 class LimiterBackend(ABC):
@@ -287,14 +268,20 @@ class RateLimiter:
         self.clock = clock
         self._warnings = LogThrottle(BACKEND_WARNING_INTERVAL_S)
 
-    def agent_window(self, agent_id: str, policy: AgentPolicy | None = None) -> Window:
-        """The agent's own request window: its policy's limit, else the settings'."""
+    def agent_window(
+        self, agent_id: str, policy: AgentPolicy | None = None, quota: Quota | None = None
+    ) -> Window:
+        """The agent's own request window: its policy's limit, else the settings'.
+
+        It lives in *quota*'s slot when the agent shares one (see :mod:`taskplane.keys`).
+        """
         limit = self.config.max_requests
         window_ms = self.config.window_ms
         if policy is not None:
             limit = policy.max_requests or limit
             window_ms = policy.window_ms or window_ms
-        return Window(agent_window_key(agent_id), limit, window_ms)
+        owner = quota.name if quota is not None else None
+        return Window(agent_window_key(agent_id, owner), limit, window_ms)
 
     def windows(
         self,
@@ -311,7 +298,7 @@ class RateLimiter:
                 window's recent mean, else the policy's ``estimatedTokens``,
                 else :data:`DEFAULT_ESTIMATED_TOKENS`.
         """
-        own = self.agent_window(agent_id, policy)
+        own = self.agent_window(agent_id, policy, quota)
         windows = [own]
         cost = estimate if estimate is not None else -1
         default = DEFAULT_ESTIMATED_TOKENS
@@ -323,7 +310,13 @@ class RateLimiter:
             )
         if policy is not None and policy.max_tokens is not None:
             windows.append(
-                Window(agent_tokens_key(agent_id), policy.max_tokens, own.window_ms, cost, default)
+                Window(
+                    agent_tokens_key(agent_id, quota.name if quota is not None else None),
+                    policy.max_tokens,
+                    own.window_ms,
+                    cost,
+                    default,
+                )
             )
         if quota is not None and quota.max_tokens is not None:
             windows.append(

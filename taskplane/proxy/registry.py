@@ -1,14 +1,14 @@
 """The agent registry: which agents exist, where they listen and what they can do.
 
 :class:`RedisAgentRegistry` keeps every agent in one Redis hash
-(``{prefix}:agents``, field = agent id, value = the agent's JSON), so every
+(``{prefix}:{registry}:agents``, field = agent id, value = the agent's JSON), so every
 worker on every host sees a registration at once. :class:`InMemoryAgentRegistry`
 is the same thing for tests and local use.
 
 Registering an agent again replaces its entry only; its circuit breaker and
 rate limiter are keyed by agent id elsewhere and keep their state. Quotas
 (named limits several agents share) live beside the agents, in
-``{prefix}:quotas``; registering a quota again changes its limit, not its window.
+``{prefix}:{registry}:quotas``; registering a quota again changes its limit, not its window.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from taskplane.errors import BackendError, ValidationError
+from taskplane.keys import registry_key
 from taskplane.proxy.policy import AgentPolicy, Quota, make_policy
 
 AgentProtocol = Literal["http", "grpc", "openai", "a2a", "mcp"]
@@ -241,7 +242,7 @@ class RedisAgentRegistry(AgentRegistry):
 
     Args:
         client: A Redis client (``decode_responses`` either way).
-        prefix: Key prefix; the hashes are ``{prefix}:agents`` and ``{prefix}:quotas``.
+        prefix: Key prefix; the hashes are ``{prefix}:{registry}:agents`` and ``…:quotas``.
 
     Raises:
         BackendError: From every method, when Redis cannot be reached.
@@ -249,8 +250,8 @@ class RedisAgentRegistry(AgentRegistry):
 
     def __init__(self, client: redis.Redis, *, prefix: str = "taskplane") -> None:
         self.client = client
-        self.key = f"{prefix}:agents"
-        self.quotas_key = f"{prefix}:quotas"
+        self.key = registry_key(prefix, "agents")
+        self.quotas_key = registry_key(prefix, "quotas")
 
     def _decode(self, raw: Any) -> AgentInfo | None:
         if raw is None:

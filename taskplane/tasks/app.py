@@ -47,7 +47,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         transport["socket_connect_timeout"] = BROKER_CONNECT_TIMEOUT_S
     config: dict[str, Any] = {
         "broker_url": settings.effective_broker_url,
-        "result_backend": settings.redis_url,
+        "result_backend": settings.result_backend_url,
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],

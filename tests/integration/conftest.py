@@ -4,6 +4,13 @@ The broker and taskplane's state use two other databases of the test Redis
 (13 and 14 beside the default test database 15), so tests that flush the
 test database never disturb the workers. Plan ids
 are unique per test, so nothing needs flushing here.
+
+With ``TASKPLANE_TEST_REDIS_CLUSTER=1`` (``make test-cluster``) the cluster's
+state lives on a Redis Cluster of three masters this session starts (on
+``TASKPLANE_TEST_CLUSTER_PORTS``, else free ports) and stops, and RabbitMQ is
+its broker, on a queue of this session's own; the test functions' counters
+stay in the test Redis (``Cluster.state_url``). Tests marked ``single_redis``
+are skipped there.
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from taskplane import ExecutionEngine, Settings
-from taskplane.devtools import redis_server
+from taskplane.config import DEFAULT_QUEUE
+from taskplane.devtools import redis_cluster, redis_server
 from taskplane.devtools.cluster import WorkerProcess, start_worker, wait_ready
 from tests.support import rabbitmq_url, require_rabbitmq
 
@@ -29,6 +37,38 @@ TRACKING_DB = ROOT / ".run" / f"test-tracking-{uuid.uuid4().hex[:8]}.db"
 #: so tests can scan Redis, events, logs and results for it).
 TEST_API_KEY_ENV = "TASKPLANE_TEST_OPENAI_KEY"
 TEST_API_KEY = f"sk-test-{uuid.uuid4().hex}"
+
+
+CLUSTER_DIR = ROOT / ".run" / "test-redis-cluster"
+ON_REDIS_CLUSTER = os.environ.get("TASKPLANE_TEST_REDIS_CLUSTER") == "1"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if not ON_REDIS_CLUSTER:
+        return
+    skip = pytest.mark.skip(
+        reason="needs one Redis (TASKPLANE_TEST_REDIS_CLUSTER=1 runs a cluster)"
+    )
+    for item in items:
+        if item.get_closest_marker("single_redis"):
+            item.add_marker(skip)
+
+
+def drop_queue(engine: ExecutionEngine) -> None:
+    """Delete the engine's own broker queue (a session's, on a RabbitMQ others may share)."""
+    with engine.app.connection_for_write() as conn:
+        conn.default_channel.queue_delete(engine.settings.queue)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """A Redis Cluster of three masters, started for this session and stopped after it."""
+    ports = [int(p) for p in os.environ.get("TASKPLANE_TEST_CLUSTER_PORTS", "").split(",") if p]
+    url = redis_cluster.start(CLUSTER_DIR, ports or None)
+    try:
+        yield url
+    finally:
+        redis_cluster.stop(CLUSTER_DIR)
 
 
 @dataclass
@@ -80,9 +120,17 @@ def cluster_env(redis_url: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def cluster(redis_url: str) -> Iterator[Cluster]:
+def cluster(redis_url: str, request: pytest.FixtureRequest) -> Iterator[Cluster]:
     env = cluster_env(redis_url)
+    counters = env["TASKPLANE_REDIS_URL"]  # the test functions' own bookkeeping
+    if ON_REDIS_CLUSTER:
+        broker = rabbitmq_url()
+        require_rabbitmq(broker)
+        env["TASKPLANE_REDIS_URL"] = request.getfixturevalue("redis_cluster_url")
+        env["TASKPLANE_BROKER_URL"] = broker
+        env["TASKPLANE_QUEUE"] = f"taskplane-test-{uuid.uuid4().hex[:8]}"
     settings = Settings(
+        queue=env.get("TASKPLANE_QUEUE", DEFAULT_QUEUE),
         redis_url=env["TASKPLANE_REDIS_URL"],
         broker_url=env["TASKPLANE_BROKER_URL"],
         function_modules=["examples.functions", "tests.functions"],
@@ -100,13 +148,34 @@ def cluster(redis_url: str) -> Iterator[Cluster]:
     ]
     try:
         wait_ready(workers, engine.app.control.ping)
-        yield Cluster(env, settings, engine, workers, env["TASKPLANE_REDIS_URL"])
+        yield Cluster(env, settings, engine, workers, counters)
     finally:
         for worker in workers:
             worker.stop()
+        if ON_REDIS_CLUSTER:
+            drop_queue(engine)
         engine.close()
         for path in TRACKING_DB.parent.glob(TRACKING_DB.name + "*"):
             path.unlink(missing_ok=True)
+
+
+def own_broker(cluster: Cluster, offset: int) -> dict[str, str]:
+    """Settings (as environment variables) of a broker only a worker started with them uses.
+
+    Another database of the test Redis as broker; on a Redis Cluster run, another queue.
+    """
+    if ON_REDIS_CLUSTER:
+        return {"TASKPLANE_QUEUE": f"{cluster.settings.queue}-{offset}"}
+    broker_url = str(cluster.settings.broker_url)
+    broker_db = (int(broker_url.rsplit("/", 1)[1]) - offset) % 16
+    return {"TASKPLANE_BROKER_URL": redis_server.with_db(broker_url, broker_db)}
+
+
+def own_settings(cluster: Cluster, env: dict[str, str]) -> Settings:
+    """The cluster's settings with the broker of :func:`own_broker`'s *env*."""
+    update = {"broker_url": env.get("TASKPLANE_BROKER_URL", cluster.settings.broker_url)}
+    update["queue"] = env.get("TASKPLANE_QUEUE", cluster.settings.queue)
+    return Settings(**{**cluster.settings.model_dump(), **update})
 
 
 @pytest.fixture
@@ -125,13 +194,17 @@ def rabbit_cluster(cluster: Cluster) -> Iterator[Cluster]:
     """The same cluster with RabbitMQ as its broker: two more workers, another engine.
 
     Redis stays the result backend and holds plan state, cache, limits and events.
+    On a Redis Cluster run the cluster already has RabbitMQ as its broker: it is the same.
     """
+    if ON_REDIS_CLUSTER:
+        yield cluster
+        return
     broker = rabbitmq_url()
     require_rabbitmq(broker)
-    env = {**cluster.env, "TASKPLANE_BROKER_URL": broker}
-    settings = cluster.settings.model_copy(update={"broker_url": broker})
+    queue = f"taskplane-test-{uuid.uuid4().hex[:8]}"  # this RabbitMQ may be shared
+    env = {**cluster.env, "TASKPLANE_BROKER_URL": broker, "TASKPLANE_QUEUE": queue}
+    settings = cluster.settings.model_copy(update={"broker_url": broker, "queue": queue})
     engine = ExecutionEngine(settings)
-    engine.app.control.purge()  # the taskplane queue on this RabbitMQ is the tests' alone
     workers = [
         start_worker(env, concurrency=8, name=f"rw{i}", log_dir=LOG_DIR, root=ROOT)
         for i in range(2)
@@ -142,4 +215,5 @@ def rabbit_cluster(cluster: Cluster) -> Iterator[Cluster]:
     finally:
         for worker in workers:
             worker.stop()
+        drop_queue(engine)
         engine.close()

@@ -23,7 +23,7 @@ from taskplane.aio_watch import RunWatcher
 from taskplane.completions import START
 from taskplane.errors import WaitTimeoutError
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.single_redis]
 
 T = TypeVar("T")
 

@@ -108,6 +108,7 @@ def test_an_empty_plan_yields_nothing_and_an_unknown_one_fails(
         list(PlanHandle(engine, f"asc-nobody-{uid}").as_completed())
 
 
+@pytest.mark.single_redis
 def test_async_as_completed_order_and_failure(cluster: Any, uid: str) -> None:
     async def scenario() -> tuple[list[str], list[ExecutionResult]]:
         async with AsyncExecutionEngine(cluster.settings) as aengine:

@@ -13,10 +13,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-import redis
 
 from taskplane import ExecutionEngine, PlanFailedError, TaskStatus
-from taskplane.events import RedisEventBus
 from taskplane.events.bus import Event
 from tests.agents import HttpAgentServer
 from tests.integration.small import SmallCluster, agent_task, small_cluster
@@ -53,23 +51,16 @@ def cluster(redis_url: str) -> Iterator[SmallCluster]:
 
 def budget_events(engine: ExecutionEngine, plan_id: str, event_type: str) -> list[Event]:
     """The plan's events of *event_type*, once the workers' publishers have flushed them."""
-    client = redis.Redis.from_url(engine.settings.redis_url, decode_responses=True)
-    bus = RedisEventBus(client, prefix=engine.settings.key_prefix)
-    try:
-        found: list[Event] = []
-        until = time.monotonic() + 5.0
-        while time.monotonic() < until:
-            found = [e for e in bus.recent(1000, event_type) if e["data"].get("planId") == plan_id]
-            if found:
-                time.sleep(0.5)  # a second one, were there one, would be published by now
-                return [
-                    e for e in bus.recent(1000, event_type) if e["data"].get("planId") == plan_id
-                ]
-            time.sleep(0.1)
-        return found
-    finally:
-        bus.close()
-        client.close()
+    bus = engine.events
+    found: list[Event] = []
+    until = time.monotonic() + 5.0
+    while time.monotonic() < until:
+        found = [e for e in bus.recent(1000, event_type) if e["data"].get("planId") == plan_id]
+        if found:
+            time.sleep(0.5)  # a second one, were there one, would be published by now
+            return [e for e in bus.recent(1000, event_type) if e["data"].get("planId") == plan_id]
+        time.sleep(0.1)
+    return found
 
 
 @pytest.mark.parametrize(

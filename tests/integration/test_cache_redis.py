@@ -13,6 +13,7 @@ import redis
 from taskplane.cache import InMemoryResultCache, RedisResultCache, ResultCache
 from taskplane.config import CacheConfig
 from taskplane.errors import BackendError
+from taskplane.keys import result_cache_key
 from taskplane.models import ExecutionResult, TaskStatus
 
 pytestmark = pytest.mark.integration
@@ -141,8 +142,8 @@ def test_redis_entry_expires_for_real(redis_client: redis.Redis) -> None:
     time.sleep(1.1)
     assert cache.stats()["entries"] == 0
     assert cache.get("k") is None
-    assert redis_client.zcard(f"{PREFIX}:cache:lru") == 0
-    assert redis_client.zcard(f"{PREFIX}:cache:exp") == 0
+    assert redis_client.zcard(result_cache_key(PREFIX, "lru")) == 0
+    assert redis_client.zcard(result_cache_key(PREFIX, "exp")) == 0
 
 
 def test_redis_cache_is_shared_between_clients(redis_url: str, redis_client: redis.Redis) -> None:
@@ -159,7 +160,7 @@ def test_redis_cache_is_shared_between_clients(redis_url: str, redis_client: red
 
 def test_redis_values_are_json(redis_client: redis.Redis) -> None:
     RedisResultCache(redis_client, CacheConfig(), prefix=PREFIX).set("k", result())
-    raw = redis_client.get(f"{PREFIX}:cache:entry:k")
+    raw = redis_client.get(result_cache_key(PREFIX, "entry:k"))
     assert isinstance(raw, str) and raw.startswith("{") and '"taskId":"t1"' in raw
 
 
@@ -168,7 +169,7 @@ def test_concurrent_writers_keep_the_bound_and_the_index(
 ) -> None:
     threads_n, writes_n, bound = 8, 200, 50
     config = CacheConfig(max_entries=bound)
-    index = f"{PREFIX}:cache:lru"
+    index = result_cache_key(PREFIX, "lru")
     peak = 0
     done = threading.Event()
     errors: list[BaseException] = []
@@ -208,11 +209,11 @@ def test_concurrent_writers_keep_the_bound_and_the_index(
     assert peak <= bound
     members = set(redis_client.zrange(index, 0, -1))
     stored = {
-        key.removeprefix(f"{PREFIX}:cache:entry:")
-        for key in redis_client.scan_iter(f"{PREFIX}:cache:entry:*")
+        key.removeprefix(result_cache_key(PREFIX, "entry:"))
+        for key in redis_client.scan_iter(result_cache_key(PREFIX, "entry:*"))
     }
     assert members == stored
-    assert set(redis_client.zrange(f"{PREFIX}:cache:exp", 0, -1)) == members
+    assert set(redis_client.zrange(result_cache_key(PREFIX, "exp"), 0, -1)) == members
 
 
 def test_redis_down_raises_backend_error_naming_the_url() -> None:

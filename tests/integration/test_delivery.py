@@ -10,9 +10,9 @@ import time
 from typing import Any
 
 import pytest
-import redis
 
 from taskplane import ExecutionEngine, TaskStatus
+from taskplane.keys import plan_key
 from tests.support import counter, monitored, rec
 
 pytestmark = pytest.mark.integration
@@ -21,16 +21,17 @@ CLIENT = textwrap.dedent(
     """
     import json, sys
     from celery import Celery
-    broker, backend, plan = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    broker, backend, plan, queue = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
     app = Celery("client", broker=broker, backend=backend)
     app.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
-    results = app.send_task("taskplane.execute_plan", [plan], queue="taskplane").get(timeout=30)
+    results = app.send_task("taskplane.execute_plan", [plan], queue=queue).get(timeout=30)
     assert "taskplane" not in sys.modules
     print(json.dumps(results))
     """
 )
 
 
+@pytest.mark.single_redis  # MONITOR watches one Redis
 def test_a_window_subscribes_the_client_to_no_result_channel(cluster: Any, uid: str) -> None:
     engine = cluster.engine
     sleepers = [
@@ -71,8 +72,9 @@ def test_send_task_by_name_from_a_process_without_taskplane(cluster: Any, uid: s
             "-c",
             CLIENT,
             cluster.settings.broker_url,
-            cluster.state_url,
+            cluster.engine.app.conf.result_backend,
             json.dumps(plan),
+            cluster.settings.queue,
         ],
         capture_output=True,
         text=True,
@@ -93,24 +95,23 @@ def test_killed_worker_plan_completes_without_rerunning_recorded_tasks(
     tasks = [rec(f"t{i}", cluster, f"{uid}:k{i}", ms=250) for i in range(count)]
     plan_id = f"kill-{uid}"
     handle = engine.submit({"id": plan_id, "tasks": tasks, "maxConcurrency": 12, "timeout": 90000})
-    client = redis.Redis.from_url(cluster.state_url, decode_responses=True)
+    client = engine.redis
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        done = client.hlen(f"taskplane:plan:{plan_id}:results")
+        done = client.hlen(plan_key("taskplane", plan_id, "results"))
         if done >= 8 and victim.log() is not None:
             break
         time.sleep(0.05)
     victim.kill()
-    recorded_at_kill = set(client.hkeys(f"taskplane:plan:{plan_id}:results"))
+    recorded_at_kill = set(client.hkeys(plan_key("taskplane", plan_id, "results")))
     assert 0 < len(recorded_at_kill) < count
 
     results = handle.wait(80)
     assert [r.status for r in results] == [TaskStatus.SUCCESS] * count
-    assert len(client.hkeys(f"taskplane:plan:{plan_id}:results")) == count
+    assert len(client.hkeys(plan_key("taskplane", plan_id, "results"))) == count
     for index in recorded_at_kill:
         assert counter(cluster, f"{uid}:k{index}") == 1, f"task {index} ran again"
     assert all(1 <= counter(cluster, f"{uid}:k{i}") <= 2 for i in range(count))
     # a task taken over after its worker died is not counted as running twice
-    assert client.hget(f"taskplane:plan:{plan_id}:meta", "running") == "0"
+    assert client.hget(plan_key("taskplane", plan_id, "meta"), "running") == "0"
     assert handle.status()["running"] == 0
-    client.close()

@@ -27,6 +27,7 @@ from taskplane.events import (
 )
 from taskplane.events.bus import event_id_key
 from taskplane.events.redis_bus import LISTENER_CLIENT_NAME
+from taskplane.keys import event_stream_key
 
 pytestmark = pytest.mark.integration
 
@@ -158,7 +159,7 @@ def test_recent_is_capped_by_the_stream_length(redis_client: redis.Redis, prefix
     for i in range(300):
         bus.publish(TASK_STARTED, {"i": i})
     assert [e["data"]["i"] for e in bus.recent(1000)] == list(range(280, 300))
-    assert redis_client.xlen(f"{prefix}:events:stream") < 300
+    assert redis_client.xlen(event_stream_key(prefix)) < 300
 
 
 def test_subscription_close_returns_promptly(redis_client: redis.Redis, prefix: str) -> None:

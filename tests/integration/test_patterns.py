@@ -7,10 +7,16 @@ from typing import Any
 
 import pytest
 
-from taskplane import ExecutionEngine, Settings, TaskStatus
-from taskplane.devtools import redis_server
+from taskplane import ExecutionEngine, TaskStatus
 from taskplane.devtools.cluster import start_worker, wait_ready
-from tests.integration.conftest import LOG_DIR, ROOT
+from tests.integration.conftest import (
+    LOG_DIR,
+    ON_REDIS_CLUSTER,
+    ROOT,
+    drop_queue,
+    own_broker,
+    own_settings,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -22,17 +28,16 @@ def pattern_task(task_id: str, name: str, **payload: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def small_engine(cluster: Any) -> Iterator[ExecutionEngine]:
     """An engine whose broker only a single 2-thread worker consumes."""
-    broker_db = (int(cluster.settings.broker_url.rsplit("/", 1)[1]) - 1) % 16
-    broker = redis_server.with_db(cluster.settings.broker_url, broker_db)
-    env = {**cluster.env, "TASKPLANE_BROKER_URL": broker}
-    settings = Settings(**{**cluster.settings.model_dump(), "broker_url": broker})
-    engine = ExecutionEngine(settings)
+    env = {**cluster.env, **own_broker(cluster, 1)}
+    engine = ExecutionEngine(own_settings(cluster, env))
     worker = start_worker(env, concurrency=2, name="small", log_dir=LOG_DIR, root=ROOT)
     try:
         wait_ready([worker], engine.app.control.ping)
         yield engine
     finally:
         worker.stop()
+        if ON_REDIS_CLUSTER:
+            drop_queue(engine)
         engine.close()
 
 
@@ -180,14 +185,12 @@ def test_cancel_reaches_a_running_pattern(engine: ExecutionEngine, cluster: Any,
 
 
 def test_workers_can_hand_patterns_to_a_control_plane(cluster: Any, uid: str) -> None:
-    broker_db = (int(cluster.settings.broker_url.rsplit("/", 1)[1]) - 2) % 16
-    broker = redis_server.with_db(cluster.settings.broker_url, broker_db)
     env = {
         **cluster.env,
-        "TASKPLANE_BROKER_URL": broker,
+        **own_broker(cluster, 2),
         "TASKPLANE_PATTERN_EXECUTOR": "tests.functions:make_pattern_executor",
     }
-    engine = ExecutionEngine(Settings(**{**cluster.settings.model_dump(), "broker_url": broker}))
+    engine = ExecutionEngine(own_settings(cluster, env))
     worker = start_worker(env, concurrency=2, name="cp", log_dir=LOG_DIR, root=ROOT)
     try:
         wait_ready([worker], engine.app.control.ping)
@@ -196,6 +199,8 @@ def test_workers_can_hand_patterns_to_a_control_plane(cluster: Any, uid: str) ->
         )
     finally:
         worker.stop()
+        if ON_REDIS_CLUSTER:
+            drop_queue(engine)
         engine.close()
     assert result.status is TaskStatus.SUCCESS, result.error
     assert result.result["pattern"] == "code-review" and result.result["input"] == {"code": "x"}

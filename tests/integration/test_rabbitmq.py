@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 def test_the_engine_sends_through_rabbitmq(rabbit_cluster: Any) -> None:
     conf = rabbit_cluster.engine.app.conf
     assert conf.broker_url.startswith("amqp://")
-    assert conf.result_backend.startswith("redis://")
+    assert conf.result_backend == rabbit_cluster.settings.result_backend_url
 
 
 def test_rabbitmq_workers_run_the_tasks(rabbit_cluster: Any, uid: str) -> None:
@@ -35,4 +35,5 @@ def test_rabbitmq_workers_run_the_tasks(rabbit_cluster: Any, uid: str) -> None:
         }
     )
     assert [r.status for r in results] == [TaskStatus.SUCCESS] * 6
-    assert {r.metadata["worker"].split("@")[0] for r in results} <= {"rw0", "rw1"}
+    names = {worker.name for worker in rabbit_cluster.workers}
+    assert {r.metadata["worker"].split("@")[0] for r in results} <= names

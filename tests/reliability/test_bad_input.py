@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from kombu import Connection, Exchange, Producer, Queue
 
 from taskplane.errors import ValidationError
+from taskplane.keys import plan_key, registry_key
 from taskplane.models import MAX_JSON_DEPTH, MAX_PAYLOAD_BYTES
 from tests.reliability.conftest import SHORT
 from tests.reliability.support import RUN_DIR, Cluster, record_figures, wait_until
@@ -188,7 +189,7 @@ def test_malformed_plans_are_refused_and_nothing_is_stored(
     assert str(info.value).startswith("invalid plan")
     assert not plan_keys(cluster) - before  # nothing new (leases may expire meanwhile)
     if isinstance(plan_id, str):
-        assert not any(k.startswith(f"taskplane:plan:{plan_id}:") for k in plan_keys(cluster))
+        assert not any(k.startswith(plan_key("taskplane", plan_id, "")) for k in plan_keys(cluster))
     assert queued(cluster) == 0
     TRIED["plans"] = TRIED.get("plans", 0) + 1
 
@@ -255,11 +256,11 @@ def test_malformed_registrations_are_refused_and_nothing_is_stored(
         argument: value,
     }
     client = cluster.redis.client(1)
-    before = client.hgetall("taskplane:agents")
+    before = client.hgetall(registry_key("taskplane", "agents"))
     with pytest.raises(ValidationError) as info:
         cluster.engine.register_agent(**args, check_health=False)
     assert names_field(info.value, field), (field, info.value.errors)
-    assert client.hgetall("taskplane:agents") == before
+    assert client.hgetall(registry_key("taskplane", "agents")) == before
     client.close()
     TRIED["registrations"] = TRIED.get("registrations", 0) + 1
 
@@ -384,7 +385,7 @@ def test_malformed_and_pickled_broker_messages_are_refused(cluster: Cluster, uid
     assert not tripwire.exists(), "a pickled message was deserialised"
     client = cluster.redis.client(1)
     assert client.get(f"{key}:calls") is None, "a pickled message was executed"
-    assert not client.exists(f"taskplane:plan:pickled-{uid}:meta")
+    assert not client.exists(plan_key("taskplane", f"pickled-{uid}", "meta"))
     client.close()
     assert "Received unregistered task of type 'taskplane.no_such_task'" in logs
     assert "Refusing to deserialize untrusted content of type pickle" in logs

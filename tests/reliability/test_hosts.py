@@ -42,6 +42,7 @@ import pytest
 
 from taskplane import ExecutionResult, TaskStatus
 from taskplane.devtools.cluster import WorkerProcess, wait_ready
+from taskplane.keys import plan_key
 from tests.agents import HttpAgentServer
 from tests.reliability.conftest import SHORT, fresh_dir
 from tests.reliability.hosts import HostNetwork, NamespaceError, refuse, require_namespaces
@@ -209,7 +210,7 @@ def test_a_host_cut_off_mid_plan_and_back(
         outcomes = Outcomes(plan_id)
         engine.on("*", outcomes)
         state = server.client(1)
-        results_key = f"taskplane:plan:{plan_id}:results"
+        results_key = plan_key("taskplane", plan_id, "results")
         started = time.monotonic()
         handle = engine.submit(agent_plan(plan_id, TASKS, CONCURRENCY))
         in_flight = [0]  # the victim's calls in flight when the cut was decided
@@ -259,7 +260,7 @@ def test_a_host_cut_off_mid_plan_and_back(
         # them may record a second outcome or call the agent a third time
         time.sleep(2.0)
         calls = calls_by_task(agent, plan_id)
-        stream = state.xrange(f"taskplane:plan:{plan_id}:order") or []
+        stream = state.xrange(plan_key("taskplane", plan_id, "order")) or []
         order = [str(entry_id) for entry_id, _ in stream]
         order_len = len(order)
         results_len = state.hlen(results_key)

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from taskplane import TaskStatus
+from taskplane.keys import plan_key
 from tests.reliability.conftest import SHORT, fresh_dir
 from tests.reliability.redisproc import PrivateRedis
 from tests.reliability.support import record_figures, rss_kib, running_cluster, wait_until
@@ -75,7 +76,7 @@ def test_ten_thousand_tasks_complete_with_bounded_memory() -> None:
         pids = [w.pid for w in cluster.workers]
         warm = plan(WARMUP_TASKS, "warm")
         assert len(engine.execute_parallel(warm)) == WARMUP_TASKS
-        for key in state.scan_iter(f"taskplane:plan:{warm['id']}:*"):
+        for key in state.scan_iter(plan_key("taskplane", warm["id"], "*")):
             state.delete(key)
         baseline = server.used_memory()
         rss_before = {pid: rss_kib(pid) for pid in pids}

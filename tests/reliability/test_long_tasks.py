@@ -19,6 +19,7 @@ import pytest
 
 from taskplane import TaskStatus
 from taskplane.errors import ValidationError
+from taskplane.keys import plan_key
 from tests.agents import HttpAgentServer
 from tests.reliability.conftest import fresh_dir
 from tests.reliability.redisproc import PrivateRedis
@@ -80,7 +81,7 @@ def test_a_task_longer_than_the_visibility_timeout_is_refused(short_cluster: Clu
     assert "TASKPLANE_VISIBILITY_TIMEOUT_S" in str(info.value)
     state = short_cluster.redis.client(1)
     try:
-        assert not state.keys(f"taskplane:plan:{plan_id}*")
+        assert not state.keys(plan_key("taskplane", plan_id, "*"))
     finally:
         state.close()
     assert broker_backlog(short_cluster) == (0, 0)

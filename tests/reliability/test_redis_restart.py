@@ -35,6 +35,7 @@ from kombu import Connection
 
 from taskplane import TaskStatus
 from taskplane.errors import BackendError, PlanFailedError
+from taskplane.keys import plan_key
 from tests.reliability.conftest import SHORT, fresh_dir
 from tests.reliability.redisproc import PrivateRedis
 from tests.reliability.support import (
@@ -115,7 +116,7 @@ def test_plan_rides_through_a_redis_restart(broker: str, mode: str) -> None:
             with Supervisor(cluster) as supervisor:
                 started = time.monotonic()
                 handle = cluster.engine.submit(plan_of(plan_id, cluster.state_url))
-                results_key = f"taskplane:plan:{plan_id}:results"
+                results_key = plan_key("taskplane", plan_id, "results")
                 assert wait_until(lambda: state.hlen(results_key) >= RESTART_AFTER, timeout_s=60)
                 before = set(state.hkeys(results_key))
                 restart_at = time.monotonic() - started

@@ -39,6 +39,7 @@ import pytest
 
 from taskplane import ExecutionResult, TaskStatus
 from taskplane.devtools.cluster import wait_ready
+from taskplane.keys import plan_key
 from tests.reliability.conftest import fresh_dir
 from tests.reliability.redisproc import PrivateRedis
 from tests.reliability.support import (
@@ -160,13 +161,13 @@ def test_a_killed_workers_task_is_taken_over_by_its_redelivery_and_recorded_once
             {"id": plan_id, "maxConcurrency": 3, "timeout": 90_000, "tasks": tasks}
         )
         state = server.client(1)
-        lease_key = f"taskplane:plan:{plan_id}:lease:0"
+        lease_key = plan_key("taskplane", plan_id, "lease:0")
         try:
             # task 0 runs (3 s), tasks 1 and 2 are recorded already
             assert wait_until(
                 lambda: (
                     calls_of(server, plan_id, 1) == [1]
-                    and state.hlen(f"taskplane:plan:{plan_id}:results") == 2
+                    and state.hlen(plan_key("taskplane", plan_id, "results")) == 2
                 ),
                 timeout_s=30,
             )
@@ -174,7 +175,7 @@ def test_a_killed_workers_task_is_taken_over_by_its_redelivery_and_recorded_once
             cluster.workers[0].kill()  # mid-run: task 0 sleeps 3 s, unacknowledged
             lease_ttl_at_kill = state.ttl(lease_key)
             owner = state.get(lease_key)
-            meta_at_kill = state.hgetall(f"taskplane:plan:{plan_id}:meta")
+            meta_at_kill = state.hgetall(plan_key("taskplane", plan_id, "meta"))
             with caplog.at_level(logging.WARNING, logger="taskplane.coordinator"):
                 replacement = cluster.start_worker("takeover1")
                 wait_ready([replacement], cluster.engine.app.control.ping)
@@ -182,8 +183,8 @@ def test_a_killed_workers_task_is_taken_over_by_its_redelivery_and_recorded_once
                 redelivered_s = time.monotonic() - killed_at
                 results = handle.wait(60)
             recovered_s = time.monotonic() - killed_at
-            meta = state.hgetall(f"taskplane:plan:{plan_id}:meta")
-            recorded = state.xlen(f"taskplane:plan:{plan_id}:order")
+            meta = state.hgetall(plan_key("taskplane", plan_id, "meta"))
+            recorded = state.xlen(plan_key("taskplane", plan_id, "order"))
         finally:
             state.close()
         assert wait_until(lambda: len(outcomes.by_task) == 3, timeout_s=5)

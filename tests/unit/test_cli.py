@@ -27,6 +27,7 @@ from taskplane.cli_support import PIPE_WIDTH, beat_schedule_path
 from taskplane.engine import ExecutionEngine
 from taskplane.errors import TransportError
 from taskplane.events import EVENT_TYPES, RedisEventBus
+from taskplane.keys import agent_window_key
 from taskplane.models import ExecutionTask
 from taskplane.plans import Mode, PlanLayout, PlanState
 from taskplane.planstore import PlanStore
@@ -157,7 +158,7 @@ def test_agents_list_shows_breaker_limiter_and_a_fresh_check(
     limiter = RedisLimiterBackend(redis_client)
     for _ in range(2):
         limiter.reserve(
-            [Window("ratelimit:a1", 100, 60000)],
+            [Window(agent_window_key("a1"), 100, 60000)],
             member=uuid.uuid4().hex,
             later=uuid.uuid4().hex,
             now_ms=time.time() * 1000,

@@ -12,6 +12,7 @@ from taskplane.config import (
     load_settings,
 )
 from taskplane.errors import ConfigurationError
+from taskplane.redisio import cluster_nodes
 
 
 @pytest.fixture(autouse=True)
@@ -230,3 +231,40 @@ def test_a_task_may_run_the_visibility_timeout_less_the_countdown_margin() -> No
 def test_amqp_brokers_put_no_limit_on_a_task() -> None:
     assert Settings(broker_url="amqp://guest@127.0.0.1:5672//").max_task_timeout_ms is None
     assert Settings(broker_url="pyamqp://guest@127.0.0.1//").max_task_timeout_ms is None
+
+
+# -- Redis Cluster --------------------------------------------------------------
+
+
+def test_a_cluster_url_with_a_broker_is_accepted_and_moves_celerys_results() -> None:
+    settings = load_settings(
+        redis_url="redis+cluster://user:pw@10.0.0.1:7000,redis-2:7001,[::1]:7002",
+        broker_url="amqp://guest:guest@rabbitmq:5672//",
+        database_url="postgresql+psycopg://tp@db/tp",
+    )
+    assert settings.redis_cluster
+    assert settings.result_backend_url == "db+postgresql+psycopg://tp@db/tp"
+    assert cluster_nodes(settings.redis_url) == (
+        "user:pw@",
+        [("10.0.0.1", 7000), ("redis-2", 7001), ("::1", 7002)],
+    )
+    single = load_settings()
+    assert not single.redis_cluster and single.result_backend_url == single.redis_url
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named", "says"),
+    [
+        ({"redis_url": "redis+cluster://a:1"}, "TASKPLANE_BROKER_URL", "required"),
+        ({"redis_url": "redis+cluster://a", "broker_url": "amqp://x"}, "REDIS_URL", "host:port"),
+        ({"redis_url": "redis+cluster://a:1/3", "broker_url": "amqp://x"}, "REDIS_URL", "0 only"),
+        ({"broker_url": "redis+cluster://a:1"}, "TASKPLANE_BROKER_URL", "no Redis Cluster"),
+        ({"key_prefix": "tp{a}"}, "TASKPLANE_KEY_PREFIX", "pattern"),
+    ],
+)
+def test_bad_cluster_settings_name_the_variable(
+    overrides: dict[str, str], named: str, says: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=named) as caught:
+        load_settings(**overrides)
+    assert says in str(caught.value)

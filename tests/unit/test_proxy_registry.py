@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from taskplane.errors import ValidationError
+from taskplane.keys import registry_key
 from taskplane.models import parse_plan
 from taskplane.proxy.policy import AgentPolicy, Quota, with_agent_defaults
 from taskplane.proxy.registry import (
@@ -58,7 +59,7 @@ def test_redis_registry_is_seen_by_every_client(redis_url: str, redis_client: re
     finally:
         other_client.close()
     assert seen is not None and seen.endpoint == "http://127.0.0.1:8080"
-    assert redis_client.hexists("tp-unit:agents", "shared")
+    assert redis_client.hexists(registry_key("tp-unit", "agents"), "shared")
 
 
 def test_agent_info_json_is_camel_case_and_round_trips() -> None:

@@ -14,6 +14,7 @@ import redis
 
 from taskplane.budget import BudgetGate, Hold, RedisBudgetBackend, budget_meta
 from taskplane.events.names import PLAN_BUDGET_EXHAUSTED, PLAN_BUDGET_WARNING
+from taskplane.keys import agent_tokens_key, plan_key
 from taskplane.models import PlanBudget
 from taskplane.proxy.limiter import RateLimiter, RedisLimiterBackend
 from taskplane.proxy.policy import AgentPolicy
@@ -111,7 +112,7 @@ def test_token_windows_settled_behind_the_call_free_what_was_over_reserved(
     for name in names:
         rl.settle("a", member=name, tokens=100, policy=policy)
     assert behind.flush()
-    amounts = redis_client.hgetall("tp-wb:tokens:a:amounts")
+    amounts = redis_client.hgetall(f"tp-wb:{agent_tokens_key('a')}:amounts")
     assert float(amounts["total"]) == 300.0
     assert [amounts[name] for name in names] == ["100", "100", "100"]
 
@@ -119,7 +120,9 @@ def test_token_windows_settled_behind_the_call_free_what_was_over_reserved(
 def test_a_budget_settled_behind_the_call_counts_and_announces_once(
     redis_client: redis.Redis, behind: WriteBehind
 ) -> None:
-    redis_client.hset("tp-wb:plan:p1:meta", mapping=budget_meta("p1", PlanBudget(tokens=1000)))
+    redis_client.hset(
+        plan_key("tp-wb", "p1", "meta"), mapping=budget_meta("p1", PlanBudget(tokens=1000))
+    )
     seen: list[tuple[str, dict[str, Any]]] = []
     gate = BudgetGate(
         RedisBudgetBackend(redis_client, prefix="tp-wb", behind=behind),
@@ -135,7 +138,7 @@ def test_a_budget_settled_behind_the_call_counts_and_announces_once(
     for hold in holds:
         gate.settle(hold, tokens=600, called=True)
     assert behind.flush()
-    meta = redis_client.hgetall("tp-wb:plan:p1:meta")
+    meta = redis_client.hgetall(plan_key("tp-wb", "p1", "meta"))
     assert (meta["usedTokens"], meta["heldTokens"]) == ("1200", "0")
     assert [name for name, _ in seen] == [PLAN_BUDGET_WARNING, PLAN_BUDGET_EXHAUSTED]
     assert seen[1][1]["used"] == {"tokens": 1200, "calls": 0}
