@@ -23,6 +23,8 @@ ENV_PREFIX = "TASKPLANE_"
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "sqlite:///taskplane-tracking.db"
+#: Broker URL schemes of RabbitMQ (kombu's AMQP transports).
+AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
 #: Broker queue every taskplane task goes to, and workers consume, unless ``queue`` says otherwise.
 DEFAULT_QUEUE = "taskplane"
 
@@ -140,6 +142,11 @@ class Settings(BaseSettings):
         description="broker queue clients send to and workers consume; deployments sharing "
         "one broker (or one RabbitMQ vhost) keep apart by giving each its own",
     )
+    rabbitmq_queue_type: Literal["classic", "quorum"] = Field(
+        "classic",
+        description="the queue RabbitMQ keeps: classic, or quorum (replicated across "
+        "RabbitMQ nodes; countdowns then go through Celery's native delayed delivery)",
+    )
 
     max_concurrency: int = Field(10, ge=1)
     default_timeout: int = Field(30000, gt=0, description="ms, per call")
@@ -212,6 +219,14 @@ class Settings(BaseSettings):
                 "required when redis_url is a Redis Cluster (kombu's Redis transport has "
                 "no cluster mode): e.g. amqp://user:password@rabbitmq:5672//"
             )
+        return value
+
+    @field_validator("rabbitmq_queue_type")
+    @classmethod
+    def _quorum_on_rabbitmq(cls, value: str, info: ValidationInfo) -> str:
+        broker = info.data.get("broker_url") or info.data.get("redis_url") or ""
+        if value == "quorum" and not str(broker).startswith(AMQP_SCHEMES):
+            raise ValueError("quorum queues are RabbitMQ's: set broker_url to amqp://…")
         return value
 
     @property

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Any
 
@@ -88,11 +89,16 @@ def capped_countdown_s(delay_s: float, settings: Settings, task: dict[str, Any])
     unacknowledged until it runs, and the visibility timeout counts from
     delivery: a countdown plus the attempt after it must end before that, or
     the message is redelivered and runs twice. A longer wait is made of
-    several shorter countdowns (the runner re-checks ``not_before``).
+    several shorter countdowns (the runner re-checks ``not_before``). On a
+    RabbitMQ quorum queue a countdown goes through native delayed delivery,
+    which counts whole seconds (and refuses less than one): it is rounded up.
     """
     timeout_ms = (task.get("metadata") or {}).get("timeout") or settings.default_timeout
     cap = settings.effective_visibility_timeout_s - float(timeout_ms) / 1000.0 - COUNTDOWN_MARGIN_S
-    return min(max(delay_s, 0.0), max(cap, MIN_COUNTDOWN_CAP_S))
+    countdown = min(max(delay_s, 0.0), max(cap, MIN_COUNTDOWN_CAP_S))
+    if settings.rabbitmq_queue_type == "quorum" and countdown > 0:
+        return float(math.ceil(countdown))
+    return countdown
 
 
 def register_tasks(app: Celery) -> None:

@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from celery import Celery
+from kombu import Exchange, Queue
 
 from taskplane.config import DEFAULT_QUEUE, Settings, load_settings
 from taskplane.observability import tracing
@@ -95,7 +96,28 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # takes at most one message beyond its free slots. RabbitMQ pushes messages: there
         # the prefetch limit stays.
         config["worker_prefetch_multiplier"] = 0
+    if settings.rabbitmq_queue_type == "quorum":
+        config.update(quorum_queue(settings.queue))
     return config
+
+
+def quorum_queue(name: str) -> dict[str, Any]:
+    """Celery's settings for a RabbitMQ quorum queue *name* (replicated across nodes).
+
+    A quorum queue holds no message back, so every countdown — a retry's
+    backoff, a booked rate-limit slot — goes through Celery's native delayed
+    delivery, which routes it through RabbitMQ's delay exchanges and needs a
+    topic exchange in front of the queue. Celery's workers see the quorum
+    queue and give up the global QoS it refuses (``worker_detect_quorum_queues``).
+    """
+    exchange = Exchange(name, type="topic")
+    queue = Queue(name, exchange, routing_key=name, queue_arguments={"x-queue-type": "quorum"})
+    return {
+        "task_queues": (queue,),
+        "task_default_exchange": name,
+        "task_default_exchange_type": "topic",
+        "task_default_routing_key": name,
+    }
 
 
 def create_app(settings: Settings | None = None) -> Celery:

@@ -13,6 +13,8 @@ from taskplane.config import (
 )
 from taskplane.errors import ConfigurationError
 from taskplane.redisio import cluster_nodes
+from taskplane.tasks import capped_countdown_s
+from taskplane.tasks.app import celery_config
 
 
 @pytest.fixture(autouse=True)
@@ -268,3 +270,28 @@ def test_bad_cluster_settings_name_the_variable(
     with pytest.raises(ConfigurationError, match=named) as caught:
         load_settings(**overrides)
     assert says in str(caught.value)
+
+
+# -- RabbitMQ quorum queues -------------------------------------------------------------
+
+
+def test_a_quorum_queue_needs_rabbitmq_and_declares_a_quorum_queue_behind_a_topic_exchange() -> (
+    None
+):
+    with pytest.raises(ConfigurationError, match="TASKPLANE_RABBITMQ_QUEUE_TYPE") as caught:
+        load_settings(rabbitmq_queue_type="quorum")  # the broker is Redis
+    assert "amqp://" in str(caught.value)
+    settings = load_settings(broker_url="amqp://guest@rabbitmq//", rabbitmq_queue_type="quorum")
+    conf = celery_config(settings)
+    (queue,) = conf["task_queues"]
+    assert queue.name == settings.queue and queue.queue_arguments == {"x-queue-type": "quorum"}
+    assert queue.exchange.type == "topic" and conf["task_default_exchange_type"] == "topic"
+    assert "task_queues" not in celery_config(load_settings(broker_url="amqp://guest@rabbitmq//"))
+
+
+def test_countdowns_on_a_quorum_queue_are_whole_seconds() -> None:
+    quorum = load_settings(broker_url="amqp://guest@rabbitmq//", rabbitmq_queue_type="quorum")
+    classic = load_settings(broker_url="amqp://guest@rabbitmq//")
+    task: dict[str, object] = {"metadata": {}}
+    assert [capped_countdown_s(d, quorum, task) for d in (0.0, 0.05, 1.0, 2.4)] == [0, 1, 1, 3]
+    assert capped_countdown_s(0.05, classic, task) == 0.05
