@@ -48,9 +48,14 @@ def prepare_process() -> None:
         return
     import grpc.experimental.gevent as grpc_gevent
 
-    from taskplane.tasks.shims import reuse_kombu_clients, unblock_kombu_sleep
+    from taskplane.tasks.shims import (
+        drain_event_connection_at_once,
+        reuse_kombu_clients,
+        unblock_kombu_sleep,
+    )
 
     grpc_gevent.init_gevent()
     unblock_kombu_sleep()
     reuse_kombu_clients()
+    drain_event_connection_at_once()
     _prepared = True

@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 import redis
 from redis.exceptions import BusyLoadingError
 
@@ -194,3 +195,23 @@ def test_kombus_channels_reuse_one_client_per_pool() -> None:
     out = probe(KOMBU_CLIENT_PROBE)
     # the first word False: kombu builds a client a call (when True, the shim can go)
     assert out == ["False", "True", "False", "True", "True", "True", "True"], out
+
+
+def test_the_green_loop_reads_the_event_connection_without_waiting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import celery.worker.loops as loops
+
+    from taskplane.tasks.shims import drain_event_connection_at_once
+
+    asked: list[float | None] = []
+
+    class EventConnection:
+        def drain_events(self, timeout: float | None = None) -> None:
+            asked.append(timeout)
+
+    monkeypatch.setattr(loops, "_quick_drain", loops._quick_drain)  # restored after the test
+    assert drain_event_connection_at_once()
+    assert not drain_event_connection_at_once()  # installed once
+    loops._quick_drain(EventConnection())
+    assert asked == [0]
