@@ -16,8 +16,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,11 +27,39 @@ from pathlib import Path
 
 import redis
 
-from taskplane.devtools.redis_server import free_port, server_binary
+from taskplane.devtools.redis_server import server_binary
 
 MASTERS = 3
 START_TIMEOUT_S = 30.0
 PROBE_TIMEOUT_S = 1.0
+
+
+#: A cluster node's bus listens 10000 above its port, so a port may be at most this.
+MAX_NODE_PORT = 65535 - 10000
+#: Where free node ports are looked for (below the kernel's ephemeral range).
+NODE_PORTS = range(20000, MAX_NODE_PORT + 1)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_node_port(taken: tuple[int, ...] = ()) -> int:
+    """A port for a cluster node: free, and its bus port (10000 higher) free as well.
+
+    Raises:
+        RuntimeError: None was found.
+    """
+    for _ in range(200):
+        port = random.choice(NODE_PORTS)
+        if port not in taken and _bindable(port) and _bindable(port + 10000):
+            return port
+    raise RuntimeError("no free port for a Redis Cluster node (and its bus, 10000 higher)")
 
 
 def cluster_url(ports: list[int]) -> str:
@@ -89,7 +119,12 @@ def start(state_dir: Path, ports: list[int] | None = None) -> str:
     Raises:
         RuntimeError: A server did not start, or the cluster did not form.
     """
-    ports = ports or [free_port() for _ in range(MASTERS)]
+    if not ports:
+        ports = []
+        for _ in range(MASTERS):
+            ports.append(free_node_port(tuple(ports)))
+    if any(port > MAX_NODE_PORT for port in ports):
+        raise RuntimeError(f"Redis Cluster node ports must be at most {MAX_NODE_PORT}: {ports}")
     cli = shutil.which("redis-cli")
     if cli is None:
         raise RuntimeError("redis-cli is not on PATH: install Redis to run a Redis Cluster")
