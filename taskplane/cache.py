@@ -29,7 +29,7 @@ import pydantic
 import redis
 
 from taskplane.config import CacheConfig
-from taskplane.errors import BackendError, ValidationError
+from taskplane.errors import BackendError, TaskplaneError, ValidationError
 from taskplane.keys import result_cache_key
 from taskplane.models import ExecutionResult, ExecutionTask, TaskStatus, TaskType
 from taskplane.throttle import LogThrottle
@@ -381,11 +381,17 @@ class RedisResultCache(ResultCache):
 
 
 class RunnerCache:
-    """The task runner's ``TaskCache`` over a :class:`ResultCache`.
+    """The task runner's ``TaskCache`` over a :class:`ResultCache`: where cache failures end.
 
     The key's pattern is ``metadata.pattern`` (else ``type:target``), its input
-    the payload, its capabilities the agent's (none for other task types). A
-    cache that cannot be reached is logged and behaves as a miss.
+    the payload, its capabilities the agent's (none for other task types).
+
+    The cache fails open, here and nowhere else: a lookup or store that fails
+    (Redis unreachable, an agent's capabilities unreadable, a payload that
+    cannot be keyed) is a miss or a lost store, counted in :attr:`failures`
+    and logged at most once per :data:`WARN_INTERVAL_S`, so callers never
+    wrap it. A disabled cache is not wrapped at all: the composition root
+    gives the runner no cache.
 
     Args:
         cache: Where results live.
@@ -395,6 +401,8 @@ class RunnerCache:
     def __init__(self, cache: ResultCache, *, capabilities_of: Callable[[str], list[str]]) -> None:
         self.cache = cache
         self.capabilities_of = capabilities_of
+        #: Lookups and stores that failed (each one a miss or a lost store).
+        self.failures = 0
         self._warnings = LogThrottle(WARN_INTERVAL_S)
 
     def key_of(self, task: ExecutionTask) -> str:
@@ -405,26 +413,23 @@ class RunnerCache:
 
     def lookup(self, task: ExecutionTask) -> ExecutionResult | None:
         """A cached result for *task*, or None (also when the cache is unavailable)."""
-        if not self.cache.config.enabled:
-            return None
         try:
             return self.cache.get(self.key_of(task))
-        except BackendError as exc:
-            self._warn("lookup", task, exc)
+        except TaskplaneError as exc:
+            self._failed("lookup", task, exc)
             return None
 
     def store(self, task: ExecutionTask, result: ExecutionResult) -> None:
         """Offer *result* to the cache; results without a confidence only for opted-in types."""
-        if not self.cache.config.enabled:
-            return
         try:
             self.cache.set(
                 self.key_of(task), result, require_confidence=task.type in CONFIDENT_TYPES
             )
-        except BackendError as exc:
-            self._warn("store", task, exc)
+        except TaskplaneError as exc:
+            self._failed("store", task, exc)
 
-    def _warn(self, action: str, task: ExecutionTask, exc: BackendError) -> None:
+    def _failed(self, action: str, task: ExecutionTask, exc: TaskplaneError) -> None:
+        self.failures += 1
         if self._warnings.due():
             log.warning("result cache %s failed for task %s: %s", action, task.id, exc)
         else:

@@ -21,10 +21,10 @@ from taskplane.executor import (
     Reschedule,
     RunContext,
     TaskRunner,
-    cached_result,
     envelope,
     target_metadata,
 )
+from taskplane.hooks import ExecutionHooks, HookChain
 from taskplane.models import ExecutionPlan, ExecutionResult, ExecutionTask, TaskStatus, TaskType
 from taskplane.observability import tracing
 from taskplane.patterns import FilePatternEngine, check_nesting, pattern_result
@@ -39,8 +39,6 @@ Enqueue = Callable[[str, int, dict[str, Any], float | None], None]
 Deliver = Callable[[str, list[dict[str, Any]]], None]
 #: Records and enqueues a nested pattern's plan: (plan, deadline, extra meta) → created.
 Submit = Callable[[ExecutionPlan, float | None, dict[str, str]], bool]
-#: Told of every envelope finished outside a Celery task's return (nested patterns).
-OnResult = Callable[[ExecutionResult], None]
 #: Told once when a run ends in this process: its meta (``rule``, ``state``, ``created``).
 OnPlanEnd = Callable[[dict[str, str]], None]
 
@@ -84,7 +82,8 @@ class PlanCoordinator:
         deliver: Hands results to ``execute_plan`` callers waiting on a run.
         patterns: Pattern definitions; ``pattern`` tasks expand into their plans.
         submit: Records and enqueues a nested pattern's plan.
-        on_result: Told of pattern results, which finish outside any Celery task.
+        hooks: Told ``on_finished`` once per outcome the store records here (the
+            runner's hooks when omitted).
         budgets: Where plan budgets live (None: budgets are not enforced).
         on_plan_end: Told once of each run that ends here (the last outcome
             recorded here, or ended here by its deadline or a cancel).
@@ -100,7 +99,7 @@ class PlanCoordinator:
         deliver: Deliver | None = None,
         patterns: FilePatternEngine | None = None,
         submit: Submit | None = None,
-        on_result: OnResult | None = None,
+        hooks: ExecutionHooks | None = None,
         budgets: BudgetBackend | None = None,
         on_plan_end: OnPlanEnd | None = None,
         clock: Callable[[], float] = time.time,
@@ -111,7 +110,9 @@ class PlanCoordinator:
         self.deliver = deliver
         self.patterns = patterns
         self.submit = submit
-        self.on_result = on_result
+        if hooks is None:
+            hooks = runner.hooks if runner is not None else HookChain()
+        self.hooks = hooks
         self.budgets = budgets
         self._budget_owner = BudgetOwners(lambda run: store.meta_field(run, "budget"))
         self.on_plan_end = on_plan_end
@@ -172,7 +173,7 @@ class PlanCoordinator:
             if status is TaskStatus.CANCELLED and deadline is not None and self.clock() >= deadline:
                 status, error = TaskStatus.TIMEOUT, "plan deadline passed"
             result = envelope(task, status, error=error, ctx=ctx)
-            fresh = self._finish(plan_id, index, result, ran=False, deadline=deadline)
+            fresh = self._finish(plan_id, index, task, ctx, result, ran=False)
             return result if fresh else None
         if decision.previous is not None:
             task = task.model_copy(
@@ -190,19 +191,29 @@ class PlanCoordinator:
             lease_s = self.lease_s(task, deadline) + int(step.delay_s) + 1
             self.store.hold(plan_id, index, owner, lease_s)
             return step
-        fresh = self._finish(plan_id, index, step, ran=True, deadline=deadline)
+        fresh = self._finish(plan_id, index, task, ctx, step, ran=True)
         return step if fresh else None
 
     def _finish(
         self,
         plan_id: str,
         index: int,
+        task: ExecutionTask,
+        ctx: RunContext,
         result: ExecutionResult,
         *,
         ran: bool,
-        deadline: float | None,
     ) -> bool:
+        """Record *result* for task *index*, hand on to its successor; True when recorded here.
+
+        The one finished-task path of a plan member: the store records the first
+        outcome (writing its ``task:completed``/``task:failed`` event in the same
+        script), and only then are the hooks told ``on_finished``, once.
+        """
+        deadline = ctx.deadline
         outcome = self.store.finish(plan_id, index, result, ran=ran)
+        if outcome.recorded:
+            self.hooks.on_finished(task, ctx, result)
         if outcome.next_index is not None and outcome.next_task is not None:
             self._enqueue(plan_id, outcome.next_index, outcome.next_task, deadline)
         elif not outcome.recorded:
@@ -227,13 +238,10 @@ class PlanCoordinator:
         pattern), else None: nothing waits, no worker slot is held.
         """
         assert self.runner is not None and self.patterns is not None and self.submit is not None
-        self.runner.hooks.on_started(task, ctx)
-        if self.runner.cache is not None and self.runner.uses_cache(task):
-            hit = cached_result(self.runner.cache, task, ctx)
-            if hit is not None:
-                self.runner.hooks.on_cache_hit(task, ctx, hit)
-                fresh = self._finish(plan_id, index, hit, ran=True, deadline=ctx.deadline)
-                return hit if fresh else None
+        hit = self.runner.begin(task, ctx)
+        if hit is not None:
+            fresh = self._finish(plan_id, index, task, ctx, hit, ran=True)
+            return hit if fresh else None
         name = task.metadata.pattern or task.target
         child_id = f"{plan_id}/{task.id}"
         try:
@@ -243,7 +251,7 @@ class PlanCoordinator:
             plan = self.patterns.get(name).plan_for(task.payload, child_id)
         except ExecutionError as exc:
             result = envelope(task, TaskStatus.FAILURE, error=str(exc), attempts=1, ctx=ctx)
-            fresh = self._finish(plan_id, index, result, ran=True, deadline=ctx.deadline)
+            fresh = self._finish(plan_id, index, task, ctx, result, ran=True)
             return result if fresh else None
         parent = {
             "planId": plan_id,
@@ -296,22 +304,12 @@ class PlanCoordinator:
             execution_time=(self.clock() - float(parent["started"])) * 1000.0,
             metadata=meta_out,
         )
-        runner = self.runner
-        if (
-            result.ok
-            and runner is not None
-            and runner.cache is not None
-            and runner.uses_cache(task)
-        ):
-            try:
-                runner.cache.store(task, result)
-            except Exception:
-                log.warning("cache store failed for pattern task %s", task.id, exc_info=True)
-        fresh = self._finish(
-            parent["planId"], int(parent["index"]), result, ran=True, deadline=parent["deadline"]
+        if self.runner is not None:
+            self.runner.remember(task, result)
+        ctx = RunContext(
+            plan_id=parent["planId"], deadline=parent["deadline"], worker=parent.get("worker", "")
         )
-        if fresh and self.on_result is not None:
-            self.on_result(result)
+        self._finish(parent["planId"], int(parent["index"]), task, ctx, result, ran=True)
 
     def lease_s(self, task: ExecutionTask, deadline: float | None) -> int:
         """How long one attempt at *task* can take, in whole seconds, plus a margin."""

@@ -20,14 +20,8 @@ from taskplane.completions import PlanWatch, Step, StepKind, unknown_plan
 from taskplane.config import Settings, load_settings
 from taskplane.coordinator import PlanCoordinator
 from taskplane.errors import PlanFailedError, ValidationError, WaitTimeoutError
-from taskplane.events import (
-    EventHandler,
-    EventHooks,
-    RedisEventBus,
-    Subscription,
-    finished_event,
-)
-from taskplane.executor import Handler, RunContext, TaskRunner, cacheable, cached_result
+from taskplane.events import EventHandler, EventHooks, RedisEventBus, Subscription
+from taskplane.executor import Handler, RunContext, TaskRunner
 from taskplane.handle import PlanHandle
 from taskplane.hooks import HookChain
 from taskplane.models import (
@@ -187,8 +181,7 @@ class ExecutionEngine:
         threads can each build their own copy of a part.
         """
         _ = (self.store, self.coordinator, self.events, self.cache, self.proxy)
-        if self.settings.cache.enabled:
-            self._cache_for_runner()
+        self._cache_for_runner()
 
     def register_agent(
         self,
@@ -466,31 +459,23 @@ class ExecutionEngine:
         return self._pattern_executor or EnginePatternExecutor(self)
 
     def _run_here(self, task: ExecutionTask, handler: Handler) -> ExecutionResult:
-        runner = TaskRunner(
-            {task.type: handler},
-            retry=self.settings.retry_config,
-            default_timeout_ms=self.settings.default_timeout,
-            cache=self._cache_for_runner() if self.settings.cache.enabled else None,
-            hooks=self._client_hooks(),
-        )
-        result = runner.run(task, RunContext(worker=CLIENT_WORKER))
-        self._announce_finished(result)
-        return result
+        return self._client_runner({task.type: handler}).run(task, RunContext(worker=CLIENT_WORKER))
 
-    def _client_hooks(self) -> HookChain:
-        """Hooks that publish events for tasks this client answers itself."""
+    def _client_runner(self, handlers: Mapping[TaskType, Handler]) -> TaskRunner:
+        """A runner for tasks this client answers itself, announcing them as a worker would."""
         hooks = HookChain()
         if self.settings.events_enabled:
             hooks.add(EventHooks(self.events, worker=CLIENT_WORKER))
-        return hooks
+        return TaskRunner(
+            handlers,
+            retry=self.settings.retry_config,
+            default_timeout_ms=self.settings.default_timeout,
+            cache=self._cache_for_runner(),
+            hooks=hooks,
+        )
 
-    def _announce_finished(self, result: ExecutionResult) -> None:
-        """``task:completed``/``task:failed`` for a task this client answered itself."""
-        if self.settings.events_enabled:
-            self.events.publish(*finished_event(result, plan_id=None, worker=CLIENT_WORKER))
-
-    def _cache_for_runner(self) -> RunnerCache:
-        if self._runner_cache is None:
+    def _cache_for_runner(self) -> RunnerCache | None:
+        if self._runner_cache is None and self.settings.cache.enabled:
             self._runner_cache = RunnerCache(self.cache, capabilities_of=self.proxy.capabilities_of)
         return self._runner_cache
 
@@ -500,15 +485,10 @@ class ExecutionEngine:
         The hit is announced like a worker's (``task:started``, ``task:cache-hit``,
         ``task:completed``), with ``metadata.worker`` naming this client.
         """
-        if not (self.settings.cache.enabled and cacheable(task)):
-            return None
-        ctx = RunContext(worker=CLIENT_WORKER)
-        hit = cached_result(self._cache_for_runner(), task, ctx)
+        runner, ctx = self._client_runner({}), RunContext(worker=CLIENT_WORKER)
+        hit = runner.begin(task, ctx, announce_miss=False)
         if hit is not None:
-            hooks = self._client_hooks()
-            hooks.on_started(task, ctx)
-            hooks.on_cache_hit(task, ctx, hit)
-            self._announce_finished(hit)
+            runner.hooks.on_finished(task, ctx, hit)
         return hit
 
     def watch(self, plan_id: str, timeout: float | None) -> tuple[dict[str, str], PlanWatch]:

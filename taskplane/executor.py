@@ -160,7 +160,7 @@ class Handler(Protocol):
 
 
 class TaskCache(Protocol):
-    """The runner's view of the result cache."""
+    """The runner's view of the result cache; it never raises (a failing cache is a miss)."""
 
     def lookup(self, task: ExecutionTask) -> ExecutionResult | None:
         """Return a cached envelope for *task*, or None."""
@@ -236,18 +236,8 @@ def cacheable(task: ExecutionTask) -> bool:
     return task.metadata.cache is True
 
 
-def cached_result(cache: TaskCache, task: ExecutionTask, ctx: RunContext) -> ExecutionResult | None:
-    """*task*'s cached envelope, re-addressed to this task and run; None on a miss.
-
-    A cache that fails is logged and counts as a miss.
-    """
-    try:
-        hit = cache.lookup(task)
-    except Exception:
-        log.warning("cache lookup failed for task %s; treating as a miss", task.id, exc_info=True)
-        return None
-    if hit is None:
-        return None
+def readdressed(hit: ExecutionResult, task: ExecutionTask, ctx: RunContext) -> ExecutionResult:
+    """A cached envelope *hit* re-addressed to *task* and the run of *ctx*."""
     meta = {**hit.metadata, **target_metadata(task), "cached": True, "attempts": 0}
     meta["worker"] = ctx.worker
     meta.pop("planId", None)  # the run that stored it, not this one
@@ -327,12 +317,15 @@ class TaskRunner:
         """Run *task* to its final envelope, waiting in this thread between steps.
 
         For callers that may block (the client, tests); workers call :meth:`step`.
+        The envelope is this run's outcome, recorded nowhere else: ``on_finished``
+        is told of it here.
         """
         ctx = ctx or RunContext()
         attempt = Attempt()
         while True:
             step = self.step(task, ctx, attempt)
             if isinstance(step, ExecutionResult):
+                self.hooks.on_finished(task, ctx, step)
                 return step
             self.sleep(step.delay_s)
             attempt = step.attempt
@@ -342,31 +335,50 @@ class TaskRunner:
     ) -> ExecutionResult | Reschedule:
         """Take *task* one step on: its final envelope, or when and how to come back.
 
-        The first step announces the task and consults the cache; every step
-        makes at most one call. Never raises for the task's outcome, never waits.
+        The first step announces the task and consults the cache (:meth:`begin`);
+        every step makes at most one call. Never raises for the task's outcome,
+        never waits. The caller records the envelope and tells ``on_finished``
+        once it is the recorded outcome (:meth:`run` does for itself).
         """
         attempt = attempt or Attempt()
         now = self.clock()
         if attempt.started is None:
-            self.hooks.on_started(task, ctx)
-            if self.cache is not None and self.uses_cache(task):
-                hit = cached_result(self.cache, task, ctx)
-                if hit is not None:
-                    self.hooks.on_cache_hit(task, ctx, hit)
-                    self.hooks.on_finished(task, ctx, hit)
-                    return hit
+            hit = self.begin(task, ctx)
+            if hit is not None:
+                return hit
             attempt = replace(attempt, started=now)
         if attempt.not_before is not None and attempt.not_before - now > EARLY_TOLERANCE_S:
             return Reschedule(attempt.not_before - now, attempt, "early")
         step = self._attempt(task, ctx, attempt)
         if isinstance(step, ExecutionResult):
-            if step.ok and self.cache is not None and self.uses_cache(task):
-                try:
-                    self.cache.store(task, step)
-                except Exception:
-                    log.warning("cache store failed for task %s", task.id, exc_info=True)
-            self.hooks.on_finished(task, ctx, step)
+            self.remember(task, step)
         return step
+
+    def begin(
+        self, task: ExecutionTask, ctx: RunContext, *, announce_miss: bool = True
+    ) -> ExecutionResult | None:
+        """Start *task*: announce it and answer it from the cache when it can be.
+
+        The one cache-hit path: ``on_started``, the lookup, ``on_cache_hit``.
+        Returns the cached envelope re-addressed to this task and run, or None
+        when the task must run. *announce_miss* False announces the start only
+        on a hit (a client that hands a miss on to a worker, which announces it).
+        """
+        if announce_miss:
+            self.hooks.on_started(task, ctx)
+        hit = self.cache.lookup(task) if self.cache is not None and cacheable(task) else None
+        if hit is None:
+            return None
+        hit = readdressed(hit, task, ctx)
+        if not announce_miss:
+            self.hooks.on_started(task, ctx)
+        self.hooks.on_cache_hit(task, ctx, hit)
+        return hit
+
+    def remember(self, task: ExecutionTask, result: ExecutionResult) -> None:
+        """Offer *task*'s finished *result* to the cache (successes only; it decides the rest)."""
+        if result.ok and self.cache is not None and cacheable(task):
+            self.cache.store(task, result)
 
     def _attempt(
         self, task: ExecutionTask, ctx: RunContext, attempt: Attempt

@@ -28,7 +28,7 @@ from taskplane.executor import Handler, TaskRunner
 from taskplane.functions import import_function_modules, registry
 from taskplane.hooks import HookChain
 from taskplane.http_task import HttpTaskHandler, UrlGuard
-from taskplane.models import ExecutionResult, TaskType
+from taskplane.models import TaskType
 from taskplane.observability import call_spans, tracing
 from taskplane.observability.metrics import MetricsHooks, WorkerMetrics
 from taskplane.patterns import FilePatternEngine, PatternHandler, load_pattern_executor
@@ -37,6 +37,7 @@ from taskplane.proxy import AgentProxy, build_agent_proxy
 from taskplane.proxy.policy import AgentPolicy
 from taskplane.redisio import WriteBehind, cluster_client, is_cluster, is_cluster_url
 from taskplane.tracking import ConfidenceTracker, TrackingRecorder, build_tracker
+from taskplane.tracking.recorder import TrackingHooks
 
 log = logging.getLogger(__name__)
 
@@ -243,10 +244,10 @@ class WorkerRuntime:
                 runtime.closers.append(metrics.close)
         if bus is not None:
             runtime.closers.append(bus.close)
-        coordinator.on_result = runtime.result_finished
         if settings.tracking_enabled:
             runtime.tracker = build_tracker(settings, emit=hooks.emit)
             runtime.recorder = TrackingRecorder(runtime.tracker)
+            hooks.add(TrackingHooks(runtime.recorder))
             runtime.closers += [runtime.tracker.close, runtime.recorder.close]
         runtime.closers.append(settles.close)  # first: its replies publish events
         return runtime
@@ -256,21 +257,6 @@ class WorkerRuntime:
         if self.proxy is None:
             return {}
         return self.proxy.registry.policies(agent_ids)
-
-    def result_finished(self, result: ExecutionResult) -> None:
-        """A result finished outside a Celery task's return (a nested pattern's task)."""
-        if self.metrics is not None:  # the runner's hooks did not see it finish
-            self.metrics.task_done(str(result.metadata.get("taskType", "pattern")), result)
-        self.task_finished(result.to_json_dict())
-
-    def task_finished(self, result: dict[str, Any]) -> None:
-        """A task of this worker has its final envelope (called from a Celery signal).
-
-        Its ``task:completed``/``task:failed`` event was written with the
-        outcome, by the plan store.
-        """
-        if self.recorder is not None:
-            self.recorder.add_result(result)
 
     def close(self) -> None:
         """Flush and close everything the runtime opened."""

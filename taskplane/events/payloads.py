@@ -92,7 +92,7 @@ def finished_event(
 
 
 class EventHooks(ExecutionHooks):
-    """Publishes the runner's starts, retries, cache hits and other events on a bus.
+    """Publishes the runner's starts, retries, cache hits, outcomes and other events on a bus.
 
     Args:
         bus: Where events go.
@@ -125,6 +125,13 @@ class EventHooks(ExecutionHooks):
         self.bus.publish(
             TASK_CACHE_HIT, {"taskId": task.id, "planId": ctx.plan_id, "worker": self.worker}
         )
+
+    def on_finished(self, task: ExecutionTask, ctx: RunContext, result: ExecutionResult) -> None:
+        # A plan member's outcome event is written by the plan store, in the script that
+        # records the outcome (one event per recorded outcome): only a lone task a client
+        # answered itself is announced here.
+        if ctx.plan_id is None:
+            self.bus.publish(*finished_event(result, plan_id=None, worker=self.worker))
 
     def emit(self, event_type: str, data: dict[str, Any]) -> None:
         self.bus.publish(event_type, data)

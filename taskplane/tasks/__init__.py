@@ -24,7 +24,7 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import Ignore
-from celery.signals import task_postrun, worker_ready, worker_shutdown
+from celery.signals import worker_ready, worker_shutdown
 
 from taskplane.config import COUNTDOWN_MARGIN_S, MIN_COUNTDOWN_CAP_S, Settings
 from taskplane.executor import Attempt, Reschedule
@@ -33,7 +33,7 @@ from taskplane.observability import tracing
 from taskplane.observability.celery_view import kwargs_repr, shadow_name
 from taskplane.planstore import TERMINAL
 from taskplane.runtime import WorkerRuntime, close_runtimes, runtime_for
-from taskplane.tasks.canvas import RUN_TASK, enqueue_member, submit_plan
+from taskplane.tasks.canvas import enqueue_member, submit_plan
 from taskplane.tasks.redelivery import RedeliverySweeper, needs_sweeper
 from taskplane.tasks.states import (
     Finished,
@@ -41,7 +41,6 @@ from taskplane.tasks.states import (
     TaskCancelled,
     TaskFailed,
     continue_chain,
-    envelope_of,
 )
 
 
@@ -198,14 +197,8 @@ def register_tasks(app: Celery) -> None:
 
 
 def connect_signals(app: Celery) -> None:
-    """Feed finished tasks to tracking, sweep for lost messages, close the runtime at shutdown."""
+    """Sweep for lost messages, close the runtime at shutdown."""
     sweepers: list[RedeliverySweeper] = []
-
-    def finished(sender: Any = None, retval: Any = None, **_: Any) -> None:
-        mine = getattr(sender, "name", "") == RUN_TASK and getattr(sender, "app", None) is app
-        envelope = envelope_of(retval) if mine else None
-        if envelope is not None:
-            worker_runtime(app).task_finished(envelope)
 
     def shutdown(**_: Any) -> None:
         while sweepers:
@@ -227,7 +220,6 @@ def connect_signals(app: Celery) -> None:
 
     from taskplane.tasks.app import settings_of
 
-    task_postrun.connect(finished, weak=False)
     worker_shutdown.connect(shutdown, weak=False)
     worker_ready.connect(ready, weak=False)
 

@@ -4,7 +4,7 @@ Typical wiring in a worker::
 
     tracker = build_tracker(settings, emit=events.emit)
     recorder = TrackingRecorder(tracker)
-    recorder.add_result(result_json)   # from task_postrun: cheap, buffered
+    hooks.add(TrackingHooks(recorder)) # each recorded outcome: cheap, buffered
     ...
     recorder.close()                   # on shutdown: writes what is left
 

@@ -16,11 +16,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from taskplane.models import ExecutionResult
+from taskplane.hooks import ExecutionHooks
+from taskplane.models import ExecutionResult, ExecutionTask
 from taskplane.tracking.points import DataPoint, as_point, point_from_result
 from taskplane.tracking.tracker import ConfidenceTracker
+
+if TYPE_CHECKING:
+    from taskplane.executor import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -178,3 +182,17 @@ class TrackingRecorder:
         self.flush()
         if self.pending:
             log.error("tracking recorder closed with %d points unwritten", self.pending)
+
+
+class TrackingHooks(ExecutionHooks):
+    """Hands each recorded outcome to a :class:`TrackingRecorder` (``on_finished``).
+
+    Args:
+        recorder: Buffers the outcome's data point, if it is tracked.
+    """
+
+    def __init__(self, recorder: TrackingRecorder) -> None:
+        self.recorder = recorder
+
+    def on_finished(self, task: ExecutionTask, ctx: RunContext, result: ExecutionResult) -> None:
+        self.recorder.add_result(result)

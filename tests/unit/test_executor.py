@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from taskplane.config import RetryConfig
+from taskplane.cache import InMemoryResultCache, RunnerCache
+from taskplane.config import CacheConfig, RetryConfig
 from taskplane.errors import (
     BackendError,
     CircuitOpenError,
@@ -31,7 +32,6 @@ from taskplane.executor import (
     RunContext,
     TaskRunner,
     cacheable,
-    cached_result,
     envelope,
     target_metadata,
 )
@@ -95,14 +95,6 @@ class DictCache:
     def store(self, task: ExecutionTask, result: ExecutionResult) -> None:
         self.stored.append(result)
         self.entries[(task.type.value, task.target)] = result
-
-
-class BrokenCache(DictCache):
-    def lookup(self, task: ExecutionTask) -> ExecutionResult | None:
-        raise BackendError("redis://cache is down")
-
-    def store(self, task: ExecutionTask, result: ExecutionResult) -> None:
-        raise BackendError("redis://cache is down")
 
 
 class Recorder(ExecutionHooks):
@@ -549,16 +541,25 @@ def test_uses_cache_without_cache_is_false(clock: FakeClock) -> None:
     assert runner.uses_cache(make_task(cache=True)) is False
 
 
-def test_broken_cache_is_a_miss_and_a_lost_store(
-    clock: FakeClock, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_a_failing_cache_is_a_miss_and_a_lost_store(clock: FakeClock) -> None:
+    def capabilities_of(agent: str) -> list[str]:
+        raise BackendError("redis://registry is down")
+
+    cache = RunnerCache(InMemoryResultCache(CacheConfig()), capabilities_of=capabilities_of)
     handler = Scripted(clock, OK)
-    with caplog.at_level(logging.WARNING, logger="taskplane.executor"):
-        result = make_runner(clock, handler, cache=BrokenCache()).run(make_task())
+    result = make_runner(clock, handler, cache=cache).run(make_task())
     assert result.ok
     assert len(handler.calls) == 1
-    assert "cache lookup failed" in caplog.text
-    assert "cache store failed" in caplog.text
+    assert cache.failures == 2  # the lookup and the store, neither raised into the runner
+
+
+def test_step_leaves_on_finished_to_whoever_records_the_outcome(clock: FakeClock) -> None:
+    hooks = Recorder()
+    runner = make_runner(clock, Scripted(clock, OK, OK), hooks=hooks)
+    assert runner.step(make_task(), RunContext(plan_id="p")).ok  # type: ignore[union-attr]
+    assert hooks.names() == ["started"]
+    assert runner.run(make_task()).ok
+    assert hooks.names() == ["started", "started", "finished"]
 
 
 # --- hooks ---------------------------------------------------------------------------------
@@ -649,7 +650,7 @@ def test_cacheable(task_type: TaskType, flag: bool | None, expected: bool) -> No
     assert cacheable(make_task(task_type, "x", cache=flag)) is expected
 
 
-def test_cached_result_readdresses_the_hit() -> None:
+def test_begin_answers_a_hit_readdressed_to_this_task_and_run() -> None:
     cache = DictCache()
     stored = ExecutionResult(
         task_id="old",
@@ -660,7 +661,9 @@ def test_cached_result_readdresses_the_hit() -> None:
         metadata={"agentId": "a1", "worker": "w-old", "planId": "p-old", "attempts": 3},
     )
     cache.entries[("agent", "a1")] = stored
-    hit = cached_result(cache, make_task(task_id="new"), RunContext(worker="w-new"))
+    hooks = Recorder()
+    runner = TaskRunner({}, cache=cache, hooks=hooks)
+    hit = runner.begin(make_task(task_id="new"), RunContext(worker="w-new"))
     assert hit is not None
     assert (hit.task_id, hit.retries, hit.result) == ("new", 0, 1)
     assert hit.metadata["cached"] is True
@@ -668,8 +671,14 @@ def test_cached_result_readdresses_the_hit() -> None:
     assert hit.metadata["attempts"] == 0
     assert "planId" not in hit.metadata  # a lone task: the storing plan's id does not leak
     assert stored.task_id == "old"  # the cached envelope itself is untouched
+    assert hooks.names() == ["started", "cache_hit"]
 
 
-def test_cached_result_miss_and_broken_cache() -> None:
-    assert cached_result(DictCache(), make_task(), RunContext()) is None
-    assert cached_result(BrokenCache(), make_task(), RunContext()) is None
+def test_begin_on_a_miss_announces_the_start_only_when_asked() -> None:
+    hooks = Recorder()
+    runner = TaskRunner({}, cache=DictCache(), hooks=hooks)
+    assert runner.begin(make_task(), RunContext(), announce_miss=False) is None
+    assert hooks.names() == []
+    assert runner.begin(make_task(), RunContext()) is None
+    assert hooks.names() == ["started"]
+    assert TaskRunner({}, hooks=hooks).begin(make_task(cache=True), RunContext()) is None
