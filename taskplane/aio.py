@@ -47,8 +47,7 @@ from taskplane.models import (
     SequentialExecutionPlan,
     parse_plan,
 )
-from taskplane.plans import PlanState
-from taskplane.planstore import WAIT_SLICE_S, status_of
+from taskplane.plan import WAIT_SLICE_S, PlanState, RunRecord
 
 #: Socket timeout of the asyncio client, in seconds: longer than a blocking wait's slice.
 SOCKET_TIMEOUT_S = WAIT_SLICE_S + 10.0
@@ -134,7 +133,8 @@ class AsyncPlanHandle:
         """``{id, state, total, pending, running, done}`` ({} for an unknown run)."""
         if self._empty:
             return empty_status(self.id)
-        return status_of(self.id, await self._meta())
+        record = RunRecord.parse(self.id, await self._meta())
+        return {} if record is None else record.status()
 
     async def cancel(self) -> None:
         """Cancel the run: unfinished tasks come back ``cancelled`` and call nothing more."""

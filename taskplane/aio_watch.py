@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 
 from taskplane.completions import START, block_ms
 from taskplane.errors import BackendError
-from taskplane.planstore import WAIT_SLICE_S
+from taskplane.plan import WAIT_SLICE_S
 
 #: Entries the wake stream keeps (only its growth matters).
 WAKE_MAXLEN = 16

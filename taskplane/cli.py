@@ -37,8 +37,7 @@ from taskplane.config import load_settings
 from taskplane.errors import ConfigurationError, TaskplaneError, ValidationError
 from taskplane.events.names import EVENT_TYPES
 from taskplane.models import parse_plan
-from taskplane.plans import PlanState
-from taskplane.planstore import TERMINAL
+from taskplane.plan import TERMINAL, PlanState
 
 #: Plain help (click's): flags show no value placeholder, options show theirs.
 HELP_MODE = None

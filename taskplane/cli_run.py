@@ -19,7 +19,7 @@ from taskplane.cli_support import console, err
 from taskplane.engine import ExecutionEngine
 from taskplane.errors import PlanFailedError
 from taskplane.models import ExecutionPlan, ExecutionResult, TaskStatus
-from taskplane.planstore import TERMINAL
+from taskplane.plan import TERMINAL
 from taskplane.tasks.app import DEFAULT_QUEUE
 
 #: Longest result or error text in one streamed line.

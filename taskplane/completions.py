@@ -23,7 +23,7 @@ import redis
 
 from taskplane.errors import BackendError, PlanFailedError
 from taskplane.models import ExecutionResult
-from taskplane.planstore import TERMINAL, WAIT_SLICE_S, PlanStore
+from taskplane.plan import TERMINAL, WAIT_SLICE_S, RedisRunStore
 
 #: Stream position before the first entry.
 START = "0"
@@ -178,7 +178,7 @@ class CompletionReader:
         plan_id: The run.
     """
 
-    def __init__(self, store: PlanStore, plan_id: str) -> None:
+    def __init__(self, store: RedisRunStore, plan_id: str) -> None:
         self.client = store.client
         self.order_key = store.key(plan_id, "order")
         self.results_key = store.key(plan_id, "results")

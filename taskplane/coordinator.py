@@ -1,4 +1,4 @@
-"""Running plan members and collecting plan results, over a :class:`PlanStore`.
+"""Running plan members and collecting plan results, over a :class:`RunStore`.
 
 Broker-free: the Celery tasks hand in ``enqueue`` (put the next task of a
 window on the broker) and ``deliver`` (store a plan's results for a waiting
@@ -28,8 +28,7 @@ from taskplane.hooks import ExecutionHooks, HookChain
 from taskplane.models import ExecutionPlan, ExecutionResult, ExecutionTask, TaskStatus, TaskType
 from taskplane.observability import tracing
 from taskplane.patterns import FilePatternEngine, check_nesting, pattern_result
-from taskplane.plans import Mode, PlanLayout, PlanState, plan_outcome
-from taskplane.planstore import TERMINAL, PlanStore
+from taskplane.plan import TERMINAL, PlanState, RunStore, layout_for_empty, rule_named
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +91,7 @@ class PlanCoordinator:
 
     def __init__(
         self,
-        store: PlanStore,
+        store: RunStore,
         runner: TaskRunner | None,
         *,
         enqueue: Enqueue,
@@ -407,19 +406,10 @@ class PlanCoordinator:
         results = self.store.results(plan_id, count)
         order = tuple(int(i) for i in meta.get("order", "").split(",") if i)
         winner = int(meta["winner"]) if meta.get("winner") else None
-        ok, returned, reason = plan_outcome(
-            meta.get("rule", "all"),
-            results,
-            continue_on_error=meta.get("cont") == "1",
-            order=order,
-            winner=winner,
-        )
-        if state == PlanState.TIMEOUT.value and meta.get("rule") != "allSettled":
-            ok, reason = False, reason or "plan deadline passed"
-        if state == PlanState.CANCELLED.value:
-            ok, reason = False, "plan cancelled"
+        rule = rule_named(meta.get("rule", "all"), continue_on_error=meta.get("cont") == "1")
+        judged = rule.report(state, results, order=order, winner=winner)
         complete = [r for r in results if r is not None]
-        return PlanReport(plan_id, state, ok, returned, complete, reason)
+        return PlanReport(plan_id, state, judged.ok, judged.returned, complete, judged.reason)
 
 
 def previous_view(result: ExecutionResult) -> dict[str, Any]:
@@ -431,8 +421,3 @@ def previous_view(result: ExecutionResult) -> dict[str, Any]:
         "confidence": result.confidence,
         "error": result.error,
     }
-
-
-def layout_for_empty() -> PlanLayout:
-    """The layout of a plan with no tasks (a pattern whose template has none)."""
-    return PlanLayout("allSettled", Mode.WINDOW, (), 0)

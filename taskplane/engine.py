@@ -38,8 +38,7 @@ from taskplane.models import (
 from taskplane.observability import tracing
 from taskplane.observability.tracing import PlanTrace
 from taskplane.patterns import PatternExecutionResult, PatternExecutor, PatternHandler
-from taskplane.plans import PlanState
-from taskplane.planstore import PlanStore
+from taskplane.plan import PlanState, RedisRunStore
 from taskplane.proxy import AgentInfo, AgentProxy, Quota, build_agent_proxy
 from taskplane.proxy.policy import (
     AgentPolicy,
@@ -80,7 +79,7 @@ class ExecutionEngine:
         self.app = app or create_app(self.settings)
         self.clock = clock
         self._redis: Any = None
-        self._store: PlanStore | None = None
+        self._store: RedisRunStore | None = None
         self._coordinator: PlanCoordinator | None = None
         self._events: RedisEventBus | None = None
         self._cache: RedisResultCache | None = None
@@ -111,10 +110,10 @@ class ExecutionEngine:
         return self._redis
 
     @property
-    def store(self) -> PlanStore:
+    def store(self) -> RedisRunStore:
         """Plan runs in Redis."""
         if self._store is None:
-            self._store = PlanStore(
+            self._store = RedisRunStore(
                 self.redis,
                 prefix=self.settings.key_prefix,
                 retention_s=self.settings.plan_retention_s,

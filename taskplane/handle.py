@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from taskplane.completions import CompletionReader
 from taskplane.models import ExecutionResult
 from taskplane.observability.tracing import PlanTrace
-from taskplane.plans import PlanState
+from taskplane.plan import PlanState
 
 if TYPE_CHECKING:
     from taskplane.engine import ExecutionEngine

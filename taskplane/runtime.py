@@ -32,7 +32,7 @@ from taskplane.models import TaskType
 from taskplane.observability import call_spans, tracing
 from taskplane.observability.metrics import MetricsHooks, WorkerMetrics
 from taskplane.patterns import FilePatternEngine, PatternHandler, load_pattern_executor
-from taskplane.planstore import PlanStore
+from taskplane.plan import RedisRunStore, RunStore
 from taskplane.proxy import AgentProxy, build_agent_proxy
 from taskplane.proxy.policy import AgentPolicy
 from taskplane.redisio import WriteBehind, cluster_client, is_cluster, is_cluster_url
@@ -129,7 +129,7 @@ class WorkerRuntime:
 
     settings: Settings
     redis: redis.Redis
-    store: PlanStore
+    store: RunStore
     runner: TaskRunner
     coordinator: PlanCoordinator
     hooks: HookChain
@@ -218,7 +218,7 @@ class WorkerRuntime:
             hooks=hooks,
         )
         # the store writes each recorded outcome's task:completed/task:failed itself
-        store = PlanStore(
+        store = RedisRunStore(
             client,
             prefix=settings.key_prefix,
             retention_s=settings.plan_retention_s,

@@ -31,7 +31,7 @@ from taskplane.executor import Attempt, Reschedule
 from taskplane.models import ExecutionPlan, TaskStatus, parse_plan
 from taskplane.observability import tracing
 from taskplane.observability.celery_view import kwargs_repr, shadow_name
-from taskplane.planstore import TERMINAL
+from taskplane.plan import TERMINAL
 from taskplane.runtime import WorkerRuntime, close_runtimes, runtime_for
 from taskplane.tasks.canvas import enqueue_member, submit_plan
 from taskplane.tasks.redelivery import RedeliverySweeper, needs_sweeper

@@ -26,8 +26,7 @@ from taskplane.errors import BackendError, ValidationError
 from taskplane.models import ExecutionPlan, ExecutionTask
 from taskplane.observability import tracing
 from taskplane.observability.celery_view import kwargs_repr, shadow_name
-from taskplane.plans import Mode, PlanLayout, layout
-from taskplane.planstore import PlanStore
+from taskplane.plan import Mode, PlanLayout, RunStore, layout
 from taskplane.proxy.policy import PolicyLookup, with_agent_defaults
 from taskplane.runtime import OUTAGE_BACKOFF_CAP_S, REDIS_OUTAGE_S
 
@@ -101,7 +100,7 @@ def canvas(
     if plan_layout.mode is Mode.WINDOW:
         first = plan_layout.order[: plan_layout.window]
         return [member(app, plan.id, i, tasks[i], deadline) for i in first]
-    forward = plan_layout.rule == "sequential"
+    forward = plan_layout.rule.passes_previous
     steps = []
     for position, index in enumerate(plan_layout.order):
         previous = plan_layout.order[position - 1] if forward and position else None
@@ -153,7 +152,7 @@ def check_task_timeouts(plan: ExecutionPlan, settings: Settings) -> None:
 
 def submit_plan(
     app: Celery,
-    store: PlanStore,
+    store: RunStore,
     plan: ExecutionPlan,
     settings: Settings,
     *,

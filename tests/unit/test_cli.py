@@ -29,8 +29,7 @@ from taskplane.errors import TransportError
 from taskplane.events import EVENT_TYPES, RedisEventBus
 from taskplane.keys import agent_window_key
 from taskplane.models import ExecutionTask
-from taskplane.plans import Mode, PlanLayout, PlanState
-from taskplane.planstore import PlanStore
+from taskplane.plan import AllSettled, Mode, PlanLayout, PlanState, RedisRunStore, RunStore
 from taskplane.proxy.limiter import RedisLimiterBackend, Window
 from tests.support import cli_runner
 
@@ -47,13 +46,13 @@ def cli(
 
 
 @pytest.fixture
-def store(redis_client: redis.Redis) -> PlanStore:
-    return PlanStore(redis_client)
+def store(redis_client: redis.Redis) -> RunStore:
+    return RedisRunStore(redis_client)
 
 
-def record_run(store: PlanStore, plan_id: str, *, ended: PlanState | None = None) -> None:
+def record_run(store: RunStore, plan_id: str, *, ended: PlanState | None = None) -> None:
     tasks = [ExecutionTask(id="a", type="function", target="noop")]
-    store.create(plan_id, tasks, PlanLayout("allSettled", Mode.WINDOW, (0,), 1), time.time() + 60)
+    store.create(plan_id, tasks, PlanLayout(AllSettled(), Mode.WINDOW, (0,), 1), time.time() + 60)
     if ended is not None:
         store.end(plan_id, ended)
 
@@ -71,7 +70,7 @@ def test_cancel_of_an_unknown_plan_fails(cli: CliRunner) -> None:
     assert "no plan no-such-plan" in result.stderr and "cancelled" not in result.stdout
 
 
-def test_cancel_of_a_finished_plan_says_it_had_finished(cli: CliRunner, store: PlanStore) -> None:
+def test_cancel_of_a_finished_plan_says_it_had_finished(cli: CliRunner, store: RunStore) -> None:
     record_run(store, "done-plan", ended=PlanState.COMPLETED)
     result = cli.invoke(app, ["cancel", "done-plan"])
     assert result.exit_code == 0
@@ -79,7 +78,7 @@ def test_cancel_of_a_finished_plan_says_it_had_finished(cli: CliRunner, store: P
     assert store.meta("done-plan")["state"] == "completed"
 
 
-def test_cancel_of_a_running_plan_cancels_it(cli: CliRunner, store: PlanStore) -> None:
+def test_cancel_of_a_running_plan_cancels_it(cli: CliRunner, store: RunStore) -> None:
     record_run(store, "live-plan")
     result = cli.invoke(app, ["cancel", "live-plan"])
     assert result.exit_code == 0 and "cancelled plan live-plan" in result.stdout

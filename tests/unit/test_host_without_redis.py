@@ -25,7 +25,7 @@ from taskplane.devtools.redis_server import free_port
 from taskplane.errors import BackendError, UpstreamError, is_retryable
 from taskplane.executor import CallContext, TaskRunner
 from taskplane.models import ExecutionTask, TaskType
-from taskplane.planstore import PlanStore
+from taskplane.plan import RedisRunStore
 from taskplane.proxy import AgentProxy, CircuitBreaker, InMemoryTransport, RateLimiter
 from taskplane.proxy.inflight import InFlightLimiter, RedisInFlightBackend
 from taskplane.proxy.limiter import RedisLimiterBackend
@@ -129,7 +129,7 @@ def test_a_task_takes_no_step_without_the_plan_store(unreachable: redis.Redis) -
     runner = TaskRunner({TaskType.AGENT: proxy_without_redis(unreachable, agent)})
     enqueued: list[Any] = []
     coordinator = PlanCoordinator(
-        PlanStore(unreachable), runner, enqueue=lambda *args, **kwargs: enqueued.append(args)
+        RedisRunStore(unreachable), runner, enqueue=lambda *args, **kwargs: enqueued.append(args)
     )
     with pytest.raises(BackendError, match="plan store"):
         coordinator.run_member("p1", 0, agent_task().to_json_dict(), owner="celery-task-id")

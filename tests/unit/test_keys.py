@@ -21,8 +21,7 @@ from taskplane.cache import RedisResultCache
 from taskplane.config import CacheConfig, Settings
 from taskplane.events import RedisEventBus
 from taskplane.models import ExecutionResult, ExecutionTask, TaskStatus
-from taskplane.plans import Mode, PlanLayout, PlanState
-from taskplane.planstore import PlanStore
+from taskplane.plan import AllSettled, Mode, PlanLayout, PlanState, RedisRunStore
 from taskplane.proxy.breaker_redis import RedisBreakerStorage
 from taskplane.proxy.breaker_storage import BreakerPolicy
 from taskplane.proxy.inflight import RedisInFlightBackend
@@ -122,9 +121,9 @@ def test_the_plan_store_in_cluster_mode_sends_one_slot_per_script(
     checking: SlotCheckingRedis,
 ) -> None:
     bus = RedisEventBus(checking, prefix=PREFIX)
-    store = PlanStore(checking, prefix=PREFIX, events=bus, cluster=True)
+    store = RedisRunStore(checking, prefix=PREFIX, events=bus, cluster=True)
     tasks = [ExecutionTask(id=f"t{i}", type="function", target="noop") for i in range(3)]
-    layout = PlanLayout("allSettled", Mode.WINDOW, (0, 1, 2), 1)
+    layout = PlanLayout(AllSettled(), Mode.WINDOW, (0, 1, 2), 1)
     assert store.create("run{1}", tasks, layout, time.time() + 60)
     assert store.start("run{1}", 0).action == "run"
     result = ExecutionResult(task_id="t0", status=TaskStatus.SUCCESS, result=1, confidence=0.9)

@@ -15,15 +15,20 @@ from taskplane.models import (
     TaskStatus,
     TaskType,
 )
-from taskplane.plans import (
+from taskplane.plan import (
+    AllSettled,
     Dispatched,
     Mode,
     PlanLayout,
+    PlanState,
+    Sequential,
+    Weighted,
     layout,
     lost_messages,
-    plan_outcome,
+    rule_named,
     weighted_order,
 )
+from taskplane.plan.rules import Progress
 
 
 def task(task_id: str, priority: float = 0) -> ExecutionTask:
@@ -41,6 +46,19 @@ def res(task_id: str, status: TaskStatus = TaskStatus.SUCCESS, **extra: Any) -> 
     return ExecutionResult(task_id=task_id, status=status, error=error, **extra)
 
 
+def plan_outcome(
+    rule: str,
+    results: list[ExecutionResult | None],
+    *,
+    continue_on_error: bool = False,
+    order: tuple[int, ...] = (),
+    winner: int | None = None,
+) -> tuple[bool, list[ExecutionResult], str]:
+    """What the rule named *rule* makes of *results*, as ``(ok, returned, reason)``."""
+    judged = rule_named(rule, continue_on_error=continue_on_error).returns(results, order, winner)
+    return judged.ok, judged.returned, judged.reason
+
+
 OK, FAIL, TIMEOUT, CANCELLED = (
     TaskStatus.SUCCESS,
     TaskStatus.FAILURE,
@@ -56,7 +74,7 @@ OK, FAIL, TIMEOUT, CANCELLED = (
 def test_parallel_layout(strategy: Strategy) -> None:
     plan = ParallelExecutionPlan(id="p", tasks=tasks(5), strategy=strategy, max_concurrency=2)
     assert layout(plan, default_max_concurrency=10) == PlanLayout(
-        strategy.value, Mode.WINDOW, (0, 1, 2, 3, 4), 2
+        rule_named(strategy.value), Mode.WINDOW, (0, 1, 2, 3, 4), 2
     )
 
 
@@ -84,7 +102,7 @@ def test_weighted_layout_is_a_chain_by_priority() -> None:
         max_concurrency=5,
     )
     assert layout(plan, default_max_concurrency=10) == PlanLayout(
-        "weighted", Mode.CHAIN, (1, 2, 0), 1
+        Weighted(), Mode.CHAIN, (1, 2, 0), 1
     )
 
 
@@ -92,7 +110,7 @@ def test_weighted_layout_is_a_chain_by_priority() -> None:
 def test_sequential_layout(continue_on_error: bool) -> None:
     plan = SequentialExecutionPlan(id="p", tasks=tasks(3), continue_on_error=continue_on_error)
     assert layout(plan, default_max_concurrency=10) == PlanLayout(
-        "sequential", Mode.CHAIN, (0, 1, 2), 1, continue_on_error=continue_on_error
+        Sequential(continue_on_error=continue_on_error), Mode.CHAIN, (0, 1, 2), 1
     )
 
 
@@ -276,6 +294,76 @@ def test_sequential_continue_on_error_succeeds_with_every_result() -> None:
 def test_continue_on_error_is_ignored_by_all() -> None:
     ok, _, _ = plan_outcome("all", [res("t0", FAIL)], continue_on_error=True)
     assert not ok
+
+
+# --- when a rule ends a run ----------------------------------------------------------------
+
+
+def step(
+    ok: bool,
+    done: int,
+    total: int = 3,
+    *,
+    confidence: float | None = None,
+    any_ok: bool | None = None,
+) -> Progress:
+    return Progress(ok, confidence, done, total, ok if any_ok is None else any_ok)
+
+
+@pytest.mark.parametrize(
+    ("rule", "progress", "ending"),
+    [
+        ("all", step(True, 1), None),
+        ("all", step(True, 3), "completed"),
+        ("all", step(False, 1), "failed"),
+        ("allSettled", step(False, 1), None),
+        ("allSettled", step(False, 3), "completed"),
+        ("race", step(False, 2), None),
+        ("race", step(True, 1), "completed"),
+        ("race", step(False, 3), "failed"),
+        ("weighted", step(True, 1, confidence=0.5), None),
+        ("weighted", step(True, 1, confidence=0.8), "completed"),
+        ("weighted", step(False, 1, confidence=0.9), None),
+        ("weighted", step(False, 3, any_ok=True), "completed"),
+        ("weighted", step(False, 3, any_ok=False), "failed"),
+        ("sequential", step(False, 1), "failed"),
+        ("sequential", step(True, 3), "completed"),
+    ],
+)
+def test_when_each_rule_ends_a_run(rule: str, progress: Progress, ending: str | None) -> None:
+    assert rule_named(rule).ends(progress) == ending
+
+
+def test_sequential_with_continue_on_error_runs_past_a_failure() -> None:
+    rule = Sequential(continue_on_error=True)
+    assert rule.ends(step(False, 1)) is None
+    assert rule.ends(step(False, 3)) == "completed"
+
+
+def test_a_weighted_target_of_its_own() -> None:
+    assert Weighted(target=0.95).ends(step(True, 1, confidence=0.9)) is None
+
+
+def test_unknown_rule_names_the_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"unknown plan rule 'best'.*allSettled"):
+        rule_named("best")
+
+
+# --- how an ending overrules a rule ----------------------------------------------------------
+
+
+def test_a_cancelled_run_fails_whatever_its_rule() -> None:
+    report = AllSettled().report(PlanState.CANCELLED, [res("t0"), None])
+    assert (report.ok, report.reason) == (False, "plan cancelled")
+
+
+def test_a_timed_out_run_fails_unless_all_settled() -> None:
+    results: list[ExecutionResult | None] = [res("t0"), None]
+    assert AllSettled().report(PlanState.TIMEOUT, results).ok
+    judged = rule_named("sequential", continue_on_error=True).report(PlanState.TIMEOUT, results)
+    assert (judged.ok, judged.reason) == (False, "plan deadline passed")
+    reason = rule_named("all").report(PlanState.TIMEOUT, results).reason
+    assert reason == "plan ended before every task finished"
 
 
 # --- lost messages ---------------------------------------------------------------------------
