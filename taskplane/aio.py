@@ -47,7 +47,7 @@ from taskplane.models import (
     SequentialExecutionPlan,
     parse_plan,
 )
-from taskplane.plan import WAIT_SLICE_S, PlanState, RunRecord
+from taskplane.plan import WAIT_SLICE_S, RunRecord
 
 #: Socket timeout of the asyncio client, in seconds: longer than a blocking wait's slice.
 SOCKET_TIMEOUT_S = WAIT_SLICE_S + 10.0
@@ -83,14 +83,15 @@ class AsyncPlanHandle:
         """
         if self._empty:
             return []
-        meta, watch = await self._watch(timeout)
+        record, watch = await self._watch(timeout)
         order = self._engine.engine.store.key(self.id, "order")
         seen = START  # every end of a run lists outcomes on its order stream
-        while not await self._follow(watch, step := watch.step(meta)):
+        current: RunRecord | None = record
+        while not await self._follow(watch, step := watch.step(current)):
             seen = await self._engine.watcher.changed(order, seen, step.block_s)
-            meta = await self._meta()
+            current = await self._record()
         return await asyncio.to_thread(
-            self._engine.engine.outcome, self.id, self._sync.trace, (step, meta)
+            self._engine.engine.waiter.outcome, self.id, self._sync.trace, (step, current)
         )
 
     async def as_completed(self, timeout: float | None = None) -> AsyncIterator[ExecutionResult]:
@@ -107,13 +108,14 @@ class AsyncPlanHandle:
         if self._empty:
             return
         engine = self._engine.engine
-        meta, watch = await self._watch(timeout)
-        total = int(meta["n"])
+        record, watch = await self._watch(timeout)
+        total = record.total
         reader = CompletionReader(engine.store, self.id)
         client = self._engine.redis
+        current: RunRecord | None = record
         while len(reader.seen) < total:
-            if await self._follow(watch, step := watch.step(meta)):
-                report = await asyncio.to_thread(engine.coordinator.collect, self.id)
+            if await self._follow(watch, step := watch.step(current)):
+                report = await asyncio.to_thread(engine.waiter.collect, self.id)
                 self._sync.trace.end(report.state, ok=report.ok)
                 for result in await reader.read_async(client, 0):
                     yield result
@@ -127,39 +129,37 @@ class AsyncPlanHandle:
                 fresh = await reader.read_async(client, 0)
             for result in fresh:
                 yield result
-            meta = await self._meta()
+            current = await self._record()
 
     async def status(self) -> dict[str, Any]:
         """``{id, state, total, pending, running, done}`` ({} for an unknown run)."""
         if self._empty:
             return empty_status(self.id)
-        record = RunRecord.parse(self.id, await self._meta())
+        record = await self._record()
         return {} if record is None else record.status()
 
     async def cancel(self) -> None:
         """Cancel the run: unfinished tasks come back ``cancelled`` and call nothing more."""
         if not self._empty:
-            await asyncio.to_thread(
-                self._engine.engine.coordinator.end, self.id, PlanState.CANCELLED
-            )
+            await asyncio.to_thread(self._engine.engine.waiter.cancel, self.id)
 
-    async def _watch(self, timeout: float | None) -> tuple[dict[str, str], PlanWatch]:
-        meta = await self._meta()
-        if not meta:
+    async def _watch(self, timeout: float | None) -> tuple[RunRecord, PlanWatch]:
+        record = await self._record()
+        if record is None:
             raise unknown_plan(self.id)
-        engine = self._engine.engine
-        return meta, PlanWatch(meta, timeout_s=timeout, stall_s=engine.stall_s, clock=engine.clock)
+        return record, self._engine.engine.waiter.watch_record(record, timeout)
 
     async def _follow(self, watch: PlanWatch, step: Step) -> bool:
-        """:meth:`ExecutionEngine.follow`, on a thread only when it touches the broker."""
+        """:meth:`PlanWaiter.follow`, on a thread only when it touches the broker."""
+        waiter = self._engine.engine.waiter
         if step.recover or step.kind is StepKind.DEADLINE or watch.wants_server_start():
-            return await asyncio.to_thread(self._engine.engine.follow, self.id, watch, step)
-        return self._engine.engine.follow(self.id, watch, step)  # no I/O
+            return await asyncio.to_thread(waiter.follow, self.id, watch, step)
+        return waiter.follow(self.id, watch, step)  # no I/O
 
-    async def _meta(self) -> dict[str, str]:
+    async def _record(self) -> RunRecord | None:
         key = self._engine.engine.store.key(self.id, "meta")
-        meta: dict[str, str] = await self._redis(self._engine.redis.hgetall(key))
-        return meta
+        fields: dict[str, str] = await self._redis(self._engine.redis.hgetall(key))
+        return RunRecord.parse(self.id, fields)
 
     async def _redis(self, pending: Awaitable[Any]) -> Any:
         try:

@@ -37,7 +37,7 @@ from taskplane.config import load_settings
 from taskplane.errors import ConfigurationError, TaskplaneError, ValidationError
 from taskplane.events.names import EVENT_TYPES
 from taskplane.models import parse_plan
-from taskplane.plan import TERMINAL, PlanState
+from taskplane.plan import PlanState
 
 #: Plain help (click's): flags show no value placeholder, options show theirs.
 HELP_MODE = None
@@ -180,7 +180,7 @@ def run(
         raise ValidationError(f"{plan_file}: {exc}", exc.errors) from exc
     with engine_session(needs_broker=True) as engine:
         if not wait:
-            note = earlier_run_note(engine.store.meta(plan.id), plan.id)
+            note = earlier_run_note(engine.store.record(plan.id), plan.id)
             handle = engine.submit(plan)
             console.print(note or f"submitted plan {handle.id} ({len(plan.tasks)} tasks)")
             return
@@ -218,18 +218,18 @@ def cancel(
     Exits 1 when there is no such plan; says so when it had already finished.
     """
     with engine_session() as engine:
-        before = engine.store.meta(plan_id)
-        if not before:
+        before = engine.store.record(plan_id)
+        if before is None:
             fail(f"no plan {plan_id} (unknown or expired)")
-        if before["state"] in TERMINAL:
+        if before.ended:
             console.print(
-                f"plan {plan_id} had already finished ({before['state']}); nothing to cancel",
+                f"plan {plan_id} had already finished ({before.state}); nothing to cancel",
                 markup=False,
                 highlight=False,
             )
             return
-        engine.coordinator.end(plan_id, PlanState.CANCELLED)
-        state = engine.store.meta(plan_id).get("state")
+        engine.waiter.cancel(plan_id)
+        state = engine.store.meta_field(plan_id, "state")
     if state == PlanState.CANCELLED.value:
         console.print(f"cancelled plan {plan_id}", markup=False, highlight=False)
     else:

@@ -19,7 +19,7 @@ from taskplane.cli_support import console, err
 from taskplane.engine import ExecutionEngine
 from taskplane.errors import PlanFailedError
 from taskplane.models import ExecutionPlan, ExecutionResult, TaskStatus
-from taskplane.plan import TERMINAL
+from taskplane.plan import RunRecord
 from taskplane.tasks.app import DEFAULT_QUEUE
 
 #: Longest result or error text in one streamed line.
@@ -62,21 +62,21 @@ def stream_line(result: ExecutionResult) -> str:
     )
 
 
-def earlier_run_note(meta: dict[str, str], plan_id: str) -> str | None:
+def earlier_run_note(record: RunRecord | None, plan_id: str) -> str | None:
     """What to tell a user whose plan id already names a run (None for a new id)."""
-    if not meta:
+    if record is None:
         return None
-    if meta.get("state") in TERMINAL:
+    if record.ended:
         return (
-            f"plan {plan_id} already ran ({meta['state']}); showing that run's results. "
+            f"plan {plan_id} already ran ({record.state}); showing that run's results. "
             f"Pass --id NEW_ID to run the file again."
         )
     return f"plan {plan_id} is already running; following that run (--id NEW_ID runs another)"
 
 
-def no_worker_hint(meta: dict[str, str]) -> str | None:
+def no_worker_hint(record: RunRecord | None) -> str | None:
     """For a run that timed out before any task started: nobody consumes the queue."""
-    if meta.get("state") != "timeout" or any(k.startswith("started:") for k in meta):
+    if record is None or record.state != "timeout" or record.any_started:
         return None
     return (
         f"no task of this plan ever started: no worker consumed the {DEFAULT_QUEUE!r} queue. "
@@ -94,7 +94,7 @@ def run_plan(
         failed), the counts over every recorded envelope, and why the plan
         failed ("" when it did not).
     """
-    note = earlier_run_note(engine.store.meta(plan.id), plan.id)
+    note = earlier_run_note(engine.store.record(plan.id), plan.id)
     if note:
         err.print(note, markup=False, highlight=False, soft_wrap=True)
     handle = engine.submit(plan)
@@ -125,7 +125,7 @@ def run_plan(
         returned = handle.wait()
     except PlanFailedError as exc:
         returned, failure = list(exc.results), str(exc)
-        hint = no_worker_hint(engine.store.meta(plan.id))
+        hint = no_worker_hint(engine.store.record(plan.id))
         if hint:
             failure = f"{failure}; {hint}"
     recorded = [r for r in engine.store.results(plan.id, len(plan.tasks)) if r is not None]

@@ -2,7 +2,7 @@
 
 Two things every waiter needs, sync or async, live here once:
 
-* :class:`PlanWatch` decides, from the run's meta hash and the clock, what a
+* :class:`PlanWatch` decides, from the run's record and the clock, what a
   waiter does next: stop (the run ended), end the run as timed out (its
   deadline passed), give up (the caller's own timeout passed) or block a
   while — and whether to resend lost messages first (no progress for longer
@@ -23,7 +23,9 @@ import redis
 
 from taskplane.errors import BackendError, PlanFailedError
 from taskplane.models import ExecutionResult
-from taskplane.plan import TERMINAL, WAIT_SLICE_S, RedisRunStore
+from taskplane.plan.record import RunRecord
+from taskplane.plan.redis_store import RedisRunStore
+from taskplane.plan.store import WAIT_SLICE_S
 
 #: Stream position before the first entry.
 START = "0"
@@ -60,10 +62,10 @@ class Step:
 
 
 class PlanWatch:
-    """The waiting policy for one run, over its meta hash and an injected clock.
+    """The waiting policy for one run, over its record and an injected clock.
 
     Args:
-        meta: The run's meta hash when the wait began (must not be empty).
+        record: The run's record when the wait began.
         timeout_s: How long the caller waits at most; None waits for the run's deadline.
         stall_s: No progress for this long means messages were lost: recover.
         clock: Epoch seconds (the run's deadline is epoch seconds).
@@ -80,34 +82,35 @@ class PlanWatch:
 
     def __init__(
         self,
-        meta: dict[str, str],
+        record: RunRecord,
         *,
         timeout_s: float | None,
         stall_s: float,
         clock: Callable[[], float],
     ) -> None:
         self.clock = clock
-        self.created = float(meta.get("created") or 0.0)
+        self.created = record.created
         self._asked_at: float | None = None
         self._restart_seen: float | None = None
         self.timeout_s = timeout_s
-        self.deadline = float(meta["deadline"])
+        self.deadline = record.deadline
         self.stall_s = stall_s
         now = clock()
         self.give_up = None if timeout_s is None else now + timeout_s
-        self._progress = (meta.get("done"), now)
+        self._progress: tuple[int | None, float] = (record.done, now)
 
-    def step(self, meta: dict[str, str]) -> Step:
-        """What to do next, given the run's current meta hash."""
-        if meta.get("state") in TERMINAL:
+    def step(self, record: RunRecord | None) -> Step:
+        """What to do next, given the run's current record (None: it is gone)."""
+        if record is not None and record.ended:
             return Step(StepKind.ENDED)
         now = self.clock()
         recover = False
-        if meta.get("done") != self._progress[0]:
-            self._progress = (meta.get("done"), now)
+        done = None if record is None else record.done
+        if done != self._progress[0]:
+            self._progress = (done, now)
         elif now - self._progress[1] > self.stall_s:
             recover = True
-            self._progress = (meta.get("done"), now)
+            self._progress = (done, now)
         if now >= self.deadline:
             return Step(StepKind.DEADLINE, recover=recover)
         limit = self.deadline - now

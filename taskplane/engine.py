@@ -16,10 +16,8 @@ import redis
 from celery import Celery
 
 from taskplane.cache import RedisResultCache, RunnerCache
-from taskplane.completions import PlanWatch, Step, StepKind, unknown_plan
 from taskplane.config import Settings, load_settings
-from taskplane.coordinator import PlanCoordinator
-from taskplane.errors import PlanFailedError, ValidationError, WaitTimeoutError
+from taskplane.errors import PlanFailedError, ValidationError
 from taskplane.events import EventHandler, EventHooks, RedisEventBus, Subscription
 from taskplane.executor import Handler, RunContext, TaskRunner
 from taskplane.handle import PlanHandle
@@ -36,9 +34,10 @@ from taskplane.models import (
     parse_task,
 )
 from taskplane.observability import tracing
-from taskplane.observability.tracing import PlanTrace
 from taskplane.patterns import PatternExecutionResult, PatternExecutor, PatternHandler
-from taskplane.plan import PlanState, RedisRunStore
+from taskplane.plan import RedisRunStore
+from taskplane.plan.recorder import PlanRecorder
+from taskplane.plan.waiter import PlanWaiter
 from taskplane.proxy import AgentInfo, AgentProxy, Quota, build_agent_proxy
 from taskplane.proxy.policy import (
     AgentPolicy,
@@ -48,9 +47,9 @@ from taskplane.proxy.policy import (
 )
 from taskplane.redisio import is_cluster
 from taskplane.runtime import redis_client
-from taskplane.tasks import deliver_results
 from taskplane.tasks.app import create_app
-from taskplane.tasks.canvas import enqueue_member, submit_plan
+from taskplane.tasks.canvas import submit_plan
+from taskplane.tasks.dispatch import CeleryDispatch
 from taskplane.tracking import ConfidenceTracker, build_tracker
 
 #: ``metadata.worker`` of a lone task answered from the cache by the client itself.
@@ -80,7 +79,8 @@ class ExecutionEngine:
         self.clock = clock
         self._redis: Any = None
         self._store: RedisRunStore | None = None
-        self._coordinator: PlanCoordinator | None = None
+        self._recorder: PlanRecorder | None = None
+        self._waiter: PlanWaiter | None = None
         self._events: RedisEventBus | None = None
         self._cache: RedisResultCache | None = None
         self._tracker: ConfidenceTracker | None = None
@@ -124,19 +124,23 @@ class ExecutionEngine:
         return self._store
 
     @property
-    def coordinator(self) -> PlanCoordinator:
-        """Collects results and ends runs (the client side runs no task)."""
-        if self._coordinator is None:
-            self._coordinator = PlanCoordinator(
-                self.store,
-                None,
-                enqueue=lambda plan_id, index, task, deadline: enqueue_member(
-                    self.app, plan_id, index, task, deadline
-                ),
-                deliver=lambda task_id, results: deliver_results(self.app, task_id, results),
+    def recorder(self) -> PlanRecorder:
+        """Ends runs, resends lost messages and collects results (a client runs no task)."""
+        if self._recorder is None:
+            self._recorder = PlanRecorder(self.store, CeleryDispatch(self.app), clock=self.clock)
+        return self._recorder
+
+    @property
+    def waiter(self) -> PlanWaiter:
+        """This client's side of its runs: deadlines, lost messages, results."""
+        if self._waiter is None:
+            self._waiter = PlanWaiter(
+                self.recorder,
+                stall_s=self.stall_s,
+                server_started_at=self.server_started_at,
                 clock=self.clock,
             )
-        return self._coordinator
+        return self._waiter
 
     @property
     def events(self) -> RedisEventBus:
@@ -179,7 +183,7 @@ class ExecutionEngine:
         asyncio engine's executor calls): nothing connects yet, but no two
         threads can each build their own copy of a part.
         """
-        _ = (self.store, self.coordinator, self.events, self.cache, self.proxy)
+        _ = (self.store, self.waiter, self.events, self.cache, self.proxy)
         self._cache_for_runner()
 
     def register_agent(
@@ -332,7 +336,8 @@ class ExecutionEngine:
             self._redis.close()
             self._redis = None
             self._store = None
-            self._coordinator = None
+            self._recorder = None
+            self._waiter = None
 
     def __enter__(self) -> ExecutionEngine:
         return self
@@ -490,17 +495,6 @@ class ExecutionEngine:
             runner.hooks.on_finished(task, ctx, hit)
         return hit
 
-    def watch(self, plan_id: str, timeout: float | None) -> tuple[dict[str, str], PlanWatch]:
-        """The run's meta hash and a waiting policy for it.
-
-        Raises:
-            PlanFailedError: No such run (never submitted, or expired).
-        """
-        meta = self.store.meta(plan_id)
-        if not meta:
-            raise unknown_plan(plan_id)
-        return meta, PlanWatch(meta, timeout_s=timeout, stall_s=self.stall_s, clock=self.clock)
-
     def server_started_at(self) -> float | None:
         """When the Redis server started (epoch s, this client's clock); None when unknown."""
         try:
@@ -508,50 +502,6 @@ class ExecutionEngine:
         except (redis.RedisError, KeyError, ValueError):
             return None
         return self.clock() - uptime
-
-    def follow(self, plan_id: str, watch: PlanWatch, step: Step) -> bool:
-        """Act on *step* for the client's side of a run; True when the run has ended.
-
-        Resends lost messages when asked to, ends a run whose deadline passed.
-
-        Raises:
-            WaitTimeoutError: The caller's timeout passed (the run keeps going).
-        """
-        restarted = False
-        if watch.wants_server_start():  # quiet for a while: did Redis restart under the run?
-            started_at = self.server_started_at()
-            restarted = started_at is not None and watch.restarted(started_at)
-        if step.recover or restarted:
-            self.coordinator.recover(plan_id, watch.deadline)
-        if step.kind is StepKind.DEADLINE:
-            self.coordinator.end(plan_id, PlanState.TIMEOUT)
-        elif step.kind is StepKind.GIVE_UP:
-            raise WaitTimeoutError(f"plan {plan_id} still running after {watch.timeout_s}s")
-        return step.kind is not StepKind.BLOCK
-
-    def outcome(
-        self,
-        plan_id: str,
-        trace: PlanTrace | None = None,
-        ended: tuple[Step, dict[str, str]] | None = None,
-    ) -> list[ExecutionResult]:
-        """What an ended run returns by its strategy; ends the run's *trace* span.
-
-        *ended*: the waiter's last step and the meta hash it was taken on; when
-        that step saw the run ended, the hash is not read again.
-
-        Raises:
-            PlanFailedError: The run failed, timed out or was cancelled.
-        """
-        meta = ended[1] if ended is not None and ended[0].kind is StepKind.ENDED else None
-        report = self.coordinator.collect(plan_id, meta)
-        if trace is not None:
-            trace.end(report.state, ok=report.ok)
-        if not report.ok:
-            raise PlanFailedError(
-                f"plan {plan_id} {report.state}: {report.reason}", report.results, plan_id
-            )
-        return report.returned
 
 
 class EnginePatternExecutor:

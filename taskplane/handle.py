@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from taskplane.completions import CompletionReader
 from taskplane.models import ExecutionResult
 from taskplane.observability.tracing import PlanTrace
-from taskplane.plan import PlanState
+from taskplane.plan import RunRecord
 
 if TYPE_CHECKING:
     from taskplane.engine import ExecutionEngine
@@ -60,12 +60,13 @@ class PlanHandle:
         """
         if self._empty:
             return []
-        engine = self._engine
-        meta, watch = engine.watch(self.id, timeout)
-        while not engine.follow(self.id, watch, step := watch.step(meta)):
-            engine.store.wait(self.id, step.block_s)
-            meta = engine.store.meta(self.id)
-        return engine.outcome(self.id, self.trace, (step, meta))
+        waiter = self._engine.waiter
+        record, watch = waiter.watch(self.id, timeout)
+        current: RunRecord | None = record
+        while not waiter.follow(self.id, watch, step := watch.step(current)):
+            waiter.store.wait(self.id, step.block_s)
+            current = waiter.store.record(self.id)
+        return waiter.outcome(self.id, self.trace, (step, current))
 
     def status(self) -> dict[str, Any]:
         """``{id, state, total, pending, running, done}``."""
@@ -76,7 +77,7 @@ class PlanHandle:
     def cancel(self) -> None:
         """Cancel the run: unfinished tasks come back ``cancelled`` and call nothing more."""
         if not self._empty:
-            self._engine.coordinator.end(self.id, PlanState.CANCELLED)
+            self._engine.waiter.cancel(self.id)
 
     def as_completed(self, timeout: float | None = None) -> Iterator[ExecutionResult]:
         """Each task's envelope as its outcome is recorded, in completion order.
@@ -97,16 +98,17 @@ class PlanHandle:
         return self._as_completed(timeout)
 
     def _as_completed(self, timeout: float | None) -> Iterator[ExecutionResult]:
-        engine, plan_id = self._engine, self.id
-        meta, watch = engine.watch(plan_id, timeout)
-        total = int(meta["n"])
-        reader = CompletionReader(engine.store, plan_id)
+        waiter, store, plan_id = self._engine.waiter, self._engine.store, self.id
+        record, watch = waiter.watch(plan_id, timeout)
+        total = record.total
+        reader = CompletionReader(store, plan_id)
+        current: RunRecord | None = record
         while len(reader.seen) < total:
-            if engine.follow(plan_id, watch, step := watch.step(meta)):
-                report = engine.coordinator.collect(plan_id)  # records unfinished tasks
+            if waiter.follow(plan_id, watch, step := watch.step(current)):
+                report = waiter.collect(plan_id)  # records unfinished tasks
                 self.trace.end(report.state, ok=report.ok)
                 yield from reader.read(0)
-                yield from reader.rest(engine.store.results(plan_id, total))
+                yield from reader.rest(store.results(plan_id, total))
                 return
             yield from reader.read(step.block_s)
-            meta = engine.store.meta(plan_id)
+            current = store.record(plan_id)

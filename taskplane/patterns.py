@@ -19,7 +19,7 @@ JSON type); inside a longer string it is replaced by its text. Nothing else is
 evaluated.
 
 Inside workers a ``pattern`` task expands into its plan without blocking a
-worker slot (see :mod:`taskplane.coordinator`). :class:`PatternExecutor` is
+worker slot (see :mod:`taskplane.plan.members`). :class:`PatternExecutor` is
 the interface a control plane implements, and :class:`PatternExecutorAdapter`
 bridges an object shaped like Parallax's ``PatternEngine`` to it.
 """

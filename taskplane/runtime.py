@@ -22,7 +22,6 @@ from redis.retry import Retry
 from taskplane.budget import RedisBudgetBackend
 from taskplane.cache import RedisResultCache, RunnerCache
 from taskplane.config import Settings
-from taskplane.coordinator import Deliver, Enqueue, PlanCoordinator, Submit
 from taskplane.events import EventBus, EventHooks, RedisEventBus
 from taskplane.executor import Handler, TaskRunner
 from taskplane.functions import import_function_modules, registry
@@ -33,6 +32,9 @@ from taskplane.observability import call_spans, tracing
 from taskplane.observability.metrics import MetricsHooks, WorkerMetrics
 from taskplane.patterns import FilePatternEngine, PatternHandler, load_pattern_executor
 from taskplane.plan import RedisRunStore, RunStore
+from taskplane.plan.dispatch import Dispatch
+from taskplane.plan.members import MemberRunner
+from taskplane.plan.recorder import PlanRecorder
 from taskplane.proxy import AgentProxy, build_agent_proxy
 from taskplane.proxy.policy import AgentPolicy
 from taskplane.redisio import WriteBehind, cluster_client, is_cluster, is_cluster_url
@@ -131,7 +133,8 @@ class WorkerRuntime:
     redis: redis.Redis
     store: RunStore
     runner: TaskRunner
-    coordinator: PlanCoordinator
+    plans: PlanRecorder
+    members: MemberRunner
     hooks: HookChain
     http: httpx.Client
     worker: str
@@ -147,12 +150,10 @@ class WorkerRuntime:
         cls,
         settings: Settings,
         *,
-        enqueue: Enqueue,
-        deliver: Deliver,
-        submit: Submit,
+        dispatch: Dispatch,
         worker: str = "",
     ) -> WorkerRuntime:
-        """Build the runtime for *settings*; ``enqueue``/``deliver``/``submit`` are Celery's."""
+        """Build the runtime for *settings*; *dispatch* is Celery's."""
         import_function_modules(settings.function_modules)
         # one connection per task slot at most, plus the background publishers'
         connections = settings.worker_concurrency + REDIS_SPARE_CONNECTIONS
@@ -225,20 +226,22 @@ class WorkerRuntime:
             events=bus,
             cluster=is_cluster(client),
         )
-        coordinator = PlanCoordinator(
-            store,
+        plans = PlanRecorder(
+            store, dispatch, hooks=hooks, patterns=patterns, remember=runner.remember
+        )
+        members = MemberRunner(
+            plans,
             runner,
-            enqueue=enqueue,
-            deliver=deliver,
             patterns=patterns,
-            submit=submit,
             budgets=RedisBudgetBackend(client, prefix=settings.key_prefix, behind=settles),
         )
-        runtime = cls(settings, client, store, runner, coordinator, hooks, http, worker, bus, proxy)
+        runtime = cls(
+            settings, client, store, runner, plans, members, hooks, http, worker, bus, proxy
+        )
         runtime.closers += [client.close, fast.close, http.close, proxy.close]
         if metrics is not None and settings.metrics_port is not None:
             hooks.add(MetricsHooks(metrics, uses_cache=runner.uses_cache))
-            coordinator.on_plan_end = lambda meta: metrics.plan_ended(meta, now=time.time())
+            plans.on_plan_end = lambda record: metrics.plan_ended(record, now=time.time())
             runtime.metrics = metrics
             if metrics.serve(settings.metrics_port):
                 runtime.closers.append(metrics.close)

@@ -4,7 +4,7 @@
 the runner's hook chain (:class:`MetricsHooks`: retries, cache hits, finished
 envelopes, anomaly events), from a thin wrapper around each task type's
 handler (:meth:`WorkerMetrics.measure`: one call, its duration, calls in
-flight, booked rate-limit waits) and from the coordinator's ``on_plan_end``
+flight, booked rate-limit waits) and from the plan recorder's ``on_plan_end``
 (plan runs that end on this worker). Labels are bounded: an agent's id, a
 task type, an outcome, never a task or plan id. ``agent`` of a task that is
 not an agent call is its type (``function``, ``http``, ``pattern``).
@@ -47,6 +47,7 @@ from taskplane.proxy.breaker_storage import STATE_CLOSED, STATE_HALF_OPEN, STATE
 
 if TYPE_CHECKING:
     from taskplane.executor import CallContext, Handler, Outcome, RunContext
+    from taskplane.plan.record import RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -213,15 +214,12 @@ class WorkerMetrics:
         """Count a task that finished outside the runner (a nested pattern's task)."""
         self.tasks.labels(task_type, result.status.value).inc()
 
-    def plan_ended(self, meta: dict[str, str], *, now: float) -> None:
-        """Count a run that ended, from its meta; *now* in epoch seconds (the store's clock)."""
-        strategy = meta.get("rule") or "unknown"
-        self.plans.labels(strategy, meta.get("state") or "unknown").inc()
-        try:
-            took = now - float(meta["created"])
-        except (KeyError, ValueError):
-            return
-        self.plan_duration.labels(strategy).observe(max(took, 0.0))
+    def plan_ended(self, record: RunRecord, *, now: float) -> None:
+        """Count a run that ended; *now* in epoch seconds (the store's clock)."""
+        strategy = record.rule.name
+        self.plans.labels(strategy, record.state).inc()
+        if record.created:
+            self.plan_duration.labels(strategy).observe(max(now - record.created, 0.0))
 
     def measure(self, handler: Handler) -> Handler:
         """*handler*, counting and timing each call it makes."""

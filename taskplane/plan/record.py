@@ -100,6 +100,11 @@ class RunRecord:
         return self.state in TERMINAL
 
     @property
+    def any_started(self) -> bool:
+        """Some task of the run has started (a worker took its message)."""
+        return any(name.startswith("started:") for name in self.fields)
+
+    @property
     def all_done(self) -> bool:
         """Every task has a recorded outcome."""
         return self.done >= self.total

@@ -31,9 +31,9 @@ from taskplane.executor import Attempt, Reschedule
 from taskplane.models import ExecutionPlan, TaskStatus, parse_plan
 from taskplane.observability import tracing
 from taskplane.observability.celery_view import kwargs_repr, shadow_name
-from taskplane.plan import TERMINAL
 from taskplane.runtime import WorkerRuntime, close_runtimes, runtime_for
-from taskplane.tasks.canvas import enqueue_member, submit_plan
+from taskplane.tasks.canvas import submit_plan
+from taskplane.tasks.dispatch import CeleryDispatch
 from taskplane.tasks.redelivery import RedeliverySweeper, needs_sweeper
 from taskplane.tasks.states import (
     Finished,
@@ -42,11 +42,6 @@ from taskplane.tasks.states import (
     TaskFailed,
     continue_chain,
 )
-
-
-def deliver_results(app: Celery, celery_task_id: str, results: list[dict[str, Any]]) -> None:
-    """Store a plan's results as the result of the ``execute_plan`` call *celery_task_id*."""
-    app.backend.mark_as_done(celery_task_id, results)
 
 
 def submit_child(
@@ -73,9 +68,7 @@ def worker_runtime(app: Celery, worker: str = "") -> WorkerRuntime:
         id(app),
         lambda: WorkerRuntime.build(
             settings_of(app),
-            enqueue=partial(enqueue_member, app),
-            deliver=partial(deliver_results, app),
-            submit=partial(submit_child, app),
+            dispatch=CeleryDispatch(app, submit=partial(submit_child, app)),
             worker=worker,
         ),
     )
@@ -123,7 +116,7 @@ def register_tasks(app: Celery) -> None:
         with tracing.task_delivery(self.request, plan_id, task, attempt):
             worker = self.request.hostname or ""
             runtime = worker_runtime(app, worker)
-            step = runtime.coordinator.run_member(
+            step = runtime.members.run_member(
                 plan_id,
                 index,
                 task,
@@ -178,8 +171,9 @@ def register_tasks(app: Celery) -> None:
                 reply_to=self.request.id,
                 agent_policies=runtime.agent_policies,
             )
-        if runtime.store.meta(parsed.id).get("state") in TERMINAL:
-            report = runtime.coordinator.collect(parsed.id)
+        record = runtime.store.record(parsed.id)
+        if record is not None and record.ended:
+            report = runtime.plans.collect(parsed.id, record)
             return [r.to_json_dict() for r in report.results]
         raise Ignore()
 

@@ -2,7 +2,7 @@
 
 Parallel plans enqueue their first ``maxConcurrency`` tasks, one message
 each over one producer; each task that finishes enqueues the next one (see
-:class:`taskplane.coordinator.PlanCoordinator`), so the limit holds across
+:class:`taskplane.plan.recorder.PlanRecorder`), so the limit holds across
 every worker and no task waits holding a worker slot. Sequential and
 weighted plans are a Celery chain.
 

@@ -176,7 +176,7 @@ def test_a_killed_workers_task_is_taken_over_by_its_redelivery_and_recorded_once
             lease_ttl_at_kill = state.ttl(lease_key)
             owner = state.get(lease_key)
             meta_at_kill = state.hgetall(plan_key("taskplane", plan_id, "meta"))
-            with caplog.at_level(logging.WARNING, logger="taskplane.coordinator"):
+            with caplog.at_level(logging.WARNING, logger="taskplane.plan.recorder"):
                 replacement = cluster.start_worker("takeover1")
                 wait_ready([replacement], cluster.engine.app.control.ping)
                 assert wait_until(lambda: calls_of(server, plan_id, 1) == [2], timeout_s=60)
@@ -260,7 +260,7 @@ def test_window_tasks_orphaned_by_a_dead_enqueuer_are_sent_again(
         finally:
             broker.close()
         started = time.monotonic()
-        with caplog.at_level(logging.WARNING, logger="taskplane.coordinator"):
+        with caplog.at_level(logging.WARNING, logger="taskplane.plan.recorder"):
             wait_ready([cluster.start_worker("orphans0")], engine.app.control.ping)
             results = handle.wait(60)
         elapsed = time.monotonic() - started

@@ -29,7 +29,15 @@ from taskplane.errors import TransportError
 from taskplane.events import EVENT_TYPES, RedisEventBus
 from taskplane.keys import agent_window_key
 from taskplane.models import ExecutionTask
-from taskplane.plan import AllSettled, Mode, PlanLayout, PlanState, RedisRunStore, RunStore
+from taskplane.plan import (
+    AllSettled,
+    Mode,
+    PlanLayout,
+    PlanState,
+    RedisRunStore,
+    RunRecord,
+    RunStore,
+)
 from taskplane.proxy.limiter import RedisLimiterBackend, Window
 from tests.support import cli_runner
 
@@ -103,9 +111,14 @@ def test_final_counts_come_from_the_results() -> None:
 
 
 def test_no_worker_hint_only_when_nothing_started() -> None:
-    assert no_worker_hint({"state": "timeout"}) is not None
-    assert no_worker_hint({"state": "timeout", "started:0": "1"}) is None
-    assert no_worker_hint({"state": "failed"}) is None
+    def run(state: str, **more: str) -> RunRecord | None:
+        fields = {"state": state, "rule": "all", "n": "1", "deadline": "1.0", **more}
+        return RunRecord.parse("p", fields)
+
+    assert no_worker_hint(run("timeout")) is not None
+    assert no_worker_hint(run("timeout", **{"started:0": "1"})) is None
+    assert no_worker_hint(run("failed")) is None
+    assert no_worker_hint(None) is None
 
 
 # -- stats, events ------------------------------------------------------------

@@ -13,6 +13,7 @@ from taskplane.completions import (
     paired_results,
 )
 from taskplane.models import ExecutionResult, TaskStatus
+from taskplane.plan import RunRecord
 
 
 class Clock:
@@ -23,8 +24,13 @@ class Clock:
         return self.now
 
 
-def meta(state: str = "running", done: str = "0", deadline: float = 1010.0) -> dict[str, str]:
-    return {"state": state, "done": done, "deadline": repr(deadline), "n": "3"}
+def meta(
+    state: str = "running", done: str = "0", deadline: float = 1010.0, **more: str
+) -> RunRecord:
+    fields = {"state": state, "done": done, "deadline": repr(deadline), "n": "3", "rule": "all"}
+    record = RunRecord.parse("p", {**fields, **more})
+    assert record is not None
+    return record
 
 
 def test_an_ended_run_stops_the_wait() -> None:
@@ -64,7 +70,7 @@ def test_no_progress_for_longer_than_a_redelivery_asks_for_recovery_once() -> No
 
 def test_a_quiet_run_asks_now_and_then_whether_redis_restarted_under_it() -> None:
     clock = Clock()
-    created = {**meta(), "created": repr(clock.now - 1)}
+    created = meta(created=repr(clock.now - 1))
     watch = PlanWatch(created, timeout_s=None, stall_s=30, clock=clock)
     watch.step(created)
     assert not watch.wants_server_start()  # progress was just seen
@@ -72,9 +78,9 @@ def test_a_quiet_run_asks_now_and_then_whether_redis_restarted_under_it() -> Non
     assert watch.wants_server_start()
     assert not watch.restarted(started_at=clock.now - 3600)  # up since before the run
     # started just before the run: uptime's whole seconds make it look a little later
-    assert not watch.restarted(started_at=float(created["created"]) + 0.9)
+    assert not watch.restarted(started_at=created.created + 0.9)
     assert not watch.wants_server_start()  # asked just now
-    watch.step({**created, "done": "1"})  # progress, then quiet again
+    watch.step(meta(done="1", created=repr(created.created)))  # progress, then quiet again
     clock.now += RESTART_STALL_S
     assert watch.wants_server_start()
     restart = clock.now - 2.4

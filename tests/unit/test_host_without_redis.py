@@ -20,17 +20,19 @@ import redis
 
 from taskplane.cache import RedisResultCache, RunnerCache
 from taskplane.config import CacheConfig, CircuitBreakerConfig, RateLimitConfig
-from taskplane.coordinator import PlanCoordinator
 from taskplane.devtools.redis_server import free_port
 from taskplane.errors import BackendError, UpstreamError, is_retryable
 from taskplane.executor import CallContext, TaskRunner
 from taskplane.models import ExecutionTask, TaskType
 from taskplane.plan import RedisRunStore
+from taskplane.plan.members import MemberRunner
+from taskplane.plan.recorder import PlanRecorder
 from taskplane.proxy import AgentProxy, CircuitBreaker, InMemoryTransport, RateLimiter
 from taskplane.proxy.inflight import InFlightLimiter, RedisInFlightBackend
 from taskplane.proxy.limiter import RedisLimiterBackend
 from taskplane.proxy.registry import InMemoryAgentRegistry, RedisAgentRegistry
 from taskplane.runtime import redis_client
+from tests.unit.test_plan_members import ListDispatch
 
 ENDPOINT = "http://agent.test"
 
@@ -127,10 +129,8 @@ def test_the_cache_is_a_miss_and_the_agent_is_called(unreachable: redis.Redis) -
 def test_a_task_takes_no_step_without_the_plan_store(unreachable: redis.Redis) -> None:
     agent = Agent()
     runner = TaskRunner({TaskType.AGENT: proxy_without_redis(unreachable, agent)})
-    enqueued: list[Any] = []
-    coordinator = PlanCoordinator(
-        RedisRunStore(unreachable), runner, enqueue=lambda *args, **kwargs: enqueued.append(args)
-    )
+    dispatch = ListDispatch()
+    members = MemberRunner(PlanRecorder(RedisRunStore(unreachable), dispatch), runner)
     with pytest.raises(BackendError, match="plan store"):
-        coordinator.run_member("p1", 0, agent_task().to_json_dict(), owner="celery-task-id")
-    assert agent.calls == 0 and enqueued == []
+        members.run_member("p1", 0, agent_task().to_json_dict(), owner="celery-task-id")
+    assert agent.calls == 0 and not dispatch.queue

@@ -22,6 +22,7 @@ from taskplane.observability.metrics import (
     agent_label,
     call_outcome,
 )
+from taskplane.plan import RunRecord
 
 
 class Clock:
@@ -117,8 +118,16 @@ def test_a_booked_rate_limit_wait_is_observed_and_is_not_a_retry() -> None:
 
 def test_a_plan_end_counts_its_strategy_state_and_duration() -> None:
     metrics = WorkerMetrics()
-    metrics.plan_ended({"rule": "all", "state": "completed", "created": "100.0"}, now=102.5)
-    metrics.plan_ended({"rule": "race", "state": "failed"}, now=103.0)
+
+    def run(rule: str, state: str, **more: str) -> RunRecord:
+        record = RunRecord.parse(
+            "p", {"rule": rule, "state": state, "n": "1", "deadline": "0", **more}
+        )
+        assert record is not None
+        return record
+
+    metrics.plan_ended(run("all", "completed", created="100.0"), now=102.5)
+    metrics.plan_ended(run("race", "failed"), now=103.0)
     assert sample(metrics, "taskplane_plans_total", strategy="all", state="completed") == 1
     assert sample(metrics, "taskplane_plans_total", strategy="race", state="failed") == 1
     assert sample(metrics, "taskplane_plan_duration_seconds_sum", strategy="all") == 2.5

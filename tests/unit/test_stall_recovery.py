@@ -40,28 +40,28 @@ def test_a_lost_message_is_found_after_the_stall_and_resending_it_ends_the_run()
     store.create("p", tasks, PlanLayout(All(), Mode.WINDOW, (0, 1, 2, 3), 2), clock.now + 3600)
     record = store.record("p")
     assert record is not None
-    watch = PlanWatch(dict(record.fields), timeout_s=None, stall_s=stall_s(), clock=clock)
+    watch = PlanWatch(record, timeout_s=None, stall_s=stall_s(), clock=clock)
 
     # task 0 runs and hands on task 2, which runs and hands on task 3; task 1's
     # message is lost on the way (a broker restart), so 1 never starts
     assert deliver(store, "p", 0) == 2
     assert deliver(store, "p", 2) == 3
     assert deliver(store, "p", 3) is None
-    assert watch.step(store.meta("p")).recover is False
+    assert watch.step(store.record("p")).recover is False
 
     clock.now += stall_s() / 2
     assert store.orphans("p") == [(1, tasks[1].to_json_dict())]  # passed over by later tasks
-    step = watch.step(store.meta("p"))
+    step = watch.step(store.record("p"))
     assert (step.kind, step.recover) == (StepKind.BLOCK, False)  # progress came in meanwhile
 
     clock.now += stall_s() + 1
-    step = watch.step(store.meta("p"))
+    step = watch.step(store.record("p"))
     assert (step.kind, step.recover) == (StepKind.BLOCK, True)
     [(index, task)] = store.orphans("p")
     assert index == 1 and task["id"] == "t1"
 
     deliver(store, "p", index)  # the waiter sent it again
-    assert watch.step(store.meta("p")).kind is StepKind.ENDED
+    assert watch.step(store.record("p")).kind is StepKind.ENDED
     assert store.record("p").state == "completed"  # type: ignore[union-attr]
 
 
