@@ -114,11 +114,12 @@ class PlanRecorder:
     ) -> bool:
         """Record *result* for task *index* and hand on to its successor; True when recorded here.
 
-        *ran*: the task had started, so the run stops counting it as running.
+        *ran*: the task had started, so the run stops counting it as running. The
+        hooks hear ``on_finished`` only when the store says this call recorded the
+        outcome (a reply lost to a Redis restart after the script ran reads as not
+        recorded: that outcome's hook is not told).
         """
         outcome = self.store.finish(plan_id, index, result, ran=ran)
-        if outcome.recorded:
-            self.hooks.on_finished(task, ctx, result)
         if outcome.next_index is not None and outcome.next_task is not None:
             self.enqueue(plan_id, outcome.next_index, outcome.next_task, ctx.deadline)
         elif not outcome.recorded:
@@ -126,6 +127,8 @@ class PlanRecorder:
             # call did and its reply was lost (Redis stopped after running the script), so
             # the retried call found it. The successor it handed on may never have been sent.
             self.resend_successor(plan_id, index, ctx.deadline)
+        if outcome.recorded:  # after the hand-on: a slow listener holds up no successor
+            self.hooks.on_finished(task, ctx, result)
         if outcome.ending:
             self.settle(plan_id, ended=True)
         return outcome.recorded
