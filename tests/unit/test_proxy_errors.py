@@ -21,7 +21,7 @@ from taskplane.executor import CallContext
 from taskplane.models import ExecutionTask
 from taskplane.proxy import parallax
 from taskplane.proxy.grpc import build_request, outcome_from_result, translate_rpc_error
-from taskplane.proxy.http import HttpTransport, retry_after_s
+from taskplane.proxy.http import HttpTransport
 from taskplane.proxy.registry import make_agent_info
 
 AGENT = make_agent_info("a1", "http://agent.test:8080")
@@ -120,13 +120,6 @@ def test_429_and_5xx_keep_the_status_and_retry_after() -> None:
     with pytest.raises(UpstreamError) as caught:
         send(answer(502, {}))
     assert (caught.value.status, caught.value.retry_after_s) == (502, None)
-
-
-def test_retry_after_accepts_seconds_and_http_dates() -> None:
-    assert retry_after_s("120") == 120.0
-    assert retry_after_s("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == 10.0
-    assert retry_after_s("soon") is None
-    assert retry_after_s(None) is None
 
 
 def test_foreign_errors_are_chained() -> None:
