@@ -36,6 +36,7 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
+from taskplane.config import Settings
 from taskplane.errors import (
     ExecutionError,
     InvalidReplyError,
@@ -44,8 +45,8 @@ from taskplane.errors import (
     http_status_error,
 )
 
-#: Largest reply body read, in bytes (settings: ``http_max_response_bytes``).
-MAX_RESPONSE_BYTES = 10 * 1024 * 1024
+#: Largest reply body read, in bytes: the default of ``Settings.http_max_response_bytes``.
+MAX_RESPONSE_BYTES: int = Settings.model_fields["http_max_response_bytes"].default
 #: How much of an error body goes into the error message, in characters.
 ERROR_SNIPPET_CHARS = 200
 

@@ -87,13 +87,8 @@ class Recorder(pybreaker.CircuitBreakerListener):
     def success(self, cb: pybreaker.CircuitBreaker) -> None:
         self.heard.append(("success",))
 
-    def state_change(
-        self,
-        cb: pybreaker.CircuitBreaker,
-        old_state: pybreaker.CircuitBreakerState | None,
-        new_state: pybreaker.CircuitBreakerState,
-    ) -> None:
-        self.heard.append((old_state.name if old_state else "", new_state.name))
+    def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
+        self.heard.append((old_state.name, new_state.name))
 
 
 def fail(breaker: CircuitBreaker, times: int = 1, error: Exception | None = None) -> None:
