@@ -1,22 +1,30 @@
-"""Shared Redis plumbing: scripts kept as ``.lua`` files beside the code that runs them,
-and clients for one Redis or a Redis Cluster.
+"""Shared Redis I/O: clients, the translation of Redis errors, and Lua scripts.
 
-A Redis Cluster is named by a ``redis+cluster://host:port[,host:port…]`` URL
-(any of its nodes; the client finds the rest). Its client is typed as
-``redis.Redis`` where taskplane passes it around: it offers the same
-commands, and every script taskplane sends keeps its keys in one slot
-(:mod:`taskplane.keys`).
+Clients: for one Redis or a Redis Cluster. A Redis Cluster is named by a
+``redis+cluster://host:port[,host:port…]`` URL (any of its nodes; the client
+finds the rest). Its client is typed as ``redis.Redis`` where taskplane passes
+it around: it offers the same commands, and every script taskplane sends keeps
+its keys in one slot (:mod:`taskplane.keys`).
+
+Errors: a Redis error becomes a :class:`~taskplane.errors.BackendError` where it
+enters, through :func:`translated` (or :func:`backend_error` for an error that
+arrives as a value); the message reads ``"{component}: {operation} failed:
+{cause}"``.
+
+Scripts: ``.lua`` files in a package's ``lua/`` folder, read through
+``importlib.resources`` and registered on a client by :func:`load_script`.
 
 Writes sent behind the caller's back: :class:`WriteBehind`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
@@ -27,9 +35,50 @@ from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
+from taskplane.errors import BackendError
 from taskplane.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
+
+
+#: What a Redis client raises when Redis did not do what it was asked: the connection
+#: was refused or lost, a reply timed out, the server refused a command or a script
+#: failed. redis-py draws these as one tree under ``RedisError`` (``redis.asyncio``
+#: raises the same classes), so this one entry is the whole map to BackendError.
+REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError,)
+
+
+def backend_error(component: str, operation: str, cause: BaseException) -> BackendError:
+    """The :class:`BackendError` saying that *component* failed at *operation* because of *cause*.
+
+    For an error that arrives as a value (handed over by a background reader);
+    raise it ``from`` *cause*.
+    """
+    return BackendError(f"{component}: {operation} failed: {cause}")
+
+
+@contextlib.contextmanager
+def translated(
+    component: str, operation: str, *, also: tuple[type[Exception], ...] = ()
+) -> Iterator[None]:
+    """Raise a Redis error from the block as a :class:`BackendError`, chained to it.
+
+    Works around ``await`` too: ``with translated("event stream", "reading"): await …``.
+
+    Args:
+        component: What talks to Redis, e.g. ``"agent registry"`` or
+            ``"calls in flight to a1"``.
+        operation: What it was doing, e.g. ``"reading agent a1"``.
+        also: More exception types that mean a lost Redis at this site (e.g. the
+            ``TimeoutError`` of ``asyncio.wait_for``).
+
+    Raises:
+        BackendError: ``"{component}: {operation} failed: {cause}"``.
+    """
+    try:
+        yield
+    except (*REDIS_ERRORS, *also) as exc:
+        raise backend_error(component, operation, exc) from exc
 
 
 def load_script(client: redis.Redis, package: str, name: str) -> Script:
