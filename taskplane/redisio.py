@@ -11,8 +11,11 @@ enters, through :func:`translated` (or :func:`backend_error` for an error that
 arrives as a value); the message reads ``"{component}: {operation} failed:
 {cause}"``.
 
-Scripts: ``.lua`` files in a package's ``lua/`` folder, read through
-``importlib.resources`` and registered on a client by :func:`load_script`.
+Scripts: ``.lua`` files in a package's ``lua/`` folder (shipped as package
+data), each opening with a comment that names its KEYS and ARGV, read through
+``importlib.resources`` and registered on a client by :func:`load_script`. A
+helper several scripts share is a file of its own, pulled in by a
+``--#include`` line (:func:`script_source`).
 
 Writes sent behind the caller's back: :class:`WriteBehind`.
 """
@@ -20,8 +23,10 @@ Writes sent behind the caller's back: :class:`WriteBehind`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
+import re
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -81,10 +86,39 @@ def translated(
         raise backend_error(component, operation, exc) from exc
 
 
+#: Folder of a package that holds its Lua scripts.
+LUA_FOLDER = "lua"
+#: A line ``--#include name.lua`` in a script stands for that file of the same folder.
+_INCLUDE = re.compile(r"^--#include[ \t]+(\S+)[ \t]*$", re.MULTILINE)
+
+
+@functools.cache
+def script_source(package: str, name: str) -> str:
+    """The text of the Lua script *name* in *package*'s ``lua/`` folder, includes expanded.
+
+    Include step: each line ``--#include shared.lua`` is replaced by the text of
+    ``shared.lua`` from the same folder (itself expanded the same way), so
+    helpers several scripts share are written once. Redis sees one script;
+    line numbers in its error messages count the included lines.
+
+    Raises:
+        FileNotFoundError: There is no such file.
+        ValueError: The includes form a cycle.
+    """
+    return _expand(package, name, ())
+
+
+def _expand(package: str, name: str, chain: tuple[str, ...]) -> str:
+    if name in chain:
+        raise ValueError(f"Lua include cycle in {package}: {' -> '.join((*chain, name))}")
+    folder = resources.files(package).joinpath(LUA_FOLDER)
+    source = folder.joinpath(name).read_text(encoding="utf-8")
+    return _INCLUDE.sub(lambda m: _expand(package, m.group(1), (*chain, name)), source)
+
+
 def load_script(client: redis.Redis, package: str, name: str) -> Script:
-    """Register the Lua script *name* (a file in *package*'s ``lua/`` folder) with *client*."""
-    source = resources.files(package).joinpath("lua", name).read_text(encoding="utf-8")
-    return client.register_script(source)
+    """Register the Lua script *name* of *package* (see :func:`script_source`) with *client*."""
+    return client.register_script(script_source(package, name))
 
 
 #: URL scheme of a Redis Cluster: ``redis+cluster://[user:password@]host:port[,host:port…]``.
