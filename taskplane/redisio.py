@@ -310,11 +310,8 @@ class WriteBehind:
                 unknown.append(write)
             elif isinstance(reply, Exception):
                 self._failed(1, reply)
-            elif write.then is not None:
-                try:
-                    write.then(reply)
-                except Exception:
-                    log.exception("%s: handling a reply failed", self.name)
+            else:
+                self._answer(write, reply)
         if unknown:  # Redis restarted or its scripts were flushed: load them and send again
             try:
                 for script in {write.script.sha: write.script for write in unknown}.values():
@@ -331,11 +328,14 @@ class WriteBehind:
             except (redis.RedisError, OSError) as exc:
                 self._failed(1, exc)
                 continue
-            if write.then is not None:
-                try:
-                    write.then(reply)
-                except Exception:
-                    log.exception("%s: handling a reply failed", self.name)
+            self._answer(write, reply)
+
+    def _answer(self, write: _Write, reply: Any) -> None:
+        if write.then is not None:
+            try:
+                write.then(reply)
+            except Exception:  # the caller's callback: its failure must not stop the sender
+                log.exception("%s: handling a reply failed", self.name)
 
     def _failed(self, count: int, exc: BaseException) -> None:
         if self._throttle.due():
