@@ -26,7 +26,8 @@ from taskplane.errors import ValidationError
 from taskplane.keys import plan_key, registry_key
 from taskplane.models import MAX_JSON_DEPTH, MAX_PAYLOAD_BYTES
 from tests.reliability.conftest import SHORT
-from tests.reliability.support import RUN_DIR, Cluster, record_figures, wait_until
+from tests.reliability.support import RUN_DIR, Cluster, record_figures
+from tests.support import wait_until
 
 EXAMPLES = 40 if SHORT else 150
 HYPOTHESIS = settings(

@@ -37,14 +37,8 @@ from taskplane.events.redis_bus import LISTENER_CLIENT_NAME
 from taskplane.keys import plan_key
 from tests.reliability.conftest import SHORT, fresh_dir
 from tests.reliability.redisproc import PrivateRedis
-from tests.reliability.support import (
-    LOG_DIR,
-    ROOT,
-    Cluster,
-    record_figures,
-    running_cluster,
-    wait_until,
-)
+from tests.reliability.support import LOG_DIR, ROOT, Cluster, record_figures, running_cluster
+from tests.support import wait_until
 
 TASKS = 2000
 RECONNECT_TASKS = 1000 if SHORT else 2000
