@@ -71,7 +71,14 @@ class CeleryEvents:
     def __enter__(self) -> CeleryEvents:
         self._thread.start()
         self._ready.wait(5)
-        time.sleep(0.3)  # the receiver's queue is bound once it consumes
+        # The receiver's queue is bound once it consumes: probe until a probe comes back.
+        with self.app.events.default_dispatcher() as dispatcher:
+
+            def probed() -> bool:
+                dispatcher.send("test-probe")
+                return bool(self.of_type("test-probe"))
+
+            assert wait_until(probed, timeout_s=10, interval_s=0.1), "no Celery events"
         return self
 
     def __exit__(self, *exc: object) -> None:
