@@ -20,7 +20,6 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from taskplane.errors import BackendError
 from taskplane.events.bus import Event, check_event_id
 from taskplane.events.redis_bus import (
     FIRST_ID,
@@ -30,6 +29,7 @@ from taskplane.events.redis_bus import (
     SUBSCRIBE_TIMEOUT_S,
     stream_event,
 )
+from taskplane.redisio import translated
 from taskplane.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
@@ -72,13 +72,12 @@ class AsyncEventStream:
 
     async def __aenter__(self) -> AsyncEventStream:
         if self.after is None:
-            try:
+            # asyncio.wait_for's TimeoutError is an OSError
+            with translated("event stream", "reading the newest event id", also=(OSError,)):
                 newest = await asyncio.wait_for(
                     self.client.xrevrange(self.stream, max="+", min="-", count=1),
                     SUBSCRIBE_TIMEOUT_S,
                 )
-            except (aioredis.RedisError, OSError, TimeoutError) as exc:
-                raise BackendError(f"cannot read the event stream: {exc}") from exc
             self.after = str(newest[0][0]) if newest else FIRST_ID
         self._open = True
         return self

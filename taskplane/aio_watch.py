@@ -25,8 +25,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from taskplane.completions import START, block_ms
-from taskplane.errors import BackendError
 from taskplane.plan import WAIT_SLICE_S
+from taskplane.redisio import backend_error
 
 #: Entries the wake stream keeps (only its growth matters).
 WAKE_MAXLEN = 16
@@ -82,8 +82,8 @@ class RunWatcher:
             timeout_s = min(max(timeout_s, 0.001), WAIT_SLICE_S)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(waiter.event.wait(), timeout_s)
-            if waiter.error is not None:
-                raise BackendError(f"waiting on {key} failed: {waiter.error}") from waiter.error
+            if (error := waiter.error) is not None:
+                raise backend_error("run watcher", f"waiting on {key}", error) from error
             return waiter.latest
         finally:
             self._drop(key, waiter)

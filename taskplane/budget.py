@@ -42,7 +42,7 @@ from taskplane.executor import BudgetRefusal
 from taskplane.keys import plan_key
 from taskplane.models import ExecutionTask, PlanBudget
 from taskplane.proxy import estimated_tokens
-from taskplane.redisio import WriteBehind, load_script
+from taskplane.redisio import WriteBehind, load_script, translated
 from taskplane.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
@@ -262,10 +262,8 @@ class RedisBudgetBackend(BudgetBackend):
         return plan_key(self.prefix, owner, "meta")
 
     def _run(self, owner: str, args: list[str]) -> list[Any]:
-        try:
+        with translated(f"plan budget of {owner}", args[0]):
             reply = self._script(keys=[self._key(owner)], args=args)
-        except redis.RedisError as exc:
-            raise BackendError(f"plan budget of {owner}: {exc}") from exc
         return _texts(reply)
 
     def reserve(self, owner: str, tokens: int) -> Verdict:

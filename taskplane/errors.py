@@ -238,8 +238,3 @@ def http_status_error(
     if status >= 400:
         return ClientError(message, status)
     return None
-
-
-def is_retryable(error: BaseException) -> bool:
-    """Tell whether *error* is worth another attempt."""
-    return isinstance(error, RETRYABLE_ERRORS)

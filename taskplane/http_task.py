@@ -22,7 +22,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -32,17 +31,15 @@ import httpx
 from taskplane.errors import (
     ForbiddenTargetError,
     InvalidPayloadError,
-    InvalidReplyError,
-    TaskTimeoutError,
     TransportError,
     http_status_error,
 )
 from taskplane.executor import CallContext, Outcome
+from taskplane.httpio import MAX_RESPONSE_BYTES, httpx_errors, read_capped, retry_after_s, snippet
 from taskplane.models import ExecutionTask
 
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 MAX_REDIRECTS = 5
-DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str], list[str]]
@@ -175,38 +172,6 @@ def _request_args(task: ExecutionTask) -> dict[str, Any]:
     return args
 
 
-def read_capped(
-    response: httpx.Response,
-    limit: int,
-    *,
-    what: str = "reply",
-    deadline: float | None = None,
-    clock: Callable[[], float] = time.monotonic,
-) -> bytes:
-    """Read a streamed body, refusing one larger than *limit* bytes.
-
-    Args:
-        response: A streamed response.
-        limit: Largest body accepted, in bytes (a larger ``Content-Length`` fails at once).
-        what: Names the body in errors.
-        deadline: *clock* time past which reading fails with ``TaskTimeoutError``.
-        clock: Monotonic seconds.
-    """
-    declared = response.headers.get("Content-Length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise InvalidReplyError(f"{what} is larger than {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    for chunk in response.iter_bytes():
-        size += len(chunk)
-        if size > limit:
-            raise InvalidReplyError(f"{what} is larger than {limit} bytes")
-        chunks.append(chunk)
-        if deadline is not None and clock() > deadline:
-            raise TaskTimeoutError(f"{what} took longer than the call's timeout")
-    return b"".join(chunks)
-
-
 def decode_body(response: httpx.Response, body: bytes) -> Any:
     """JSON when the reply says so, else text."""
     if "json" in response.headers.get("content-type", ""):
@@ -215,14 +180,6 @@ def decode_body(response: httpx.Response, body: bytes) -> Any:
         except ValueError:
             pass
     return body.decode(response.encoding or "utf-8", errors="replace")
-
-
-def status_error(status: int, text: str, retry_after: str | None) -> Exception | None:
-    """The error an HTTP status stands for, or None for a success."""
-    delay = None
-    if retry_after and retry_after.strip().isdigit():
-        delay = float(retry_after.strip())
-    return http_status_error(status, f"HTTP {status}: {text[:200]}", delay)
 
 
 class HttpTaskHandler:
@@ -239,7 +196,7 @@ class HttpTaskHandler:
         client: httpx.Client,
         *,
         guard: UrlGuard,
-        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         self.client = client
         self.guard = guard
@@ -250,26 +207,25 @@ class HttpTaskHandler:
         url = task.target
         for _hop in range(MAX_REDIRECTS + 1):
             self.guard.check(url)
-            try:
-                with self.client.stream(
+            with (
+                httpx_errors(where=url, timeout_s=call.timeout_s),
+                self.client.stream(
                     url=url, timeout=call.timeout_s, follow_redirects=False, **args
-                ) as response:
-                    if response.is_redirect and "location" in response.headers:
-                        url = urljoin(url, response.headers["location"])
-                        if response.status_code in (301, 302, 303) and args["method"] != "HEAD":
-                            args = {**args, "method": "GET"}
-                            args.pop("json", None)
-                            args.pop("content", None)
-                        continue
-                    body = read_capped(response, self.max_response_bytes)
-            except httpx.TimeoutException as exc:
-                raise TaskTimeoutError(f"{url}: no answer within {call.timeout_s:.3f}s") from exc
-            except httpx.HTTPError as exc:
-                raise TransportError(f"{url}: {type(exc).__name__}: {exc}") from exc
-            error = status_error(
-                response.status_code,
-                body.decode("utf-8", "replace"),
-                response.headers.get("retry-after"),
+                ) as response,
+            ):
+                if response.is_redirect and "location" in response.headers:
+                    url = urljoin(url, response.headers["location"])
+                    if response.status_code in (301, 302, 303) and args["method"] != "HEAD":
+                        args = {**args, "method": "GET"}
+                        args.pop("json", None)
+                        args.pop("content", None)
+                    continue
+                body = read_capped(response, self.max_response_bytes)
+            status = response.status_code
+            error = http_status_error(
+                status,
+                f"HTTP {status}: {snippet(body)}",
+                retry_after_s(response.headers.get("retry-after")),
             )
             if error is not None:
                 raise error

@@ -1,22 +1,35 @@
-"""Shared Redis plumbing: scripts kept as ``.lua`` files beside the code that runs them,
-and clients for one Redis or a Redis Cluster.
+"""Shared Redis I/O: clients, the translation of Redis errors, and Lua scripts.
 
-A Redis Cluster is named by a ``redis+cluster://host:port[,host:port…]`` URL
-(any of its nodes; the client finds the rest). Its client is typed as
-``redis.Redis`` where taskplane passes it around: it offers the same
-commands, and every script taskplane sends keeps its keys in one slot
-(:mod:`taskplane.keys`).
+Clients: for one Redis or a Redis Cluster. A Redis Cluster is named by a
+``redis+cluster://host:port[,host:port…]`` URL (any of its nodes; the client
+finds the rest). Its client is typed as ``redis.Redis`` where taskplane passes
+it around: it offers the same commands, and every script taskplane sends keeps
+its keys in one slot (:mod:`taskplane.keys`).
+
+Errors: a Redis error becomes a :class:`~taskplane.errors.BackendError` where it
+enters, through :func:`translated` (or :func:`backend_error` for an error that
+arrives as a value); the message reads ``"{component}: {operation} failed:
+{cause}"``.
+
+Scripts: ``.lua`` files in a package's ``lua/`` folder (shipped as package
+data), each opening with a comment that names its KEYS and ARGV, read through
+``importlib.resources`` and registered on a client by :func:`load_script`. A
+helper several scripts share is a file of its own, pulled in by a
+``--#include`` line (:func:`script_source`).
 
 Writes sent behind the caller's back: :class:`WriteBehind`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
+import re
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
@@ -27,15 +40,85 @@ from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
+from taskplane.errors import BackendError
 from taskplane.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
 
 
+#: What a Redis client raises when Redis did not do what it was asked: the connection
+#: was refused or lost, a reply timed out, the server refused a command or a script
+#: failed. redis-py draws these as one tree under ``RedisError`` (``redis.asyncio``
+#: raises the same classes), so this one entry is the whole map to BackendError.
+REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError,)
+
+
+def backend_error(component: str, operation: str, cause: BaseException) -> BackendError:
+    """The :class:`BackendError` saying that *component* failed at *operation* because of *cause*.
+
+    For an error that arrives as a value (handed over by a background reader);
+    raise it ``from`` *cause*.
+    """
+    return BackendError(f"{component}: {operation} failed: {cause}")
+
+
+@contextlib.contextmanager
+def translated(
+    component: str, operation: str, *, also: tuple[type[Exception], ...] = ()
+) -> Iterator[None]:
+    """Raise a Redis error from the block as a :class:`BackendError`, chained to it.
+
+    Works around ``await`` too: ``with translated("event stream", "reading"): await …``.
+
+    Args:
+        component: What talks to Redis, e.g. ``"agent registry"`` or
+            ``"calls in flight to a1"``.
+        operation: What it was doing, e.g. ``"reading agent a1"``.
+        also: More exception types that mean a lost Redis at this site (e.g. the
+            ``TimeoutError`` of ``asyncio.wait_for``).
+
+    Raises:
+        BackendError: ``"{component}: {operation} failed: {cause}"``.
+    """
+    try:
+        yield
+    except (*REDIS_ERRORS, *also) as exc:
+        raise backend_error(component, operation, exc) from exc
+
+
+#: Folder of a package that holds its Lua scripts.
+LUA_FOLDER = "lua"
+#: A line ``--#include name.lua`` in a script stands for that file of the same folder.
+_INCLUDE = re.compile(r"^--#include[ \t]+(\S+)[ \t]*$", re.MULTILINE)
+
+
+@functools.cache
+def script_source(package: str, name: str) -> str:
+    """The text of the Lua script *name* in *package*'s ``lua/`` folder, includes expanded.
+
+    Include step: each line ``--#include shared.lua`` is replaced by the text of
+    ``shared.lua`` from the same folder (itself expanded the same way), so
+    helpers several scripts share are written once. Redis sees one script;
+    line numbers in its error messages count the included lines.
+
+    Raises:
+        FileNotFoundError: There is no such file.
+        ValueError: The includes form a cycle.
+    """
+    return _expand(package, name, ())
+
+
+def _expand(package: str, name: str, chain: tuple[str, ...]) -> str:
+    if name in chain:
+        raise ValueError(f"Lua include cycle in {package}: {' -> '.join((*chain, name))}")
+    folder = resources.files(package).joinpath(LUA_FOLDER)
+    source = folder.joinpath(name).read_text(encoding="utf-8")
+    return _INCLUDE.sub(lambda m: _expand(package, m.group(1), (*chain, name)), source)
+
+
 def load_script(client: redis.Redis, package: str, name: str) -> Script:
-    """Register the Lua script *name* (a file in *package*'s ``lua/`` folder) with *client*."""
-    source = resources.files(package).joinpath("lua", name).read_text(encoding="utf-8")
-    return client.register_script(source)
+    """Register the Lua script *name* of *package* (see :func:`script_source`) with *client*."""
+    return client.register_script(script_source(package, name))
 
 
 #: URL scheme of a Redis Cluster: ``redis+cluster://[user:password@]host:port[,host:port…]``.
@@ -227,11 +310,8 @@ class WriteBehind:
                 unknown.append(write)
             elif isinstance(reply, Exception):
                 self._failed(1, reply)
-            elif write.then is not None:
-                try:
-                    write.then(reply)
-                except Exception:
-                    log.exception("%s: handling a reply failed", self.name)
+            else:
+                self._answer(write, reply)
         if unknown:  # Redis restarted or its scripts were flushed: load them and send again
             try:
                 for script in {write.script.sha: write.script for write in unknown}.values():
@@ -248,11 +328,14 @@ class WriteBehind:
             except (redis.RedisError, OSError) as exc:
                 self._failed(1, exc)
                 continue
-            if write.then is not None:
-                try:
-                    write.then(reply)
-                except Exception:
-                    log.exception("%s: handling a reply failed", self.name)
+            self._answer(write, reply)
+
+    def _answer(self, write: _Write, reply: Any) -> None:
+        if write.then is not None:
+            try:
+                write.then(reply)
+            except Exception:  # the caller's callback: its failure must not stop the sender
+                log.exception("%s: handling a reply failed", self.name)
 
     def _failed(self, count: int, exc: BaseException) -> None:
         if self._throttle.due():

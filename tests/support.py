@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -13,6 +14,27 @@ import redis
 from kombu import Connection
 
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+#: How long :func:`wait_until` waits unless told (s).
+WAIT_S = 5.0
+
+
+def wait_until(
+    predicate: Callable[[], Any], *, timeout_s: float = WAIT_S, interval_s: float = 0.02
+) -> bool:
+    """Poll *predicate* until it is true or *timeout_s* passes; returns its last value.
+
+    Tests wait on what they are about to assert, never for a fixed time::
+
+        assert wait_until(lambda: handle.status()["running"] == 1)
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return bool(value)
+        time.sleep(interval_s)
 
 
 def rabbitmq_url() -> str:

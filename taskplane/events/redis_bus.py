@@ -41,7 +41,7 @@ from taskplane.events.bus import (
     make_event,
 )
 from taskplane.keys import event_channel, event_stream_key
-from taskplane.redisio import clone_client, is_cluster, load_script
+from taskplane.redisio import clone_client, is_cluster, load_script, translated
 from taskplane.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,8 @@ RECONNECT_MIN_S = 0.1
 RECONNECT_MAX_S = 5.0
 #: Page size when :meth:`RedisEventBus.recent` filters by type.
 RECENT_PAGE = 500
+#: What a BackendError from Redis names as the component.
+_COMPONENT = "event bus"
 
 
 def _text(value: str | bytes) -> str:
@@ -228,7 +230,7 @@ class RedisEventBus(EventBus):
         newest: str = "+"
         scanned = 0
         page = count if event_type is None else RECENT_PAGE
-        try:
+        with translated(_COMPONENT, "reading recent events"):
             while len(found) < count and scanned < self.stream_maxlen:
                 entries: list[Any] = list(
                     self.redis.xrevrange(self.stream, max=newest, min="-", count=page) or []
@@ -243,8 +245,6 @@ class RedisEventBus(EventBus):
                 if len(entries) < page or event_type is None:
                     break
                 newest = "(" + _text(entries[-1][0])
-        except redis.RedisError as exc:
-            raise BackendError(f"cannot read events from Redis: {exc}") from exc
         found.reverse()
         return found
 
@@ -260,12 +260,10 @@ class RedisEventBus(EventBus):
         Raises:
             BackendError: Redis cannot be reached.
         """
-        try:
+        with translated(_COMPONENT, "reading the newest event id"):
             entries: list[Any] = list(
                 self.redis.xrevrange(self.stream, max="+", min="-", count=1) or []
             )
-        except redis.RedisError as exc:
-            raise BackendError(f"cannot read events from Redis: {exc}") from exc
         return _text(entries[0][0]) if entries else FIRST_ID
 
     def _started_subscription(self, subscription: Subscription) -> None:

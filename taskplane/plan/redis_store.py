@@ -34,12 +34,10 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from importlib import resources
 from typing import Any
 
 import redis
 
-from taskplane.errors import BackendError
 from taskplane.events import RedisEventBus, finished_event
 from taskplane.keys import event_stream_key, plan_key
 from taskplane.models import ExecutionResult, ExecutionTask
@@ -53,12 +51,9 @@ from taskplane.plan.store import (
     StartAction,
     StartDecision,
 )
+from taskplane.redisio import load_script, translated
 
 _PARTS = ("meta", "tasks", "results", "done", "reply", "order")
-
-
-def _lua(name: str) -> str:
-    return resources.files("taskplane.plan").joinpath("lua", f"{name}.lua").read_text()
 
 
 def _result(raw: str | None) -> ExecutionResult | None:
@@ -99,11 +94,11 @@ class RedisRunStore(RunStore):
         self.retention_s = retention_s
         self.events = events
         self.clock = clock
-        self._submit = client.register_script(_lua("submit"))
-        self._start = client.register_script(_lua("start"))
-        self._finish = client.register_script(_lua("finish"))
-        self._end = client.register_script(_lua("end"))
-        self._fill = client.register_script(_lua("fill"))
+        self._submit = load_script(client, "taskplane.plan", "submit.lua")
+        self._start = load_script(client, "taskplane.plan", "start.lua")
+        self._finish = load_script(client, "taskplane.plan", "finish.lua")
+        self._end = load_script(client, "taskplane.plan", "end.lua")
+        self._fill = load_script(client, "taskplane.plan", "fill.lua")
 
     def _keys(self, plan_id: str) -> dict[str, str]:
         return {part: plan_key(self.prefix, plan_id, part) for part in _PARTS}
@@ -138,10 +133,8 @@ class RedisRunStore(RunStore):
             return ""
 
     def _call(self, what: str, func: Callable[[], Any]) -> Any:
-        try:
+        with translated("plan store", what):
             return func()
-        except redis.RedisError as exc:
-            raise BackendError(f"plan store: {what} failed: {exc}") from exc
 
     # -- RunStore ---------------------------------------------------------------------------
 

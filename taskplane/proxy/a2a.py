@@ -63,9 +63,9 @@ from taskplane.errors import (
     TaskTimeoutError,
     TransportError,
     UpstreamError,
-    http_status_error,
 )
 from taskplane.executor import CallContext, Outcome
+from taskplane.httpio import reply_error
 from taskplane.models import ExecutionTask
 from taskplane.observability import tracing
 from taskplane.proxy.aio import LoopThread
@@ -267,8 +267,7 @@ def build_message(task: ExecutionTask, call: CallContext) -> Any:
 
 
 def _from_status(status: int, where: str) -> ExecutionError:
-    error = http_status_error(status, f"{where} answered HTTP {status}")
-    return error if error is not None else InvalidReplyError(f"{where} answered HTTP {status}")
+    return reply_error(status, f"{where} answered HTTP {status}")
 
 
 ErrorMap = tuple[tuple[type[BaseException], Callable[[Any, str], ExecutionError]], ...]

@@ -1,4 +1,12 @@
-"""Per-agent circuit breakers whose state every worker shares.
+"""Per-agent circuit breakers whose state every worker shares, built on pybreaker.
+
+Each agent has a :class:`pybreaker.CircuitBreaker` (named by the agent id)
+over a :class:`pybreaker.CircuitBreakerStorage` that holds the shared state
+(in memory or in Redis, :mod:`taskplane.proxy.breaker_storage`), with
+pybreaker's state names and its ``exclude`` list
+(:data:`taskplane.errors.BREAKER_IGNORED_ERRORS`). Listeners are
+:class:`pybreaker.CircuitBreakerListener` objects; ``circuit:open`` and
+``circuit:close`` come from one of them, :class:`CircuitEvents`.
 
 Agent calls are never routed through :meth:`pybreaker.CircuitBreaker.call`:
 it holds a lock for the whole call, which would serialise every call to one
@@ -14,12 +22,22 @@ machine)::
         raise
     breaker.record(admission)
 
-A success in the closed state costs nothing (no storage round trip); errors in
-:data:`taskplane.errors.BREAKER_IGNORED_ERRORS` (4xx and the like) are not
-failures, and on the half-open trial they count as a success (the agent
-answered). Transitions emit ``circuit:open{agentId, failures}`` and
-``circuit:close{agentId}`` exactly once cluster-wide, from the process whose
-atomic step made the transition; ``failures`` is 1 when a failed trial reopens.
+A success in the closed state costs nothing (no storage round trip; building
+an agent's pybreaker object reads its state once per process); excluded
+errors (4xx and the like) are not failures, and on the half-open trial they
+count as a success (the agent answered).
+
+Listeners hear, as pybreaker would tell them: ``success(cb)`` and
+``failure(cb, exc)`` for every call the breaker tracked (none while it fails
+open), and ``state_change(cb, old,
+new)`` for each transition (closed → open, open → half-open, half-open →
+closed or open) exactly once cluster-wide, from the process whose atomic step
+made it; the new state of an opening is a :class:`TrippedState`, which says
+how many failures opened it (1 when a failed trial reopens).
+``before_call`` is not called: no function is wrapped. The listeners are held
+here, not on the pybreaker objects, because pybreaker also notifies its own
+listeners when a process merely notices a change made elsewhere. A failing
+listener is logged and does not break the call.
 
 **When Redis is unreachable the breaker fails open**: calls proceed as if the
 circuit were closed (an agent outage must not be compounded by a Redis one),
@@ -36,10 +54,11 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import pybreaker
 import redis
 
 from taskplane.config import CircuitBreakerConfig
@@ -47,6 +66,8 @@ from taskplane.errors import BREAKER_IGNORED_ERRORS, BackendError, CircuitOpenEr
 from taskplane.proxy.breaker_redis import RedisBreakerStorage
 from taskplane.proxy.breaker_storage import (
     STATE_CLOSED,
+    STATE_HALF_OPEN,
+    STATE_OPEN,
     BreakerPolicy,
     BreakerStorage,
     InMemoryBreakerStorage,
@@ -74,6 +95,71 @@ def policy_from_config(config: CircuitBreakerConfig) -> BreakerPolicy:
     )
 
 
+class TrippedState(pybreaker.CircuitOpenState):
+    """pybreaker's open state as announced by the process whose call opened the circuit.
+
+    Attributes:
+        failures: The failures in the window that opened it (1 for a failed trial).
+    """
+
+    def __init__(
+        self,
+        cb: pybreaker.CircuitBreaker,
+        prev_state: pybreaker.CircuitBreakerState | None = None,
+        *,
+        failures: int,
+    ) -> None:
+        super().__init__(cb, prev_state)
+        self.failures = failures
+
+
+def _state_object(
+    circuit: pybreaker.CircuitBreaker, name: str, *, failures: int = 0
+) -> pybreaker.CircuitBreakerState:
+    """pybreaker's object for state *name* (built without notifying anyone)."""
+    if name == STATE_OPEN:
+        return TrippedState(circuit, failures=failures)
+    if name == STATE_HALF_OPEN:
+        return pybreaker.CircuitHalfOpenState(circuit, None)
+    return pybreaker.CircuitClosedState(circuit)
+
+
+def _no_emit(event_type: str, data: dict[str, Any]) -> None:
+    """Default emitter: drop the event."""
+
+
+class CircuitEvents(pybreaker.CircuitBreakerListener):
+    """The listener behind ``circuit:open{agentId, failures}`` and ``circuit:close{agentId}``.
+
+    Args:
+        emit: Receives each event; its errors are logged, not raised.
+    """
+
+    def __init__(self, emit: Emit) -> None:
+        self.emit = emit
+
+    def state_change(
+        self,
+        cb: pybreaker.CircuitBreaker,
+        old_state: pybreaker.CircuitBreakerState | None,
+        new_state: pybreaker.CircuitBreakerState,
+    ) -> None:
+        if isinstance(new_state, TrippedState):
+            log.warning(
+                "circuit for agent %s opened after %d failures", cb.name, new_state.failures
+            )
+            self._emit("circuit:open", {"agentId": cb.name, "failures": new_state.failures})
+        elif new_state.name == STATE_CLOSED:
+            log.info("circuit for agent %s closed", cb.name)
+            self._emit("circuit:close", {"agentId": cb.name})
+
+    def _emit(self, event_type: str, data: dict[str, Any]) -> None:
+        try:
+            self.emit(event_type, data)
+        except Exception:
+            log.exception("emitting %s failed", event_type)
+
+
 @dataclass(frozen=True)
 class Admission:
     """A call the breaker let through; hand it back to :meth:`CircuitBreaker.record`.
@@ -93,17 +179,15 @@ class Admission:
     policy: BreakerPolicy | None = None
 
 
-def _no_emit(event_type: str, data: dict[str, Any]) -> None:
-    """Default emitter: drop the event."""
-
-
 class CircuitBreaker:
     """The circuit breakers of every agent, one shared state per agent id.
 
     Args:
         config: Threshold, window and reset timeout (ms, as in settings).
         storage: Builds the storage of one agent's breaker from its id.
-        emit: Receives ``circuit:open`` / ``circuit:close`` events; its errors are logged.
+        emit: Receives ``circuit:open`` / ``circuit:close`` events (a
+            :class:`CircuitEvents` listener, the first one).
+        listeners: More pybreaker listeners (metrics, say), told about every agent.
         clock: Wall clock in epoch seconds (shared by every host).
     """
 
@@ -113,13 +197,18 @@ class CircuitBreaker:
         *,
         storage: StorageFactory = InMemoryBreakerStorage,
         emit: Emit = _no_emit,
+        listeners: Iterable[pybreaker.CircuitBreakerListener] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.policy = policy_from_config(config or CircuitBreakerConfig())
         self._factory = storage
-        self.emit = emit
+        self.listeners: tuple[pybreaker.CircuitBreakerListener, ...] = (
+            CircuitEvents(emit),
+            *listeners,
+        )
         self.clock = clock
         self._storages: dict[str, BreakerStorage] = {}
+        self._circuits: dict[str, pybreaker.CircuitBreaker] = {}
         self._lock = threading.Lock()
         self._warnings = LogThrottle(BACKEND_WARNING_INTERVAL_S)
 
@@ -131,6 +220,7 @@ class CircuitBreaker:
         *,
         prefix: str = "taskplane",
         emit: Emit = _no_emit,
+        listeners: Iterable[pybreaker.CircuitBreakerListener] = (),
         clock: Callable[[], float] = time.time,
     ) -> CircuitBreaker:
         """Breakers whose state lives in Redis under ``{prefix}:breaker:*``."""
@@ -138,7 +228,7 @@ class CircuitBreaker:
         def storage(agent_id: str) -> BreakerStorage:
             return RedisBreakerStorage(client, agent_id, prefix=prefix)
 
-        return cls(config, storage=storage, emit=emit, clock=clock)
+        return cls(config, storage=storage, emit=emit, listeners=listeners, clock=clock)
 
     def storage(self, agent_id: str) -> BreakerStorage:
         """The (cached) storage of *agent_id*'s breaker."""
@@ -146,6 +236,25 @@ class CircuitBreaker:
         if found is None:
             with self._lock:
                 found = self._storages.setdefault(agent_id, self._factory(agent_id))
+        return found
+
+    def circuit(self, agent_id: str) -> pybreaker.CircuitBreaker:
+        """*agent_id*'s pybreaker breaker over its storage (cached; never called through).
+
+        Raises:
+            BackendError: Building it reads the state, and the storage cannot be reached.
+        """
+        found = self._circuits.get(agent_id)
+        if found is None:
+            built = pybreaker.CircuitBreaker(
+                fail_max=self.policy.failure_threshold,
+                reset_timeout=self.policy.reset_timeout_s,
+                exclude=BREAKER_IGNORED_ERRORS,
+                state_storage=self.storage(agent_id),
+                name=agent_id,
+            )
+            with self._lock:
+                found = self._circuits.setdefault(agent_id, built)
         return found
 
     def state(self, agent_id: str) -> str:
@@ -175,13 +284,18 @@ class CircuitBreaker:
             CircuitOpenError: The circuit is open, or half-open with a trial in flight.
         """
         token = uuid.uuid4().hex
+        rules = policy or self.policy
         try:
+            circuit = self.circuit(agent_id)
             gate = self.storage(agent_id).admit(
-                now=self.clock(), policy=policy or self.policy, lease_s=lease_s, token=token
+                now=self.clock(), policy=rules, lease_s=lease_s, token=token
             )
         except BackendError as exc:
             self._warn(exc)
             return Admission(agent_id, STATE_CLOSED, tracked=False, policy=policy)
+        circuit.fail_max, circuit.reset_timeout = rules.failure_threshold, rules.reset_timeout_s
+        if gate.opened_trial:
+            self._changed(circuit, STATE_OPEN, STATE_HALF_OPEN)
         if not gate.allowed:
             raise CircuitOpenError(
                 f"circuit for agent {agent_id} is {gate.state}; "
@@ -191,18 +305,34 @@ class CircuitBreaker:
         return Admission(agent_id, gate.state, trial_token=trial, policy=policy)
 
     def record(self, admission: Admission, error: BaseException | None = None) -> None:
-        """Record how an admitted call ended: *error* None is a success."""
-        if error is None or isinstance(error, BREAKER_IGNORED_ERRORS):
-            self._record(admission, "success")
+        """Record how an admitted call ended: *error* None is a success.
+
+        An excluded error (pybreaker's ``is_system_error`` is false) is a success.
+        """
+        circuit = self._circuit_of(admission)
+        if circuit is None:
+            return
+        if error is not None and circuit.is_system_error(error):
+            self._notify(circuit, "failure", error)
+            self._record(admission, circuit, "failure")
         else:
-            self._record(admission, "failure")
+            self._notify(circuit, "success")
+            self._record(admission, circuit, "success")
 
     def abandon(self, admission: Admission) -> None:
         """Record that an admitted call never reached the agent (frees a half-open trial)."""
-        self._record(admission, "abandon")
+        circuit = self._circuit_of(admission)
+        if circuit is not None:
+            self._record(admission, circuit, "abandon")
 
-    def _record(self, admission: Admission, result: Result) -> None:
-        if not admission.tracked or (result != "failure" and not admission.trial_token):
+    def _circuit_of(self, admission: Admission) -> pybreaker.CircuitBreaker | None:
+        """The circuit of a tracked admission (None: the breaker failed open for it)."""
+        return self._circuits.get(admission.agent_id) if admission.tracked else None
+
+    def _record(
+        self, admission: Admission, circuit: pybreaker.CircuitBreaker, result: Result
+    ) -> None:
+        if result != "failure" and not admission.trial_token:
             return
         try:
             change = self.storage(admission.agent_id).record(
@@ -215,20 +345,27 @@ class CircuitBreaker:
         except BackendError as exc:
             self._warn(exc)
             return
+        before = STATE_HALF_OPEN if admission.trial_token else STATE_CLOSED
         if change.change == "open":
-            log.warning(
-                "circuit for agent %s opened after %d failures", admission.agent_id, change.failures
-            )
-            self._emit("circuit:open", {"agentId": admission.agent_id, "failures": change.failures})
+            self._changed(circuit, before, STATE_OPEN, failures=change.failures)
         elif change.change == "close":
-            log.info("circuit for agent %s closed", admission.agent_id)
-            self._emit("circuit:close", {"agentId": admission.agent_id})
+            self._changed(circuit, before, STATE_CLOSED)
 
-    def _emit(self, event_type: str, data: dict[str, Any]) -> None:
-        try:
-            self.emit(event_type, data)
-        except Exception:
-            log.exception("emitting %s failed", event_type)
+    def _changed(
+        self, circuit: pybreaker.CircuitBreaker, old: str, new: str, *, failures: int = 0
+    ) -> None:
+        """Tell the listeners about a transition this process made."""
+        before = _state_object(circuit, old)
+        self._notify(
+            circuit, "state_change", before, _state_object(circuit, new, failures=failures)
+        )
+
+    def _notify(self, circuit: pybreaker.CircuitBreaker, hook: str, *args: Any) -> None:
+        for listener in self.listeners:
+            try:
+                getattr(listener, hook)(circuit, *args)
+            except Exception:
+                log.exception("circuit breaker listener %r failed in %s", listener, hook)
 
     def _warn(self, exc: BaseException) -> None:
         if self._warnings.due():

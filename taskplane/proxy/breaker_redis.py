@@ -24,23 +24,28 @@ from taskplane.proxy.breaker_storage import (
 )
 
 _ADMIT = """
+-- KEYS[1] the breaker hash; ARGV: now, reset_timeout_s, lease_s, trial token.
+-- Returns {state, allowed '1'|'0', retry_in_s, '1' when this call moved open -> half-open}.
 local s = redis.call('HMGET', KEYS[1], 'state', 'opened_at', 'trial_until')
 local state = s[1]
-if not state or state == 'closed' then return {'closed', '1', '0'} end
+if not state or state == 'closed' then return {'closed', '1', '0', '0'} end
 local now = tonumber(ARGV[1])
 if state == 'open' then
   local reopen_at = tonumber(s[2]) + tonumber(ARGV[2])
-  if now < reopen_at then return {'open', '0', tostring(reopen_at - now)} end
+  if now < reopen_at then return {'open', '0', tostring(reopen_at - now), '0'} end
 else
   local trial_until = tonumber(s[3] or '0') or 0
-  if now < trial_until then return {'half-open', '0', tostring(trial_until - now)} end
+  if now < trial_until then return {'half-open', '0', tostring(trial_until - now), '0'} end
 end
 redis.call('HSET', KEYS[1], 'state', 'half-open', 'trial', ARGV[4],
            'trial_until', tostring(now + tonumber(ARGV[3])))
-return {'half-open', '1', '0'}
+return {'half-open', '1', '0', state == 'open' and '1' or '0'}
 """
 
 _RECORD = """
+-- KEYS[1] the breaker hash, KEYS[2] the failure window (sorted set);
+-- ARGV: result, now, monitoring_period_s, failure_threshold, trial token, unique member.
+-- Returns {change 'open'|'close'|'', failures}.
 local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
 local result, token = ARGV[1], ARGV[5]
 if state == 'half-open' then
@@ -49,7 +54,7 @@ if state == 'half-open' then
   if result == 'abandon' then
     redis.call('HDEL', KEYS[1], 'trial', 'trial_until'); return {'', '0'}
   end
-  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', ARGV[2], 'failures', '1')
+  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', ARGV[2])
   redis.call('HDEL', KEYS[1], 'trial', 'trial_until')
   return {'open', '1'}
 end
@@ -60,7 +65,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tostring(now - tonumber(ARGV[3])
 local n = redis.call('ZCARD', KEYS[2])
 if n >= tonumber(ARGV[4]) then
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', ARGV[2], 'failures', tostring(n))
+  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', ARGV[2])
   return {'open', tostring(n)}
 end
 redis.call('PEXPIRE', KEYS[2], math.ceil(tonumber(ARGV[3]) * 1000))
@@ -93,10 +98,15 @@ class RedisBreakerStorage(BreakerStorage):
     def admit(self, *, now: float, policy: BreakerPolicy, lease_s: float, token: str) -> Gate:
         args = [repr(now), repr(policy.reset_timeout_s), repr(lease_s), token]
         try:
-            state, allowed, retry_in = self._admit(keys=[self.key], args=args)
+            state, allowed, retry_in, opened_trial = self._admit(keys=[self.key], args=args)
         except redis.RedisError as exc:
             raise BackendError(f"circuit breaker state for {self.name}: {exc}") from exc
-        return Gate(_text(state), _text(allowed) == "1", float(_text(retry_in)))
+        return Gate(
+            _text(state),
+            _text(allowed) == "1",
+            float(_text(retry_in)),
+            opened_trial=_text(opened_trial) == "1",
+        )
 
     def record(
         self,

@@ -1,10 +1,15 @@
 """Where one agent's circuit breaker keeps its state: in memory or in Redis.
 
-A storage is a :class:`pybreaker.CircuitBreakerStorage` (it reads back as
-pybreaker's ``state``/``counter``/``opened_at``) with two atomic verbs of its
-own, :meth:`BreakerStorage.admit` and :meth:`BreakerStorage.record`. Each verb
-is one critical section: a lock in memory, one Lua script (one round trip) in
-Redis, so a transition happens exactly once however many processes race.
+A storage is a :class:`pybreaker.CircuitBreakerStorage`: a
+:class:`pybreaker.CircuitBreaker` reads its ``state``, ``counter`` and
+``opened_at`` (see :mod:`taskplane.proxy.breaker`). pybreaker's own writes
+(``increment_counter``, ``state = …``, ``opened_at = …``) are separate round
+trips that two processes can interleave, so the state is changed only through
+two atomic verbs of this interface, :meth:`BreakerStorage.admit` and
+:meth:`BreakerStorage.record`. Each verb is one critical section: a lock in
+memory, one Lua script (one round trip) in Redis, so a transition happens
+exactly once however many processes race. Setting ``state`` remains, as an
+operator's override.
 
 The Redis storage lives in :mod:`taskplane.proxy.breaker_redis`.
 
@@ -48,11 +53,19 @@ class BreakerPolicy:
 
 @dataclass(frozen=True)
 class Gate:
-    """A storage's answer to :meth:`BreakerStorage.admit`."""
+    """A storage's answer to :meth:`BreakerStorage.admit`.
+
+    Attributes:
+        state: The state the call was let through (or refused) in.
+        allowed: Whether the call may go ahead.
+        retry_in_s: When refused, how long until a call may be let through.
+        opened_trial: This admission moved the breaker from open to half-open.
+    """
 
     state: str
     allowed: bool
     retry_in_s: float = 0.0
+    opened_trial: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,6 +101,7 @@ class BreakerStorage(pybreaker.CircuitBreakerStorage):
 
     @property
     def success_counter(self) -> int:
+        """Successes in half-open: always 0, as the trial's one success closes the breaker."""
         return 0
 
 
@@ -99,20 +113,20 @@ class _Record:
     state: str = STATE_CLOSED
     failures: list[float] = field(default_factory=list)
     opened_at: float = 0.0
-    trip_failures: int = 0
     trial: str = ""
     trial_until: float = 0.0
 
 
 def _open(rec: _Record, now: float, failures: int) -> Transition:
-    rec.state, rec.opened_at, rec.trip_failures = STATE_OPEN, now, failures
+    rec.state, rec.opened_at = STATE_OPEN, now
     rec.failures, rec.trial, rec.trial_until = [], "", 0.0
     return Transition("open", failures)
 
 
 def _start_trial(rec: _Record, now: float, lease_s: float, token: str) -> Gate:
+    opened_trial = rec.state == STATE_OPEN
     rec.state, rec.trial, rec.trial_until = STATE_HALF_OPEN, token, now + lease_s
-    return Gate(STATE_HALF_OPEN, True)
+    return Gate(STATE_HALF_OPEN, True, opened_trial=opened_trial)
 
 
 class ClosedState:

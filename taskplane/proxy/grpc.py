@@ -60,9 +60,9 @@ from taskplane.errors import (
     UpstreamError,
 )
 from taskplane.executor import CallContext, Outcome
+from taskplane.httpio import MAX_RESPONSE_BYTES
 from taskplane.models import ExecutionTask
 from taskplane.observability import tracing
-from taskplane.proxy.http import DEFAULT_MAX_RESPONSE_BYTES
 from taskplane.proxy.registry import AgentInfo
 from taskplane.proxy.transport import (
     USAGE_KEYS,
@@ -179,7 +179,7 @@ class GrpcTransport(AgentTransport):
         max_response_bytes: Largest reply message accepted.
     """
 
-    def __init__(self, *, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> None:
+    def __init__(self, *, max_response_bytes: int = MAX_RESPONSE_BYTES) -> None:
         self.max_response_bytes = max_response_bytes
         self._stubs: dict[str, Any] = {}
         self._channels: list[grpc.Channel] = []

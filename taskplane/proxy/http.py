@@ -1,7 +1,7 @@
 """The HTTP transport: ``POST {endpoint}/analyze`` and ``GET {endpoint}/health``.
 
 One pooled :class:`httpx.Client` per process is passed in and shared by every
-call. httpx errors are translated here:
+call. httpx errors and statuses are translated by :mod:`taskplane.httpio`:
 
 ==========================================  =========================================
 What happened                               Raised
@@ -11,7 +11,8 @@ connect, read, write or pool timeout        :class:`~taskplane.errors.TaskTimeou
 5xx or 429 (``Retry-After`` is kept)        :class:`~taskplane.errors.UpstreamError`
 other 4xx                                   :class:`~taskplane.errors.ClientError`
 1xx/3xx, not JSON, missing fields,          :class:`~taskplane.errors.InvalidReplyError`
-confidence outside 0..1, reply too large
+confidence outside 0..1, reply too large,
+undecodable content encoding
 ==========================================  =========================================
 
 The reply is streamed and reading stops at ``max_response_bytes``. The whole
@@ -21,31 +22,26 @@ exchange (not only each read) is bounded by the call's timeout.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 
-from taskplane.errors import (
-    InvalidReplyError,
-    TaskTimeoutError,
-    TransportError,
-    http_status_error,
-)
+from taskplane.errors import InvalidReplyError
 from taskplane.executor import CallContext, Outcome
-from taskplane.http_task import read_capped
+from taskplane.httpio import (
+    MAX_RESPONSE_BYTES,
+    httpx_errors,
+    read_capped,
+    reply_error,
+    retry_after_s,
+    snippet,
+)
 from taskplane.models import ExecutionTask
 from taskplane.observability import tracing
 from taskplane.proxy.registry import AgentInfo
 from taskplane.proxy.transport import AgentTransport, HealthReport, outcome_from_reply
-
-#: Largest agent reply read, in bytes.
-DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
-#: How much of an error body goes into the error message, in characters.
-ERROR_SNIPPET_CHARS = 200
 
 
 def make_http_client(*, max_connections: int) -> httpx.Client:
@@ -61,24 +57,6 @@ def make_http_client(*, max_connections: int) -> httpx.Client:
     return httpx.Client(limits=limits, follow_redirects=False, trust_env=False, event_hooks=hooks)
 
 
-def retry_after_s(value: str | None, *, now: float | None = None) -> float | None:
-    """Parse a ``Retry-After`` header (seconds or an HTTP date) into seconds from now."""
-    if not value:
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        pass
-    else:  # "nan", "inf" and negative numbers are no hint; huge ones are capped by the runner
-        return max(seconds, 0.0) if math.isfinite(seconds) else None
-    try:
-        when = parsedate_to_datetime(text).timestamp()
-    except (TypeError, ValueError, IndexError):
-        return None
-    return max(when - (time.time() if now is None else now), 0.0)
-
-
 class HttpTransport(AgentTransport):
     """Calls HTTP agents through a shared pooled client.
 
@@ -92,7 +70,7 @@ class HttpTransport(AgentTransport):
         self,
         client: httpx.Client,
         *,
-        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
@@ -105,29 +83,22 @@ class HttpTransport(AgentTransport):
         url = f"{agent.endpoint}/analyze"
         headers = {"Idempotency-Key": call.idempotency_key, "X-Taskplane-Task-Id": task.id}
         deadline = self.clock() + timeout_s
-        try:
-            with self.client.stream(
+        where = f"agent {agent.agent_id} at {url}"
+        with (
+            httpx_errors(where=where, timeout_s=timeout_s),
+            self.client.stream(
                 "POST", url, json=task.payload, headers=headers, timeout=timeout_s
-            ) as response:
-                body = read_capped(
-                    response,
-                    self.max_response_bytes,
-                    what=f"reply from {url}",
-                    deadline=deadline,
-                    clock=self.clock,
-                )
-                status = response.status_code
-                retry_after = response.headers.get("Retry-After")
-        except httpx.TimeoutException as exc:
-            raise TaskTimeoutError(
-                f"agent {agent.agent_id} did not answer in {timeout_s:g} s"
-            ) from exc
-        except httpx.DecodingError as exc:
-            raise InvalidReplyError(
-                f"agent {agent.agent_id} sent an undecodable body: {exc}"
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise TransportError(f"cannot reach agent {agent.agent_id} at {url}: {exc!r}") from exc
+            ) as response,
+        ):
+            body = read_capped(
+                response,
+                self.max_response_bytes,
+                what=f"reply from {url}",
+                deadline=deadline,
+                clock=self.clock,
+            )
+            status = response.status_code
+            retry_after = response.headers.get("Retry-After")
         self._check_status(agent, status, body, retry_after)
         try:
             reply = json.loads(body)
@@ -139,12 +110,9 @@ class HttpTransport(AgentTransport):
 
     @staticmethod
     def _check_status(agent: AgentInfo, status: int, body: bytes, retry_after: str | None) -> None:
-        if 200 <= status < 300:
-            return
-        snippet = body[:ERROR_SNIPPET_CHARS].decode("utf-8", "replace")
-        message = f"agent {agent.agent_id} answered HTTP {status}: {snippet}"
-        error = http_status_error(status, message, retry_after_s(retry_after))
-        raise error if error is not None else InvalidReplyError(message)
+        if not 200 <= status < 300:
+            message = f"agent {agent.agent_id} answered HTTP {status}: {snippet(body)}"
+            raise reply_error(status, message, retry_after_s(retry_after))
 
     def check_health(self, agent: AgentInfo, *, timeout_s: float) -> HealthReport:
         try:

@@ -27,7 +27,7 @@ import redis
 
 from taskplane.errors import BackendError, RateLimitedError
 from taskplane.keys import inflight_key
-from taskplane.redisio import load_script
+from taskplane.redisio import load_script, translated
 from taskplane.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
@@ -108,17 +108,13 @@ class RedisInFlightBackend(InFlightBackend):
         self, agent_id: str, token: str, *, now_ms: float, limit: int, lease_ms: float
     ) -> tuple[bool, float]:
         args = [repr(now_ms), str(limit), token, repr(lease_ms)]
-        try:
+        with translated(f"calls in flight to {agent_id}", "taking a lease"):
             taken, wait = self._script(keys=[self.key(agent_id)], args=args)
-        except redis.RedisError as exc:
-            raise BackendError(f"calls in flight to {agent_id}: {exc}") from exc
         return bool(taken), float(wait.decode() if isinstance(wait, bytes) else wait)
 
     def release(self, agent_id: str, token: str) -> None:
-        try:
+        with translated(f"calls in flight to {agent_id}", "releasing a lease"):
             self.client.zrem(self.key(agent_id), token)
-        except redis.RedisError as exc:
-            raise BackendError(f"calls in flight to {agent_id}: {exc}") from exc
 
 
 class InFlightLimiter:

@@ -48,7 +48,7 @@ from taskplane.config import RateLimitConfig
 from taskplane.errors import BackendError, RateLimitedError
 from taskplane.keys import agent_tokens_key, agent_window_key, quota_tokens_key, quota_window_key
 from taskplane.proxy.policy import AgentPolicy, Quota
-from taskplane.redisio import WriteBehind, load_script
+from taskplane.redisio import WriteBehind, load_script, translated
 from taskplane.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
@@ -225,10 +225,8 @@ class RedisLimiterBackend(LimiterBackend):
         for spec in windows:
             args += [str(spec.window_ms), str(spec.limit), str(spec.cost), str(spec.default)]
         keys = self._keys(windows)
-        try:
+        with translated(f"rate limiter windows {', '.join(keys[::2])}", "reserving a slot"):
             booked, wait, reserved = self._script(keys=keys, args=args)
-        except redis.RedisError as exc:
-            raise BackendError(f"rate limiter windows {', '.join(keys[::2])}: {exc}") from exc
         return bool(booked), float(_text(wait)), int(float(_text(reserved)))
 
     def settle(self, windows: Sequence[Window], *, member: str, tokens: int) -> None:
@@ -237,10 +235,8 @@ class RedisLimiterBackend(LimiterBackend):
         if self.behind is not None:
             self.behind.submit(self._settle, keys, args)
             return
-        try:
+        with translated(f"token windows {', '.join(keys[::2])}", "settling tokens"):
             self._settle(keys=keys, args=args)
-        except redis.RedisError as exc:
-            raise BackendError(f"token windows {', '.join(keys[::2])}: {exc}") from exc
 
 
 def _text(value: Any) -> str:

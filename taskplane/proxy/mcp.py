@@ -58,9 +58,9 @@ from taskplane.errors import (
     TaskTimeoutError,
     TransportError,
     UpstreamError,
-    http_status_error,
 )
 from taskplane.executor import CallContext, Outcome
+from taskplane.httpio import reply_error
 from taskplane.models import ExecutionTask
 from taskplane.observability import tracing
 from taskplane.proxy.aio import LoopThread
@@ -93,8 +93,7 @@ def _rpc_error(error: Any, where: str) -> ExecutionError:
 
 def _status_error(error: Any, where: str) -> ExecutionError:
     status = error.response.status_code
-    mapped = http_status_error(status, f"{where} answered HTTP {status}")
-    return mapped if mapped is not None else InvalidReplyError(f"{where}: HTTP {status}")
+    return reply_error(status, f"{where} answered HTTP {status}")
 
 
 ErrorMap = tuple[tuple[type[BaseException], Callable[[Any, str], ExecutionError]], ...]

@@ -64,18 +64,18 @@ from taskplane.errors import (
     InvalidPayloadError,
     InvalidReplyError,
     TaskTimeoutError,
-    TransportError,
-    http_status_error,
 )
 from taskplane.executor import CallContext, Outcome
-from taskplane.http_task import read_capped
-from taskplane.models import ExecutionTask
-from taskplane.proxy.http import (
-    DEFAULT_MAX_RESPONSE_BYTES,
-    ERROR_SNIPPET_CHARS,
-    health_of,
+from taskplane.httpio import (
+    MAX_RESPONSE_BYTES,
+    httpx_errors,
+    read_capped,
+    reply_error,
     retry_after_s,
+    snippet,
 )
+from taskplane.models import ExecutionTask
+from taskplane.proxy.http import health_of
 from taskplane.proxy.policy import AgentPolicy
 from taskplane.proxy.registry import AgentInfo
 from taskplane.proxy.transport import AgentTransport, HealthReport, confidence_of
@@ -343,7 +343,7 @@ class OpenAITransport(AgentTransport):
         client: httpx.Client,
         *,
         environ: Mapping[str, str],
-        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
@@ -379,37 +379,34 @@ class OpenAITransport(AgentTransport):
         deadline = self.clock() + timeout_s
         what = f"reply from {url}"
         reply: Any = None
-        try:
-            with self.client.stream(
+        with (
+            httpx_errors(
+                where=f"agent {agent.agent_id} at {url}",
+                timeout_s=timeout_s,
+                redact=lambda text: self._redact(text, key),
+            ),
+            self.client.stream(
                 "POST", url, json=body, headers=headers, timeout=timeout_s
-            ) as response:
-                status, reply_headers = response.status_code, response.headers
-                if 200 <= status < 300 and agent.policy.stream:
-                    lines = response.iter_lines()
-                    reply = assemble_stream(
-                        lines, self.max_response_bytes, deadline=deadline, clock=self.clock
-                    )
-                    raw = b""
-                else:
-                    raw = read_capped(
-                        response,
-                        self.max_response_bytes,
-                        what=what,
-                        deadline=deadline,
-                        clock=self.clock,
-                    )
-        except httpx.TimeoutException as exc:
-            raise TaskTimeoutError(
-                f"agent {agent.agent_id} did not answer in {timeout_s:g} s"
-            ) from exc
-        except httpx.HTTPError as exc:
-            message = self._redact(f"cannot reach agent {agent.agent_id} at {url}: {exc!r}", key)
-            raise TransportError(message) from exc
+            ) as response,
+        ):
+            status, reply_headers = response.status_code, response.headers
+            if 200 <= status < 300 and agent.policy.stream:
+                lines = response.iter_lines()
+                reply = assemble_stream(
+                    lines, self.max_response_bytes, deadline=deadline, clock=self.clock
+                )
+                raw = b""
+            else:
+                raw = read_capped(
+                    response,
+                    self.max_response_bytes,
+                    what=what,
+                    deadline=deadline,
+                    clock=self.clock,
+                )
         if not 200 <= status < 300:
-            snippet = self._redact(raw[:ERROR_SNIPPET_CHARS].decode("utf-8", "replace"), key)
-            message = f"agent {agent.agent_id} answered HTTP {status}: {snippet}"
-            error = http_status_error(status, message, rate_limit_wait_s(reply_headers))
-            raise error if error is not None else InvalidReplyError(message)
+            message = f"agent {agent.agent_id} answered HTTP {status}: {snippet(raw)}"
+            raise reply_error(status, self._redact(message, key), rate_limit_wait_s(reply_headers))
         if reply is None:
             try:
                 reply = json.loads(raw)

@@ -30,6 +30,7 @@ from pydantic.alias_generators import to_camel
 from taskplane.errors import BackendError, ValidationError
 from taskplane.keys import registry_key
 from taskplane.proxy.policy import AgentPolicy, Quota, make_policy
+from taskplane.redisio import translated
 
 AgentProtocol = Literal["http", "grpc", "openai", "a2a", "mcp"]
 #: Every protocol an agent may speak.
@@ -41,6 +42,9 @@ URL_PROTOCOLS = ("http", "openai", "a2a", "mcp")
 MAX_AGENT_ID_LENGTH = 200
 #: Schemes a gRPC endpoint may carry; ``grpcs`` means TLS.
 GRPC_SCHEMES = ("grpc", "grpcs")
+
+#: What a BackendError from Redis names as the component.
+_COMPONENT = "agent registry"
 
 _AGENT_ID = re.compile(r"^[^\s\x00-\x1f]+$")
 _HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-_]+):(\d{1,5})$")
@@ -262,48 +266,36 @@ class RedisAgentRegistry(AgentRegistry):
             raise BackendError(f"agent entry in {self.key} is corrupt: {exc}") from exc
 
     def register(self, info: AgentInfo) -> None:
-        try:
+        with translated(_COMPONENT, f"registering agent {info.agent_id}"):
             self.client.hset(self.key, info.agent_id, info.model_dump_json(by_alias=True))
-        except redis.RedisError as exc:
-            raise BackendError(f"cannot register agent {info.agent_id} in Redis: {exc}") from exc
 
     def unregister(self, agent_id: str) -> bool:
-        try:
+        with translated(_COMPONENT, f"unregistering agent {agent_id}"):
             return bool(self.client.hdel(self.key, agent_id))
-        except redis.RedisError as exc:
-            raise BackendError(f"cannot unregister agent {agent_id} in Redis: {exc}") from exc
 
     def get(self, agent_id: str) -> AgentInfo | None:
-        try:
+        with translated(_COMPONENT, f"reading agent {agent_id}"):
             raw = self.client.hget(self.key, agent_id)
-        except redis.RedisError as exc:
-            raise BackendError(f"cannot read agent {agent_id} from Redis: {exc}") from exc
         return self._decode(raw)
 
     def policies(self, agent_ids: Iterable[str]) -> dict[str, AgentPolicy]:
         wanted = list(agent_ids)
         if not wanted:
             return {}
-        try:
+        with translated(_COMPONENT, "reading agents"):
             entries = self.client.hmget(self.key, wanted)
-        except redis.RedisError as exc:
-            raise BackendError(f"cannot read agents from Redis: {exc}") from exc
         found = (self._decode(raw) for raw in entries)
         return {info.agent_id: info.policy for info in found if info is not None}
 
     def list(self) -> builtins.list[AgentInfo]:
-        try:
+        with translated(_COMPONENT, "listing agents"):
             entries = self.client.hgetall(self.key)
-        except redis.RedisError as exc:
-            raise BackendError(f"cannot list agents in Redis: {exc}") from exc
         agents = [self._decode(raw) for raw in entries.values()]
         return sorted((a for a in agents if a is not None), key=lambda a: a.agent_id)
 
     def register_quota(self, quota: Quota) -> None:
-        try:
+        with translated(_COMPONENT, f"registering quota {quota.name}"):
             self.client.hset(self.quotas_key, quota.name, quota.model_dump_json(by_alias=True))
-        except redis.RedisError as exc:
-            raise BackendError(f"cannot register quota {quota.name} in Redis: {exc}") from exc
 
     def _decode_quota(self, raw: Any) -> Quota:
         try:
@@ -312,15 +304,11 @@ class RedisAgentRegistry(AgentRegistry):
             raise BackendError(f"quota entry in {self.quotas_key} is corrupt: {exc}") from exc
 
     def get_quota(self, name: str) -> Quota | None:
-        try:
+        with translated(_COMPONENT, f"reading quota {name}"):
             raw = self.client.hget(self.quotas_key, name)
-        except redis.RedisError as exc:
-            raise BackendError(f"cannot read quota {name} from Redis: {exc}") from exc
         return None if raw is None else self._decode_quota(raw)
 
     def list_quotas(self) -> builtins.list[Quota]:
-        try:
+        with translated(_COMPONENT, "listing quotas"):
             entries = self.client.hgetall(self.quotas_key)
-        except redis.RedisError as exc:
-            raise BackendError(f"cannot list quotas in Redis: {exc}") from exc
         return sorted((self._decode_quota(raw) for raw in entries.values()), key=lambda q: q.name)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import pytest
 
 from taskplane import ExecutionEngine, TaskStatus
 from tests.agents import GrpcAgentServer, HttpAgentServer
+from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -65,11 +65,9 @@ def test_cached_agent_result_does_not_reach_the_agent(engine: ExecutionEngine, u
             engine.execute_task(agent_task("l1", f"low-{uid}", q=uid))
             engine.execute_task(agent_task("l2", f"low-{uid}", q=uid))
             assert low.calls == 2  # below the confidence threshold: never cached
-    deadline = time.monotonic() + 3
-    while "c2" not in hits and time.monotonic() < deadline:
-        time.sleep(0.02)
+    seen = wait_until(lambda: "c2" in hits, timeout_s=3)
     engine.off("task:cache-hit")
-    assert "c2" in hits
+    assert seen, hits
 
 
 def test_breaker_opens_cluster_wide_and_fails_fast(engine: ExecutionEngine, uid: str) -> None:
@@ -97,9 +95,7 @@ def test_breaker_opens_cluster_wide_and_fails_fast(engine: ExecutionEngine, uid:
         engine.register_agent(f"flaky-{uid}", agent.endpoint)  # re-registering keeps the state
         again = engine.execute_task({**tasks[0], "id": "after"})
         assert "circuit" in (again.error or "").lower() and agent.calls == 5
-    deadline = time.monotonic() + 3
-    while not opened and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: bool(opened), timeout_s=3)
     engine.off("circuit:open")
     assert opened and opened[0]["failures"] >= 5
 
@@ -113,13 +109,9 @@ def test_agent_confidence_is_tracked(engine: ExecutionEngine, uid: str) -> None:
         ]
         results = engine.execute_parallel({"id": f"tr-{uid}", "tasks": tasks, "maxConcurrency": 16})
         assert len(results) == 50
-    deadline = time.monotonic() + 10
-    stats: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        stats = engine.tracker.get_agent_stats(f"t-{uid}")
-        if stats["totalExecutions"] >= 50:
-            break
-        time.sleep(0.2)
+    tracker = engine.tracker
+    wait_until(lambda: tracker.get_agent_stats(f"t-{uid}")["totalExecutions"] >= 50, timeout_s=10)
+    stats = tracker.get_agent_stats(f"t-{uid}")
     assert stats["totalExecutions"] == 50
     assert stats["avgConfidence"] == pytest.approx(0.8)
     assert stats["successRate"] == 1.0

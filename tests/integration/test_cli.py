@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from taskplane.cli import app
 from taskplane.devtools.redis_server import free_port
 from tests.agents import GrpcAgentServer, HttpAgentServer
 from tests.integration.conftest import ROOT, Cluster
+from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -163,11 +163,10 @@ def test_stats_table_json_and_plot(
         ]
         results = cluster.engine.execute_parallel({"id": f"st-{uid}", "tasks": tasks})
         assert all(r.status is TaskStatus.SUCCESS for r in results)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if cluster.engine.tracker.get_agent_stats(agent_id)["totalExecutions"] >= 6:
-            break
-        time.sleep(0.2)
+    tracker = cluster.engine.tracker
+    assert wait_until(
+        lambda: tracker.get_agent_stats(agent_id)["totalExecutions"] >= 6, timeout_s=10
+    )
 
     table = cli.invoke(app, ["stats", agent_id])
     assert table.exit_code == 0, table.stderr

@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from taskplane.events import RedisEventBus, redis_bus
+from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -57,9 +58,7 @@ def test_the_sender_keeps_sending_after_the_plan_store_takes_its_queue(
     taken = bus.take_queued()
     time.sleep(0.4)  # the linger is over: the sender found its queue empty
     bus.publish("circuit:open", {"n": "after"})
-    until = time.monotonic() + 5
-    while time.monotonic() < until and not bus.recent(1, "circuit:open"):
-        time.sleep(0.02)
+    wait_until(lambda: bool(bus.recent(1, "circuit:open")))
     found = bus.recent(1, "circuit:open")
     bus.close()
     assert len(taken) == 1

@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,20 +28,11 @@ from taskplane.events import (
 from taskplane.events.bus import event_id_key
 from taskplane.events.redis_bus import LISTENER_CLIENT_NAME
 from taskplane.keys import event_stream_key
+from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-WAIT_S = 5.0
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = WAIT_S) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 @pytest.fixture
@@ -99,8 +90,10 @@ def test_closed_subscription_stops_receiving(bus: EventBus) -> None:
     bus.publish(TASK_STARTED, {"i": 0})
     assert wait_until(lambda: len(got) == 1)
     subscription.close()
+    witness: list[Event] = []  # subscribed later, so handed each event after the closed one
+    bus.subscribe(witness.append)
     bus.publish(TASK_STARTED, {"i": 1})
-    time.sleep(0.2)
+    assert wait_until(lambda: any(e["data"]["i"] == 1 for e in witness))
     assert len(got) == 1
 
 
@@ -210,10 +203,11 @@ def test_listener_resumes_after_its_connection_drops_without_gaps_or_repeats(
         for i in range(50, 100):  # published while the listener reconnects
             bus.publish(TASK_COMPLETED, {"i": i})
         assert wait_until(lambda: len(got) >= 100, timeout_s=8.0)
-        time.sleep(0.3)
-        assert [e["data"]["i"] for e in got] == list(range(100))
+        bus.publish(TASK_COMPLETED, {"i": 100})  # a repeat, were there one, would come before
+        assert wait_until(lambda: got[-1]["data"]["i"] == 100)
+        assert [e["data"]["i"] for e in got] == list(range(101))
         ids = [e["id"] for e in got]
-        assert ids == sorted(ids, key=event_id_key) and len(set(ids)) == 100
+        assert ids == sorted(ids, key=event_id_key) and len(set(ids)) == 101
         now = {c["id"] for c in listener_connections(redis_client)}
         assert now and killed.isdisjoint(now)
     finally:
@@ -234,9 +228,10 @@ def test_a_new_bus_resumes_after_an_event_id(redis_client: redis.Redis, prefix: 
     try:
         second.subscribe(resumed.append, event_types=[TASK_COMPLETED], since=last)
         second.publish(TASK_COMPLETED, {"i": 10})
-        assert wait_until(lambda: len(resumed) == 7)
-        time.sleep(0.3)
-        assert [e["data"]["i"] for e in resumed] == list(range(4, 11))
+        assert wait_until(lambda: len(resumed) >= 7)
+        second.publish(TASK_COMPLETED, {"i": 11})  # a repeat, were there one, would come before
+        assert wait_until(lambda: resumed[-1]["data"]["i"] == 11)
+        assert [e["data"]["i"] for e in resumed] == list(range(4, 12))
     finally:
         second.close()
 

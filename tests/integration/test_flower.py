@@ -26,6 +26,7 @@ from taskplane.devtools.redis_server import free_port
 from taskplane.observability.celery_view import SENDER_NODE
 from tests.httpserver import HttpTestServer
 from tests.integration.conftest import LOG_DIR, ROOT, Cluster
+from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -207,7 +208,7 @@ def test_flower_shows_a_cancelled_task_as_revoked(
         {"id": "after", "type": "function", "target": "add", "payload": {"a": 1, "b": 1}},
     ]
     handle = cluster.engine.submit({"id": plan_id, "tasks": tasks, "kind": "sequential"})
-    time.sleep(0.3)
+    assert wait_until(lambda: handle.status()["running"] == 1)  # cancelled while "slow" runs
     handle.cancel()
     with pytest.raises(PlanFailedError) as info:
         handle.wait(10)

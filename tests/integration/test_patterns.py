@@ -160,7 +160,7 @@ def test_engine_as_pattern_executor(engine: ExecutionEngine, uid: str) -> None:
 def test_cancel_reaches_a_running_pattern(engine: ExecutionEngine, cluster: Any, uid: str) -> None:
     import time
 
-    from tests.support import counter
+    from tests.support import counter, wait_until
 
     key = f"{uid}:slow"
     handle = engine.submit(
@@ -174,7 +174,7 @@ def test_cancel_reaches_a_running_pattern(engine: ExecutionEngine, cluster: Any,
             ],
         }
     )
-    time.sleep(0.4)
+    assert wait_until(lambda: counter(cluster, key) >= 1)  # the child's first task is running
     handle.cancel()
     with pytest.raises(Exception, match="cancelled"):
         handle.wait(5)

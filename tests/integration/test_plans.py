@@ -10,7 +10,7 @@ import pytest
 from taskplane import ExecutionEngine, PlanFailedError, TaskStatus, ValidationError
 from tests.httpserver import HttpTestServer
 from tests.integration.conftest import ON_REDIS_CLUSTER
-from tests.support import counter, monitored, rec
+from tests.support import counter, monitored, rec, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -273,8 +273,7 @@ def test_deadline_returns_timeouts_for_unfinished_tasks(engine: ExecutionEngine,
 def test_cancel_stops_tasks_not_yet_called(engine: ExecutionEngine, cluster: Any, uid: str) -> None:
     tasks = [rec(f"t{i}", cluster, f"{uid}:c{i}", ms=300) for i in range(5)]
     handle = engine.submit({"id": f"cancel-{uid}", "tasks": tasks, "maxConcurrency": 1})
-    time.sleep(0.15)
-    assert handle.status()["running"] == 1
+    assert wait_until(lambda: handle.status()["running"] == 1)
     handle.cancel()
     with pytest.raises(PlanFailedError) as info:
         handle.wait(5)

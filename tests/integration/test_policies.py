@@ -17,6 +17,7 @@ import pytest
 from taskplane import TaskStatus
 from tests.agents import HttpAgentServer
 from tests.integration.small import ARRIVAL_JITTER_S, SmallCluster, agent_task, small_cluster
+from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -143,9 +144,7 @@ def test_a_token_limit_and_a_request_limit_hold_together_across_two_workers(
              "tasks": [agent_task(f"t{i}", f"tok-{uid}") for i in range(25)]}
         )  # fmt: skip
         stamps = sorted(agent.timestamps)
-    deadline = time.monotonic() + 5
-    while len(usages) < 25 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: len(usages) >= 25)
     engine.off("task:completed", completed)
     # task:completed carries each call's usage
     assert usages == {f"t{i}": {"inputTokens": 200, "outputTokens": 100} for i in range(25)}

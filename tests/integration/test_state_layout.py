@@ -17,6 +17,7 @@ from taskplane import ExecutionEngine, TaskStatus
 from taskplane.events import Event
 from taskplane.keys import plan_key
 from tests.integration.conftest import ON_REDIS_CLUSTER
+from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -37,14 +38,11 @@ def test_every_recorded_outcome_reaches_subscribers_once(engine: ExecutionEngine
 
     engine.on("task:completed", handler)
     try:
-        time.sleep(0.3)  # the listener is reading
         results = engine.execute_parallel(
             {"id": plan_id, "tasks": [add(f"t{i}", i) for i in range(5)]}
         )
         assert [r.status for r in results] == [TaskStatus.SUCCESS] * 5
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and len(seen) < 5:
-            time.sleep(0.05)
+        wait_until(lambda: len(seen) >= 5, timeout_s=10)
         time.sleep(0.3)  # a duplicate, were there one, would have come by now
     finally:
         engine.off("task:completed", handler)

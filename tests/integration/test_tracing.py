@@ -32,6 +32,7 @@ from tests.integration.conftest import ROOT
 from tests.integration.small import SmallCluster, agent_task, small_cluster
 from tests.integration.test_proxy_mcp import wait_listening
 from tests.otlp import OtlpReceiver, Span
+from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -369,9 +370,7 @@ def test_a_task_redelivered_after_its_worker_was_killed_stays_in_the_trace(
         handle = traced.engine.submit(
             {"id": plan_id, "tasks": [agent_task("long", f"{plan_id}-a")], "timeout": 60000}
         )
-        deadline = time.monotonic() + 15
-        while agent.calls == 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: agent.calls > 0, timeout_s=15)
         assert agent.calls == 1
         victim.kill()
         traced.workers.remove(victim)

@@ -19,6 +19,7 @@ import pytest
 from taskplane import ExecutionEngine, TaskStatus
 from tests.agents import HttpAgentServer
 from tests.integration.small import ARRIVAL_JITTER_S, SmallCluster, agent_task, small_cluster
+from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +71,14 @@ class CeleryEvents:
     def __enter__(self) -> CeleryEvents:
         self._thread.start()
         self._ready.wait(5)
-        time.sleep(0.3)  # the receiver's queue is bound once it consumes
+        # The receiver's queue is bound once it consumes: probe until a probe comes back.
+        with self.app.events.default_dispatcher() as dispatcher:
+
+            def probed() -> bool:
+                dispatcher.send("test-probe")
+                return bool(self.of_type("test-probe"))
+
+            assert wait_until(probed, timeout_s=10, interval_s=0.1), "no Celery events"
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -79,15 +87,6 @@ class CeleryEvents:
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.seen if e.get("type") == kind]
-
-
-def wait_until(predicate: Any, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
 
 
 def healthy_plan_seconds(engine: ExecutionEngine, agent_id: str, plan_id: str) -> float:
@@ -115,18 +114,18 @@ def test_a_retry_is_a_celery_retry_and_frees_the_slot(small: SmallCluster, uid: 
             {"id": f"sick-{uid}", "maxConcurrency": 16, "strategy": "allSettled",
              "tasks": [agent_task(f"s{i}", f"sick-{uid}") for i in range(16)]}
         )  # fmt: skip
-        assert wait_until(lambda: sick.calls >= 16, 10), sick.calls
+        assert wait_until(lambda: sick.calls >= 16, timeout_s=10), sick.calls
         # 16 tasks wait out their Retry-After on a worker with 4 slots: the slots are free
         took = healthy_plan_seconds(small.engine, f"ok-{uid}", f"ok-{uid}")
         assert took < 1.0, f"the healthy plan took {took:.2f} s behind the waiting backlog"
         results = backlog.wait(30)
-        assert wait_until(lambda: len(events.of_type("task-retried")) >= 16, 5)
+        assert wait_until(lambda: len(events.of_type("task-retried")) >= 16, timeout_s=5)
     assert [r.status for r in results] == [TaskStatus.SUCCESS] * 16
     assert {r.retries for r in results} == {1} and {r.metadata["attempts"] for r in results} == {2}
     retried_ids = {e["uuid"] for e in events.of_type("task-retried")}
     succeeded_ids = {e["uuid"] for e in events.of_type("task-succeeded")}
     assert len(retried_ids) == 16 and retried_ids <= succeeded_ids  # RETRY, then the final state
-    assert wait_until(lambda: len(retrying) >= 16, 5)
+    assert wait_until(lambda: len(retrying) >= 16, timeout_s=5)
     assert {(e["attempt"], e["delay"]) for e in retrying} == {(1, 3000.0)}
     # the countdown was the Retry-After: each task's second call came 3 s after its first
     by_task: dict[str, list[float]] = {}
@@ -148,7 +147,7 @@ def test_a_rate_limited_backlog_drains_at_the_limit_across_two_workers(
             {"id": f"lim-{uid}", "maxConcurrency": 16, "strategy": "allSettled",
              "tasks": [agent_task(f"l{i}", f"lim-{uid}") for i in range(16)]}
         )  # fmt: skip
-        assert wait_until(lambda: limited.calls >= 4, 5)
+        assert wait_until(lambda: limited.calls >= 4, timeout_s=5)
         took = healthy_plan_seconds(small.engine, f"ok-{uid}", f"ok2-{uid}")
         results = backlog.wait(30)
         stamps = sorted(limited.timestamps)
@@ -175,7 +174,7 @@ def test_a_worker_killed_while_tasks_wait_for_their_retry_loses_none(
             {"id": f"k-{uid}", "maxConcurrency": 12, "strategy": "allSettled", "timeout": 60000,
              "tasks": [agent_task(f"k{i}", f"k-{uid}") for i in range(12)]}
         )  # fmt: skip
-        assert wait_until(lambda: agent.calls >= 12, 10)
+        assert wait_until(lambda: agent.calls >= 12, timeout_s=10)
         victim.kill()  # it held every retry, each waiting out its countdown
         small.add_worker("survivor", slots=8)
         results = handle.wait(60)

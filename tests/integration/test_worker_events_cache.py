@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import pytest
 
 from taskplane import ExecutionEngine, TaskStatus
-from tests.support import counter, rec
+from tests.support import counter, rec, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -30,12 +29,7 @@ def test_every_started_task_completes_or_fails_in_events(engine: ExecutionEngine
             for i in range(18)
         ] + [{"id": f"bad{i}", "type": "function", "target": "fail"} for i in range(2)]
         engine.execute_parallel({"id": f"ev-{uid}", "strategy": "allSettled", "tasks": tasks})
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            with lock:
-                if sum(e["type"] != "task:started" for e in seen) >= 20:
-                    break
-            time.sleep(0.02)
+        wait_until(lambda: sum(e["type"] != "task:started" for e in list(seen)) >= 20)
     finally:
         engine.off("*", collect)
     started = {e["data"]["taskId"] for e in seen if e["type"] == "task:started"}
@@ -66,9 +60,7 @@ def test_handler_that_raises_does_not_stop_delivery(engine: ExecutionEngine, uid
         engine.execute_task(
             {"id": "x", "type": "function", "target": "noop", "metadata": {"idempotencyKey": uid}}
         )
-        deadline = time.monotonic() + 5
-        while not got and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: bool(got))
     finally:
         engine.off("task:completed")
     assert got == ["task:completed"]

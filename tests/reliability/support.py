@@ -195,16 +195,6 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def wait_until(predicate: Any, *, timeout_s: float, interval_s: float = 0.05) -> bool:
-    """Poll *predicate* until it is true or *timeout_s* passes; returns its last value."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return bool(value)
-        time.sleep(interval_s)
-
-
 def record_figures(scenario: str, figures: dict[str, Any]) -> None:
     """Add what a scenario measured to the suite's figures file (read by RELIABILITY.md)."""
     RUN_DIR.mkdir(parents=True, exist_ok=True)

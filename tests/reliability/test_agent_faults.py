@@ -18,7 +18,8 @@ import pytest
 from taskplane import ExecutionResult, TaskStatus
 from tests.agents import GrpcAgentServer, HttpAgentServer
 from tests.reliability.conftest import BREAKER_RESET_MS
-from tests.reliability.support import Cluster, record_figures, wait_until
+from tests.reliability.support import Cluster, record_figures
+from tests.support import wait_until
 
 #: Retries after the first attempt (Settings default).
 MAX_RETRIES = 2

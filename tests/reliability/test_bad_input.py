@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,8 @@ from taskplane.errors import ValidationError
 from taskplane.keys import plan_key, registry_key
 from taskplane.models import MAX_JSON_DEPTH, MAX_PAYLOAD_BYTES
 from tests.reliability.conftest import SHORT
-from tests.reliability.support import RUN_DIR, Cluster, record_figures, wait_until
+from tests.reliability.support import RUN_DIR, Cluster, record_figures
+from tests.support import wait_until
 
 EXAMPLES = 40 if SHORT else 150
 HYPOTHESIS = settings(
@@ -378,14 +378,25 @@ def test_malformed_and_pickled_broker_messages_are_refused(cluster: Cluster, uid
         )
     sent_count = len(sent) + 1
     assert wait_until(lambda: queued(cluster) == 0, timeout_s=20), "messages stuck in the queue"
-    time.sleep(1.0)  # let the workers log what they did
+    expected_lines = (  # what the workers log about the messages above, once they took them
+        "Received unregistered task of type 'taskplane.no_such_task'",
+        "Refusing to deserialize untrusted content of type pickle",
+        "nope-",
+    )
+
+    def logged_every_message() -> bool:
+        text = cluster.logs(since=marks)
+        invalid = text.count("Received invalid task message")
+        return invalid >= 5 and all(line in text for line in expected_lines)
+
+    assert wait_until(logged_every_message, timeout_s=10), cluster.logs(since=marks)[-3000:]
     logs = cluster.logs(since=marks)
 
     assert all(worker.alive() for worker in cluster.workers)
     assert not tripwire.exists(), "a pickled message was deserialised"
     client = cluster.redis.client(1)
     assert client.get(f"{key}:calls") is None, "a pickled message was executed"
-    assert not client.exists(plan_key("taskplane", f"pickled-{uid}", "meta"))
+    assert cluster.engine.store.status(f"pickled-{uid}") == {}, "a pickled plan was stored"
     client.close()
     assert "Received unregistered task of type 'taskplane.no_such_task'" in logs
     assert "Refusing to deserialize untrusted content of type pickle" in logs

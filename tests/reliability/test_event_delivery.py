@@ -34,17 +34,10 @@ import pytest
 from taskplane import ExecutionResult, TaskStatus
 from taskplane.events.bus import event_id_key
 from taskplane.events.redis_bus import LISTENER_CLIENT_NAME
-from taskplane.keys import plan_key
 from tests.reliability.conftest import SHORT, fresh_dir
 from tests.reliability.redisproc import PrivateRedis
-from tests.reliability.support import (
-    LOG_DIR,
-    ROOT,
-    Cluster,
-    record_figures,
-    running_cluster,
-    wait_until,
-)
+from tests.reliability.support import LOG_DIR, ROOT, Cluster, record_figures, running_cluster
+from tests.support import wait_until
 
 TASKS = 2000
 RECONNECT_TASKS = 1000 if SHORT else 2000
@@ -172,11 +165,7 @@ def listener_ids(cluster: Cluster) -> list[str]:
 
 
 def outcomes_recorded(cluster: Cluster, plan_id: str) -> int:
-    client = cluster.redis.client(1)
-    try:
-        return int(client.hlen(plan_key("taskplane", plan_id, "results")))
-    finally:
-        client.close()
+    return int(cluster.engine.store.status(plan_id).get("done", 0))
 
 
 def wait_for_events(path: Path, plan_id: str, count: int, timeout_s: float = 30) -> None:

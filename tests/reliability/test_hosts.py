@@ -47,13 +47,8 @@ from tests.agents import HttpAgentServer
 from tests.reliability.conftest import SHORT, fresh_dir
 from tests.reliability.hosts import HostNetwork, NamespaceError, refuse, require_namespaces
 from tests.reliability.redisproc import PrivateRedis
-from tests.reliability.support import (
-    Cluster,
-    Outcomes,
-    record_figures,
-    running_cluster,
-    wait_until,
-)
+from tests.reliability.support import Cluster, Outcomes, record_figures, running_cluster
+from tests.support import wait_until
 
 HOSTS = 3
 THREADS = 4

@@ -21,7 +21,8 @@ from taskplane import TaskStatus
 from taskplane.keys import plan_key
 from tests.reliability.conftest import SHORT, fresh_dir
 from tests.reliability.redisproc import PrivateRedis
-from tests.reliability.support import record_figures, rss_kib, running_cluster, wait_until
+from tests.reliability.support import record_figures, rss_kib, running_cluster
+from tests.support import wait_until
 
 PLANS = 20
 PER_PLAN = 100 if SHORT else 500

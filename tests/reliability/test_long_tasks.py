@@ -23,7 +23,8 @@ from taskplane.keys import plan_key
 from tests.agents import HttpAgentServer
 from tests.reliability.conftest import fresh_dir
 from tests.reliability.redisproc import PrivateRedis
-from tests.reliability.support import Cluster, record_figures, running_cluster, wait_until
+from tests.reliability.support import Cluster, record_figures, running_cluster
+from tests.support import wait_until
 
 #: Visibility timeout of the short cluster (the smallest the settings allow), in seconds.
 VISIBILITY_S = 10

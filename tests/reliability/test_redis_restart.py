@@ -38,14 +38,8 @@ from taskplane.errors import BackendError, PlanFailedError
 from taskplane.keys import plan_key
 from tests.reliability.conftest import SHORT, fresh_dir
 from tests.reliability.redisproc import PrivateRedis
-from tests.reliability.support import (
-    Cluster,
-    Supervisor,
-    record_figures,
-    running_cluster,
-    wait_until,
-)
-from tests.support import rabbitmq_url, require_rabbitmq
+from tests.reliability.support import Cluster, Supervisor, record_figures, running_cluster
+from tests.support import rabbitmq_url, require_rabbitmq, wait_until
 
 TASKS = 200
 TASK_MS = 150

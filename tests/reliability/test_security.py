@@ -21,7 +21,13 @@ from taskplane.errors import BackendError
 from tests.httpserver import HttpTestServer
 from tests.reliability.conftest import fresh_dir
 from tests.reliability.redisproc import PrivateRedis
-from tests.reliability.support import RUN_DIR, Cluster, record_figures, running_cluster
+from tests.reliability.support import (
+    FIGURES,
+    RUN_DIR,
+    Cluster,
+    record_figures,
+    running_cluster,
+)
 
 PASSWORD = "r3dis-pa55-secret"
 FOUND: dict[str, object] = {}
@@ -190,4 +196,13 @@ def test_secrets_appear_in_no_event_result_or_log(secure: Cluster) -> None:
 
 
 def test_zz_record_security_figures() -> None:
+    """Runs last: the figures the scenarios above measured, checked, then written down."""
+    missing = {"private_urls_refused", "secret_scan"} - set(FOUND)
+    assert not missing, f"run the whole module: no figures from {sorted(missing)}"
+    assert FOUND["private_urls_refused"] == len(PRIVATE_URLS) + 1  # and the loopback test server
+    scan = FOUND["secret_scan"]
+    assert isinstance(scan, dict)
+    assert scan["events_scanned"] > 0 and scan["log_bytes_scanned"] > 0  # something was searched
+    assert scan["leaks"] == {"results": [], "events": [], "logs": []}
     record_figures("security", FOUND)
+    assert json.loads(FIGURES.read_text())["security"] == FOUND

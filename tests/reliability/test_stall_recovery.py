@@ -42,13 +42,8 @@ from taskplane.devtools.cluster import wait_ready
 from taskplane.keys import plan_key
 from tests.reliability.conftest import fresh_dir
 from tests.reliability.redisproc import PrivateRedis
-from tests.reliability.support import (
-    Cluster,
-    Outcomes,
-    record_figures,
-    running_cluster,
-    wait_until,
-)
+from tests.reliability.support import Cluster, Outcomes, record_figures, running_cluster
+from tests.support import wait_until
 
 VISIBILITY_S = 10
 TASKS = 4

@@ -20,7 +20,6 @@ from taskplane.errors import (
     TaskplaneError,
     UpstreamError,
     ValidationError,
-    is_retryable,
 )
 
 ALL_ERRORS = sorted(
@@ -144,7 +143,7 @@ def test_upstream_error_fields() -> None:
     ],
 )
 def test_retryable_is_data(cls: type[TaskplaneError], retryable: bool) -> None:
-    assert is_retryable(cls("x")) is retryable
+    assert isinstance(cls("x"), RETRYABLE_ERRORS) is retryable
     assert (cls in RETRYABLE_ERRORS) is retryable
 
 
@@ -155,5 +154,5 @@ def test_retryable_and_breaker_ignored_do_not_overlap() -> None:
 
 
 def test_foreign_exceptions_are_not_retryable() -> None:
-    assert not is_retryable(ConnectionError("x"))
-    assert not is_retryable(TimeoutError("x"))
+    assert not isinstance(ConnectionError("x"), RETRYABLE_ERRORS)
+    assert not isinstance(TimeoutError("x"), RETRYABLE_ERRORS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -206,8 +208,25 @@ def test_runner_raising_function_is_a_failure_not_retried(registry: FunctionRegi
 # --- importing function modules ------------------------------------------------------------
 
 
-def test_import_function_modules() -> None:
-    import_function_modules(["json", "taskplane.functions"])
+def test_import_function_modules_registers_what_they_decorate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "tp_imported_functions.py").write_text(
+        "import taskplane\n\n"
+        "@taskplane.function('imported.double')\n"
+        "def double(x: int) -> int:\n"
+        "    return 2 * x\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(functions, "registry", FunctionRegistry())
+    monkeypatch.delitem(sys.modules, "tp_imported_functions", raising=False)
+    try:
+        import_function_modules(["json", "tp_imported_functions"])
+        module = sys.modules["tp_imported_functions"]
+        assert functions.registry.names() == ["imported.double"]
+        assert functions.registry.get("imported.double") is module.double
+    finally:
+        sys.modules.pop("tp_imported_functions", None)
 
 
 def test_import_error_names_the_setting_and_module() -> None:

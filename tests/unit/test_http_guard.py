@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import pytest
 
 from taskplane.errors import (
@@ -13,16 +14,18 @@ from taskplane.errors import (
     TransportError,
     UpstreamError,
 )
+from taskplane.executor import CallContext, Outcome
 from taskplane.http_task import (
+    HttpTaskHandler,
     UrlGuard,
     _request_args,
     address_refusal,
     host_allowed,
-    status_error,
 )
 from taskplane.models import ExecutionTask, TaskType
 
 PUBLIC = "93.184.216.34"
+CALL = CallContext(timeout_s=2.0, idempotency_key="plan:h1")
 
 
 class FakeResolver:
@@ -224,51 +227,72 @@ def test_public_address_passes_when_blocking() -> None:
     assert address_refusal("2606:2800:220:1::1", block_private=True) is None
 
 
-# --- status classification -----------------------------------------------------------------
+# --- status classification (through the handler, on a mock transport) ---------------------
+
+
+def fetch(status: int, body: bytes = b"oops", **headers: str) -> Outcome:
+    def reply(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, content=body, headers=headers)
+
+    client = httpx.Client(transport=httpx.MockTransport(reply))
+    handler = HttpTaskHandler(client, guard=UrlGuard(resolver=FakeResolver({"api.test": [PUBLIC]})))
+    try:
+        return handler(ExecutionTask(id="h1", type=TaskType.HTTP, target="https://api.test/"), CALL)
+    finally:
+        client.close()
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504, 599])
 def test_5xx_is_upstream_error(status: int) -> None:
-    error = status_error(status, "oops", None)
-    assert isinstance(error, UpstreamError)
-    assert error.status == status
-    assert error.retry_after_s is None
-    assert str(error) == f"HTTP {status}: oops"
+    with pytest.raises(UpstreamError) as caught:
+        fetch(status)
+    assert (caught.value.status, caught.value.retry_after_s) == (status, None)
+    assert str(caught.value) == f"HTTP {status}: oops"
 
 
 @pytest.mark.parametrize(
     ("header", "expected"),
-    [("7", 7.0), (" 12 ", 12.0), ("0", 0.0), (None, None), ("", None), ("soon", None)],
+    [("7", 7.0), (" 12 ", 12.0), ("0", 0.0), ("1.5", 1.5), ("", None), ("soon", None)],
 )
-def test_429_reads_retry_after_seconds(header: str | None, expected: float | None) -> None:
-    error = status_error(429, "slow down", header)
-    assert isinstance(error, UpstreamError)
-    assert error.status == 429
-    assert error.retry_after_s == expected
+def test_429_reads_retry_after(header: str, expected: float | None) -> None:
+    with pytest.raises(UpstreamError) as caught:
+        fetch(429, **{"Retry-After": header})
+    assert (caught.value.status, caught.value.retry_after_s) == (429, expected)
 
 
-def test_retry_after_http_date_is_ignored() -> None:
-    error = status_error(503, "maintenance", "Wed, 21 Oct 2015 07:28:00 GMT")
-    assert isinstance(error, UpstreamError)
-    assert error.retry_after_s is None
+def test_retry_after_as_a_past_http_date_asks_for_no_wait() -> None:
+    with pytest.raises(UpstreamError) as caught:
+        fetch(503, **{"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"})
+    assert caught.value.retry_after_s == 0.0
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 422, 499])
 def test_4xx_is_client_error(status: int) -> None:
-    error = status_error(status, "no", "5")
-    assert isinstance(error, ClientError)
-    assert error.status == status
+    with pytest.raises(ClientError) as caught:
+        fetch(status, **{"Retry-After": "5"})
+    assert caught.value.status == status
 
 
 @pytest.mark.parametrize("status", [200, 201, 204, 299, 304])
 def test_success_is_no_error(status: int) -> None:
-    assert status_error(status, "fine", None) is None
+    assert fetch(status, b"fine").result["status"] == status
 
 
 def test_error_text_is_truncated() -> None:
-    error = status_error(500, "x" * 1000, None)
-    assert error is not None
-    assert str(error) == "HTTP 500: " + "x" * 200
+    with pytest.raises(UpstreamError) as caught:
+        fetch(500, b"x" * 1000)
+    assert str(caught.value) == "HTTP 500: " + "x" * 200
+
+
+def test_transport_failures_are_translated() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    client = httpx.Client(transport=httpx.MockTransport(refuse))
+    handler = HttpTaskHandler(client, guard=UrlGuard(resolver=FakeResolver({"api.test": [PUBLIC]})))
+    with pytest.raises(TransportError, match=r"cannot reach https://api\.test/") as caught:
+        handler(ExecutionTask(id="h1", type=TaskType.HTTP, target="https://api.test/"), CALL)
+    assert isinstance(caught.value.__cause__, httpx.ConnectError)
 
 
 # --- payload -------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pybreaker
 import pytest
 import redis
 from redis.backoff import NoBackoff
@@ -15,13 +16,15 @@ from redis.retry import Retry
 from taskplane.config import CircuitBreakerConfig
 from taskplane.devtools.redis_server import free_port
 from taskplane.errors import CircuitOpenError, ClientError, TransportError, UpstreamError
-from taskplane.proxy.breaker import CircuitBreaker
+from taskplane.proxy.breaker import CircuitBreaker, Emit
 from taskplane.proxy.breaker_redis import RedisBreakerStorage
 from taskplane.proxy.breaker_storage import (
     STATE_CLOSED,
     STATE_HALF_OPEN,
     STATE_OPEN,
     BreakerPolicy,
+    BreakerStorage,
+    InMemoryBreakerStorage,
 )
 from taskplane.proxy.policy import AgentPolicy
 
@@ -44,23 +47,48 @@ class FakeClock:
 class Rig:
     clock: FakeClock
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    build: Callable[[], CircuitBreaker] = lambda: CircuitBreaker()
+    listeners: list[pybreaker.CircuitBreakerListener] = field(default_factory=list)
+    emitter: Emit | None = None
+    storage: Callable[[str], BreakerStorage] = InMemoryBreakerStorage
 
     def emit(self, event_type: str, data: dict[str, Any]) -> None:
         self.events.append((event_type, data))
+
+    def build(self) -> CircuitBreaker:
+        return CircuitBreaker(
+            CONFIG,
+            storage=self.storage,
+            emit=self.emitter or self.emit,
+            listeners=self.listeners,
+            clock=self.clock,
+        )
 
 
 @pytest.fixture(params=["memory", "redis"])
 def rig(request: pytest.FixtureRequest) -> Rig:
     rig = Rig(FakeClock())
-    if request.param == "memory":
-        rig.build = lambda: CircuitBreaker(CONFIG, emit=rig.emit, clock=rig.clock)
-    else:
+    if request.param == "redis":
         client = request.getfixturevalue("redis_client")
-        rig.build = lambda: CircuitBreaker.with_redis(
-            client, CONFIG, prefix="tp-unit", emit=rig.emit, clock=rig.clock
-        )
+        rig.storage = lambda agent_id: RedisBreakerStorage(client, agent_id, prefix="tp-unit")
     return rig
+
+
+class Recorder(pybreaker.CircuitBreakerListener):
+    """Remembers what pybreaker's listener interface was told."""
+
+    def __init__(self) -> None:
+        self.heard: list[tuple[str, ...]] = []
+        self.circuits: list[pybreaker.CircuitBreaker] = []
+
+    def failure(self, cb: pybreaker.CircuitBreaker, exc: BaseException) -> None:
+        self.heard.append(("failure", type(exc).__name__))
+        self.circuits.append(cb)
+
+    def success(self, cb: pybreaker.CircuitBreaker) -> None:
+        self.heard.append(("success",))
+
+    def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
+        self.heard.append((old_state.name, new_state.name))
 
 
 def fail(breaker: CircuitBreaker, times: int = 1, error: Exception | None = None) -> None:
@@ -198,16 +226,54 @@ def test_storage_reads_back_like_a_pybreaker_storage(rig: Rig) -> None:
     assert breaker.before_call(AGENT).state == STATE_CLOSED
 
 
-def test_a_failing_listener_does_not_break_the_call(rig: Rig, caplog: Any) -> None:
+def test_a_failing_emitter_does_not_break_the_call(rig: Rig, caplog: Any) -> None:
     def explode(event_type: str, data: dict[str, Any]) -> None:
         raise RuntimeError("listener down")
 
+    rig.emitter = explode
     breaker = rig.build()
-    breaker.emit = explode
     with caplog.at_level(logging.ERROR):
         fail(breaker, 3)
     assert breaker.state(AGENT) == STATE_OPEN
     assert "emitting circuit:open failed" in caplog.text
+
+
+def test_listeners_hear_calls_and_transitions_in_pybreakers_vocabulary(rig: Rig) -> None:
+    recorder = Recorder()
+    rig.listeners.append(recorder)
+    breaker = rig.build()
+    fail(breaker, 1, ClientError("400", 400))  # excluded: a success, as pybreaker says
+    fail(breaker, 3)
+    rig.clock.advance(30)
+    breaker.abandon(breaker.before_call(AGENT))
+    breaker.record(breaker.before_call(AGENT))  # a second trial: no new transition
+    assert recorder.heard == [
+        ("success",),
+        *[("failure", "TransportError")] * 3,
+        (STATE_CLOSED, STATE_OPEN),
+        (STATE_OPEN, STATE_HALF_OPEN),
+        ("success",),
+        (STATE_HALF_OPEN, STATE_CLOSED),
+    ]
+    circuit = recorder.circuits[0]
+    assert circuit is breaker.circuit(AGENT)
+    assert (circuit.name, circuit.fail_max, circuit.reset_timeout) == (AGENT, 3, 30.0)
+    assert circuit.current_state == STATE_CLOSED
+    assert ClientError in circuit.excluded_exceptions
+
+
+def test_a_failing_listener_is_contained(rig: Rig, caplog: Any) -> None:
+    class Broken(pybreaker.CircuitBreakerListener):
+        def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
+            raise RuntimeError("metrics down")
+
+    rig.listeners.append(Broken())
+    breaker = rig.build()
+    with caplog.at_level(logging.ERROR):
+        fail(breaker, 3)
+    assert breaker.state(AGENT) == STATE_OPEN
+    assert rig.events == [("circuit:open", {"agentId": AGENT, "failures": 3})]
+    assert "failed in state_change" in caplog.text
 
 
 def test_redis_breakers_in_two_processes_share_one_state(redis_client: redis.Redis) -> None:

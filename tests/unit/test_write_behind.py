@@ -70,6 +70,23 @@ def test_a_failing_write_is_logged_and_the_others_still_land(
     assert "test-writes: dropped 1 write(s)" in caplog.text
 
 
+def test_a_failing_callback_is_logged_and_the_later_replies_still_arrive(
+    redis_client: redis.Redis, behind: WriteBehind, caplog: pytest.LogCaptureFixture
+) -> None:
+    script = redis_client.register_script(APPEND)
+    lengths: list[int] = []
+
+    def refuse(reply: Any) -> None:
+        raise RuntimeError("a callback's own bug")
+
+    with caplog.at_level(logging.ERROR, logger="taskplane.redisio"):
+        behind.submit(script, ["wb:list"], ["one"], then=refuse)
+        behind.submit(script, ["wb:list"], ["two"], then=lengths.append)
+        assert behind.flush()
+    assert lengths == [2]
+    assert "test-writes: handling a reply failed" in caplog.text
+
+
 def test_an_unreachable_redis_drops_the_writes_without_raising(
     redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:

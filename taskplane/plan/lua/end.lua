@@ -1,4 +1,7 @@
--- End a running run as ARGV[1]. KEYS: meta, done list. Returns the final state (false: no run).
+-- End a running run; a run that has ended keeps its state.
+-- KEYS[1]  the run's record (meta hash)   KEYS[2] its done list
+-- ARGV[1]  the state to end it in (timeout, cancelled)
+-- Returns the run's final state, or false when there is no such run.
 local m = redis.call('HMGET', KEYS[1], 'state', 'ttl')
 if not m[1] then return false end
 if m[1] ~= 'running' then return m[1] end

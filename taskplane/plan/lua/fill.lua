@@ -1,8 +1,9 @@
--- KEYS: results hash, order stream, event stream.
--- ARGV: ttl (s), event stream maxlen, event channel, then (index, result JSON,
---       event JSON or '') triples.
--- Records each outcome unless one stands, lists it in the order stream and
--- appends its event. Returns the indexes it recorded.
+-- Record outcomes for tasks an ended run never finished (first outcome still wins).
+-- KEYS[1]  results hash   KEYS[2] order stream   KEYS[3] event stream
+-- ARGV[1]  ttl (s)   ARGV[2] event stream maxlen   ARGV[3] event channel
+-- ARGV[4..] (index, result JSON, event JSON or '') triples.
+-- Lists each recorded outcome in the order stream and appends its event.
+-- Returns the indexes it recorded.
 local ttl = tonumber(ARGV[1])
 local recorded = {}
 for i = 4, #ARGV, 3 do

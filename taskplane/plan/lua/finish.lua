@@ -1,7 +1,11 @@
--- KEYS: meta, results, tasks, done, order, event stream (on a cluster: a run key, untouched).
--- ARGV: index, result JSON, status, confidence, ran (1/0), event JSON ('' for none),
---       event stream maxlen, event channel, then events of this process not yet
---       sent (its task:started...), written first so the stream keeps their order.
+-- Record a task's outcome (first outcome wins) and advance the run.
+-- KEYS[1]  meta   KEYS[2] results   KEYS[3] tasks   KEYS[4] done list   KEYS[5] order stream
+-- KEYS[6]  event stream (on a cluster: a key of the run's own, untouched)
+-- ARGV[1]  index   ARGV[2] result JSON   ARGV[3] status   ARGV[4] confidence ('' for none)
+-- ARGV[5]  ran (1/0)   ARGV[6] event JSON ('' for none)   ARGV[7] event stream maxlen
+-- ARGV[8]  event channel   ARGV[9..] events of this process not yet sent (its
+--          task:started...), written first so the stream keeps their order.
+-- Returns {recorded (1/0), ending or false, next index or false, next task JSON or false}.
 for i = 9, #ARGV do
   redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[7], '*', 'event', ARGV[i])
   redis.call('PUBLISH', ARGV[8], ARGV[i])

@@ -1,6 +1,8 @@
--- A delivered task asks to run. KEYS: meta, results, the task's lease.
--- ARGV: index, previous index ('' for none), lease (s), redelivered (1/0), owner.
--- Returns {action, previous task's result JSON or false}.
+-- A delivered task asks to run: replay, refuse or go ahead, leased to its owner.
+-- KEYS[1]  meta   KEYS[2] results   KEYS[3] the task's lease
+-- ARGV[1]  index   ARGV[2] previous index ('' for none)   ARGV[3] lease (s)
+-- ARGV[4]  redelivered (1/0)   ARGV[5] owner (the Celery task id)
+-- Returns {action, the previous task's result JSON or false}.
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return {'recorded', false} end
 local m = redis.call('HMGET', KEYS[1], 'state', 'cancel')
 if not m[1] then return {'missing', false} end

@@ -1,5 +1,8 @@
--- Create a run unless one exists. KEYS: meta, tasks.
--- ARGV: ttl (s), number of meta fields, then field/value pairs, then each task's JSON in plan order.
+-- Create a run unless one exists.
+-- KEYS[1]  meta   KEYS[2] tasks
+-- ARGV[1]  ttl (s)   ARGV[2] number of record fields, then field/value pairs,
+-- then each task's JSON in plan order.
+-- Returns 1 when created, 0 when the run existed.
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local ttl = tonumber(ARGV[1])
 local nmeta = tonumber(ARGV[2])
