@@ -37,7 +37,7 @@ from taskplane.aio_watch import RunWatcher
 from taskplane.completions import START, CompletionReader, PlanWatch, Step, StepKind, unknown_plan
 from taskplane.config import Settings
 from taskplane.engine import ExecutionEngine
-from taskplane.errors import BackendError, ConfigurationError, PlanFailedError
+from taskplane.errors import ConfigurationError, PlanFailedError
 from taskplane.handle import PlanHandle, empty_status
 from taskplane.models import (
     ExecutionPlan,
@@ -48,6 +48,7 @@ from taskplane.models import (
     parse_plan,
 )
 from taskplane.plan import WAIT_SLICE_S, RunRecord
+from taskplane.redisio import translated
 
 #: Socket timeout of the asyncio client, in seconds: longer than a blocking wait's slice.
 SOCKET_TIMEOUT_S = WAIT_SLICE_S + 10.0
@@ -162,10 +163,8 @@ class AsyncPlanHandle:
         return RunRecord.parse(self.id, fields)
 
     async def _redis(self, pending: Awaitable[Any]) -> Any:
-        try:
+        with translated("plan store", f"waiting on plan {self.id}"):
             return await pending
-        except aioredis.RedisError as exc:
-            raise BackendError(f"plan store: waiting on plan {self.id} failed: {exc}") from exc
 
 
 class AsyncExecutionEngine:

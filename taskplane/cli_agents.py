@@ -11,12 +11,10 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import redis
 from rich.table import Column, Table
 from rich.text import Text
 
 from taskplane.engine import ExecutionEngine
-from taskplane.errors import BackendError
 from taskplane.keys import (
     agent_tokens_key,
     agent_window_key,
@@ -26,6 +24,7 @@ from taskplane.keys import (
 )
 from taskplane.proxy import AgentInfo
 from taskplane.proxy.limiter import Window
+from taskplane.redisio import translated
 
 
 def window_usage(engine: ExecutionEngine, window: Window, *, now_s: float) -> int:
@@ -41,15 +40,13 @@ def window_usage(engine: ExecutionEngine, window: Window, *, now_s: float) -> in
     """
     key = f"{engine.settings.key_prefix}:{window.key}"
     since = repr(now_s * 1000.0 - window.window_ms)
-    try:
+    with translated(f"rate limiter window {key}", "reading it"):
         if not window.counts_tokens:
             return int(engine.redis.zcount(key, f"({since}", repr(now_s * 1000.0)))
         members = engine.redis.zrangebyscore(key, f"({since}", repr(now_s * 1000.0))
         if not members:
             return 0
         amounts = engine.redis.hmget(f"{key}:amounts", members)
-    except redis.RedisError as exc:
-        raise BackendError(f"rate limiter window {key}: {exc}") from exc
     return int(sum(float(a) for a in amounts if a is not None))
 
 
@@ -60,10 +57,8 @@ def in_flight(engine: ExecutionEngine, agent_id: str, *, now_s: float) -> int:
         BackendError: Redis cannot be reached.
     """
     key = inflight_key(engine.settings.key_prefix, agent_id)
-    try:
+    with translated(f"calls in flight to {agent_id}", "counting them"):
         return int(engine.redis.zcount(key, f"({now_s * 1000.0!r}", "+inf"))
-    except redis.RedisError as exc:
-        raise BackendError(f"calls in flight to {agent_id}: {exc}") from exc
 
 
 def _usage(engine: ExecutionEngine, window: Window, now_s: float) -> dict[str, Any]:

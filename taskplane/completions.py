@@ -19,13 +19,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-import redis
-
-from taskplane.errors import BackendError, PlanFailedError
+from taskplane.errors import PlanFailedError
 from taskplane.models import ExecutionResult
 from taskplane.plan.record import RunRecord
 from taskplane.plan.redis_store import RedisRunStore
 from taskplane.plan.store import WAIT_SLICE_S
+from taskplane.redisio import translated
 
 #: Stream position before the first entry.
 START = "0"
@@ -196,22 +195,18 @@ class CompletionReader:
         Raises:
             BackendError: Redis cannot be reached.
         """
-        try:
+        with translated("plan store", "reading outcomes"):
             reply = self.client.xread(self._streams(), **self._blocking(block_s))
             fresh = self._fresh(reply)
             raw = self.client.hmget(self.results_key, [str(i) for i in fresh]) if fresh else []
-        except redis.RedisError as exc:
-            raise BackendError(f"plan store: reading outcomes failed: {exc}") from exc
         return self._take(fresh, raw)
 
     async def read_async(self, client: Any, block_s: float) -> list[ExecutionResult]:
         """:meth:`read` through *client*, a ``redis.asyncio`` client of the same Redis."""
-        try:
+        with translated("plan store", "reading outcomes"):
             reply = await client.xread(self._streams(), **self._blocking(block_s))
             fresh = self._fresh(reply)
             raw = await client.hmget(self.results_key, [str(i) for i in fresh]) if fresh else []
-        except redis.RedisError as exc:
-            raise BackendError(f"plan store: reading outcomes failed: {exc}") from exc
         return self._take(fresh, raw)
 
     def _streams(self) -> dict[Any, Any]:

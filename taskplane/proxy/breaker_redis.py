@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 
 import redis
 
-from taskplane.errors import BackendError
 from taskplane.keys import breaker_key
 from taskplane.proxy.breaker_storage import (
     STATE_CLOSED,
@@ -22,55 +21,7 @@ from taskplane.proxy.breaker_storage import (
     Result,
     Transition,
 )
-
-_ADMIT = """
--- KEYS[1] the breaker hash; ARGV: now, reset_timeout_s, lease_s, trial token.
--- Returns {state, allowed '1'|'0', retry_in_s, '1' when this call moved open -> half-open}.
-local s = redis.call('HMGET', KEYS[1], 'state', 'opened_at', 'trial_until')
-local state = s[1]
-if not state or state == 'closed' then return {'closed', '1', '0', '0'} end
-local now = tonumber(ARGV[1])
-if state == 'open' then
-  local reopen_at = tonumber(s[2]) + tonumber(ARGV[2])
-  if now < reopen_at then return {'open', '0', tostring(reopen_at - now), '0'} end
-else
-  local trial_until = tonumber(s[3] or '0') or 0
-  if now < trial_until then return {'half-open', '0', tostring(trial_until - now), '0'} end
-end
-redis.call('HSET', KEYS[1], 'state', 'half-open', 'trial', ARGV[4],
-           'trial_until', tostring(now + tonumber(ARGV[3])))
-return {'half-open', '1', '0', state == 'open' and '1' or '0'}
-"""
-
-_RECORD = """
--- KEYS[1] the breaker hash, KEYS[2] the failure window (sorted set);
--- ARGV: result, now, monitoring_period_s, failure_threshold, trial token, unique member.
--- Returns {change 'open'|'close'|'', failures}.
-local state = redis.call('HGET', KEYS[1], 'state') or 'closed'
-local result, token = ARGV[1], ARGV[5]
-if state == 'half-open' then
-  if token == '' or redis.call('HGET', KEYS[1], 'trial') ~= token then return {'', '0'} end
-  if result == 'success' then redis.call('DEL', KEYS[1], KEYS[2]); return {'close', '0'} end
-  if result == 'abandon' then
-    redis.call('HDEL', KEYS[1], 'trial', 'trial_until'); return {'', '0'}
-  end
-  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', ARGV[2])
-  redis.call('HDEL', KEYS[1], 'trial', 'trial_until')
-  return {'open', '1'}
-end
-if state ~= 'closed' or result ~= 'failure' or token ~= '' then return {'', '0'} end
-local now = tonumber(ARGV[2])
-redis.call('ZADD', KEYS[2], now, ARGV[6])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tostring(now - tonumber(ARGV[3])))
-local n = redis.call('ZCARD', KEYS[2])
-if n >= tonumber(ARGV[4]) then
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', ARGV[2])
-  return {'open', tostring(n)}
-end
-redis.call('PEXPIRE', KEYS[2], math.ceil(tonumber(ARGV[3]) * 1000))
-return {'', tostring(n)}
-"""
+from taskplane.redisio import load_script, translated
 
 
 def _text(value: object) -> str:
@@ -92,15 +43,13 @@ class RedisBreakerStorage(BreakerStorage):
         self.client = client
         self.key = breaker_key(prefix, name)
         self.failures_key = f"{self.key}:failures"
-        self._admit = client.register_script(_ADMIT)
-        self._record = client.register_script(_RECORD)
+        self._admit = load_script(client, "taskplane.proxy", "breaker_admit.lua")
+        self._record = load_script(client, "taskplane.proxy", "breaker_record.lua")
 
     def admit(self, *, now: float, policy: BreakerPolicy, lease_s: float, token: str) -> Gate:
         args = [repr(now), repr(policy.reset_timeout_s), repr(lease_s), token]
-        try:
+        with translated(f"circuit breaker {self.name}", "admitting a call"):
             state, allowed, retry_in, opened_trial = self._admit(keys=[self.key], args=args)
-        except redis.RedisError as exc:
-            raise BackendError(f"circuit breaker state for {self.name}: {exc}") from exc
         return Gate(
             _text(state),
             _text(allowed) == "1",
@@ -126,17 +75,13 @@ class RedisBreakerStorage(BreakerStorage):
             token,
             member or repr(now),
         ]
-        try:
+        with translated(f"circuit breaker {self.name}", "recording an outcome"):
             change, failures = self._record(keys=keys, args=args)
-        except redis.RedisError as exc:
-            raise BackendError(f"circuit breaker state for {self.name}: {exc}") from exc
         return Transition(_text(change), int(_text(failures)))
 
     def _field(self, name: str) -> str | None:
-        try:
+        with translated(f"circuit breaker {self.name}", "reading its state"):
             raw = self.client.hget(self.key, name)
-        except redis.RedisError as exc:
-            raise BackendError(f"circuit breaker state for {self.name}: {exc}") from exc
         return None if raw is None else _text(raw)
 
     @property
@@ -146,21 +91,17 @@ class RedisBreakerStorage(BreakerStorage):
     @state.setter
     def state(self, state: str) -> None:
         """Force a state (an operator's override); ``closed`` forgets every failure."""
-        try:
+        with translated(f"circuit breaker {self.name}", "forcing its state"):
             if state == STATE_CLOSED:
                 self.client.delete(self.key, self.failures_key)
             else:
                 self.client.hset(self.key, "state", state)
                 self.client.hdel(self.key, "trial", "trial_until")
-        except redis.RedisError as exc:
-            raise BackendError(f"circuit breaker state for {self.name}: {exc}") from exc
 
     @property
     def counter(self) -> int:
-        try:
+        with translated(f"circuit breaker {self.name}", "counting failures"):
             return int(self.client.zcard(self.failures_key))
-        except redis.RedisError as exc:
-            raise BackendError(f"circuit breaker state for {self.name}: {exc}") from exc
 
     @property
     def opened_at(self) -> datetime | None:
@@ -169,7 +110,5 @@ class RedisBreakerStorage(BreakerStorage):
 
     @opened_at.setter
     def opened_at(self, when: datetime) -> None:
-        try:
+        with translated(f"circuit breaker {self.name}", "setting when it opened"):
             self.client.hset(self.key, "opened_at", repr(when.timestamp()))
-        except redis.RedisError as exc:
-            raise BackendError(f"circuit breaker state for {self.name}: {exc}") from exc
