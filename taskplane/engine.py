@@ -219,8 +219,7 @@ class ExecutionEngine:
     @property
     def tracker(self) -> ConfidenceTracker:
         """Confidence statistics over the tracking store (``get_agent_stats``, …)."""
-        assert self.parts.tracker is not None  # a client's parts always have one
-        return self.parts.tracker
+        return self.parts.tracking()
 
     def on(
         self, event_type: str, handler: EventHandler, *, since: str | None = None

@@ -24,6 +24,7 @@ builds no Celery app and imports no task.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import ExitStack
@@ -69,14 +70,15 @@ class Parts:
         redis: The client of the plan store, events and cache (retries outages).
         fast_redis: The client on every agent call's path (breakers, limiters).
         events: The cluster's event bus.
-        store: Plan runs.
-        results: The result cache as such (``stats()``, ``clear()``), on or off.
-        cache: The runner's view of it; None when the cache is disabled.
         proxy: The agent registry, breakers, limiters and transports.
         hooks: Listeners of the runner and the coordinator.
+        results: The result cache as such (``stats()``, ``clear()``), on or off.
+        cache: The runner's view of it; None when the cache is disabled.
         runner: Runs tasks (a worker's with every handler; a client's with none).
+        store: Plan runs.
         coordinator: Runs plan members (worker) or collects and ends runs (client).
-        tracker: Confidence statistics (None on a worker with tracking off).
+        tracker: Confidence statistics: a worker's when tracking is on, a client's
+            once :meth:`tracking` opened it.
         recorder: A worker's buffered writer of tracked outcomes.
         metrics: A worker's Prometheus metrics, when it serves them.
         worker: The worker's name (``metadata.worker``); the client's is ``engine``.
@@ -86,18 +88,19 @@ class Parts:
     redis: Redis
     fast_redis: Redis
     events: RedisEventBus
-    store: PlanStore
-    results: RedisResultCache
-    cache: RunnerCache | None
     proxy: AgentProxy
     hooks: HookChain
+    results: RedisResultCache
+    cache: RunnerCache | None
     runner: TaskRunner
+    store: PlanStore
     coordinator: PlanCoordinator
     tracker: ConfidenceTracker | None = None
     recorder: TrackingRecorder | None = None
     metrics: WorkerMetrics | None = None
     worker: str = ""
     _stack: ExitStack = field(default_factory=ExitStack, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def for_client(
@@ -125,42 +128,23 @@ class Parts:
             stream_maxlen=settings.events_stream_maxlen,
             clock=clock,
         )
-        proxy = build_agent_proxy(settings, fast, emit=events.publish, clock=clock)
-        _closing(stack, proxy)
-        tracker = _closing(stack, build_tracker(settings, emit=events.publish))
+        proxy = _closing(stack, build_agent_proxy(settings, fast, emit=events.publish, clock=clock))
         _closing(stack, events)
         hooks = HookChain()
         if settings.events_enabled:
             hooks.add(EventHooks(events, worker=worker))
-        results = RedisResultCache(client, settings.cache, prefix=settings.key_prefix)
-        cache = _runner_cache(settings, results, proxy)
-        runner = TaskRunner(
-            {},
-            retry=settings.retry_config,
-            default_timeout_ms=settings.default_timeout,
-            cache=cache,
-            hooks=hooks,
-        )
-        store = _plan_store(settings, client, events if settings.events_enabled else None, clock)
-        coordinator = PlanCoordinator(
-            store, None, enqueue=enqueue, deliver=deliver, hooks=hooks, clock=clock
-        )
-        return cls(
+        parts = cls._assemble(
             settings,
-            client,
-            fast,
-            events,
-            store,
-            results,
-            cache,
-            proxy,
-            hooks,
-            runner,
-            coordinator,
-            tracker=tracker,
+            stack,
+            (client, fast, events, proxy, hooks),
+            {},
+            lambda store, runner: PlanCoordinator(
+                store, None, enqueue=enqueue, deliver=deliver, hooks=hooks, clock=clock
+            ),
             worker=worker,
-            _stack=stack,
+            clock=clock,
         )
+        return parts
 
     @classmethod
     def for_worker(
@@ -210,7 +194,7 @@ class Parts:
         proxy = build_agent_proxy(
             settings, fast, emit=hooks.emit, http_pool_size=pool, settle_behind=settles
         )
-        _closing(stack, proxy)
+        _closing(stack, proxy)  # after the HTTP pool it calls through: closed before it
         handlers, patterns = _worker_handlers(settings, proxy, http)
         if tracing.active():  # spans for calls, events for refusals, retries and cache hits
             call_spans.trace_transports(proxy.transports)
@@ -220,8 +204,62 @@ class Parts:
         if settings.metrics_port is not None:
             metrics = WorkerMetrics(breaker_redis=fast, prefix=settings.key_prefix)
             handlers = {kind: metrics.measure(handler) for kind, handler in handlers.items()}
+        parts = cls._assemble(
+            settings,
+            stack,
+            (client, fast, events, proxy, hooks),
+            handlers,
+            lambda store, runner: PlanCoordinator(
+                store,
+                runner,
+                enqueue=enqueue,
+                deliver=deliver,
+                patterns=patterns,
+                submit=submit,
+                budgets=RedisBudgetBackend(client, prefix=settings.key_prefix, behind=settles),
+            ),
+            worker=worker,
+        )
+        if metrics is not None and settings.metrics_port is not None:
+            hooks.add(MetricsHooks(metrics, uses_cache=parts.runner.uses_cache))
+            parts.coordinator.on_plan_end = lambda meta: metrics.plan_ended(meta, now=time.time())
+            parts.metrics = metrics
+            if metrics.serve(settings.metrics_port):
+                _closing(stack, metrics)
+        _closing(stack, events)
+        if settings.tracking_enabled:
+            parts.tracker = _closing(stack, build_tracker(settings, emit=hooks.emit))
+            parts.recorder = _closing(stack, TrackingRecorder(parts.tracker))
+            hooks.add(TrackingHooks(parts.recorder))
+        _closing(stack, settles)  # closed first: its replies publish events
+        return parts
+
+    @classmethod
+    def _assemble(
+        cls,
+        settings: Settings,
+        stack: ExitStack,
+        given: tuple[Redis, Redis, RedisEventBus, AgentProxy, HookChain],
+        handlers: Mapping[TaskType, Handler],
+        coordinate: Callable[[PlanStore, TaskRunner], PlanCoordinator],
+        *,
+        worker: str,
+        clock: Callable[[], float] = time.time,
+    ) -> Parts:
+        """The parts both roles build alike around the *given* clients, bus, proxy and hooks.
+
+        The result cache, the runner over *handlers*, the plan store and the
+        coordinator *coordinate* makes of them. The one place the cache's
+        on/off switch is read: a disabled cache is no cache for the runner
+        (``results`` still answers ``stats()``/``clear()``). The store writes
+        each recorded outcome's ``task:completed``/``task:failed`` itself, on
+        the bus when events are on.
+        """
+        client, fast, events, proxy, hooks = given
         results = RedisResultCache(client, settings.cache, prefix=settings.key_prefix)
-        cache = _runner_cache(settings, results, proxy)
+        cache = None
+        if settings.cache.enabled:
+            cache = RunnerCache(results, capabilities_of=proxy.capabilities_of)
         runner = TaskRunner(
             handlers,
             retry=settings.retry_config,
@@ -229,48 +267,43 @@ class Parts:
             cache=cache,
             hooks=hooks,
         )
-        # the store writes each recorded outcome's task:completed/task:failed itself
-        store = _plan_store(settings, client, events if settings.events_enabled else None)
-        coordinator = PlanCoordinator(
-            store,
-            runner,
-            enqueue=enqueue,
-            deliver=deliver,
-            patterns=patterns,
-            submit=submit,
-            budgets=RedisBudgetBackend(client, prefix=settings.key_prefix, behind=settles),
-        )
-        if metrics is not None and settings.metrics_port is not None:
-            hooks.add(MetricsHooks(metrics, uses_cache=runner.uses_cache))
-            coordinator.on_plan_end = lambda meta: metrics.plan_ended(meta, now=time.time())
-            if metrics.serve(settings.metrics_port):
-                _closing(stack, metrics)
-        _closing(stack, events)
-        tracker: ConfidenceTracker | None = None
-        recorder: TrackingRecorder | None = None
-        if settings.tracking_enabled:
-            tracker = _closing(stack, build_tracker(settings, emit=hooks.emit))
-            recorder = _closing(stack, TrackingRecorder(tracker))
-            hooks.add(TrackingHooks(recorder))
-        _closing(stack, settles)  # closed first: its replies publish events
-        return cls(
-            settings,
+        store = PlanStore(
             client,
-            fast,
-            events,
-            store,
-            results,
-            cache,
-            proxy,
-            hooks,
-            runner,
-            coordinator,
-            tracker=tracker,
-            recorder=recorder,
-            metrics=metrics,
+            prefix=settings.key_prefix,
+            retention_s=settings.plan_retention_s,
+            events=events if settings.events_enabled else None,
+            clock=clock,
+            cluster=is_cluster(client),
+        )
+        return cls(
+            settings=settings,
+            redis=client,
+            fast_redis=fast,
+            events=events,
+            proxy=proxy,
+            hooks=hooks,
+            results=results,
+            cache=cache,
+            runner=runner,
+            store=store,
+            coordinator=coordinate(store, runner),
             worker=worker,
             _stack=stack,
         )
+
+    def tracking(self) -> ConfidenceTracker:
+        """The tracker, built on the first call when none was (a client's).
+
+        The one part a client builds late: it opens the tracking database
+        (a driver, a directory), which a client that never reads statistics
+        does not need.
+        """
+        with self._lock:
+            if self.tracker is None:
+                self.tracker = build_tracker(self.settings, emit=self.events.publish)
+                # closed before the bus it publishes anomalies on
+                _closing(self._stack, self.tracker)
+            return self.tracker
 
     def agent_policies(self, agent_ids: Iterable[str]) -> Mapping[str, AgentPolicy]:
         """The registered policies of *agent_ids* (for plans submitted from here)."""
@@ -292,31 +325,6 @@ def _closing(stack: ExitStack, part: Any) -> Any:
 
     stack.callback(close)
     return part
-
-
-def _runner_cache(
-    settings: Settings, results: RedisResultCache, proxy: AgentProxy
-) -> RunnerCache | None:
-    """The runner's cache over *results*, or None when the settings turn the cache off."""
-    if not settings.cache.enabled:
-        return None
-    return RunnerCache(results, capabilities_of=proxy.capabilities_of)
-
-
-def _plan_store(
-    settings: Settings,
-    client: Redis,
-    events: RedisEventBus | None,
-    clock: Callable[[], float] = time.time,
-) -> PlanStore:
-    return PlanStore(
-        client,
-        prefix=settings.key_prefix,
-        retention_s=settings.plan_retention_s,
-        events=events,
-        clock=clock,
-        cluster=is_cluster(client),
-    )
 
 
 def _worker_handlers(

@@ -89,7 +89,7 @@ def run_task(
                 return None
             continue_chain(self)
             self.send_event("task-revoked", terminated=False, signum=None, expired=False)
-            raise TaskCancelled(recorded.to_json_dict(), fresh=False)
+            raise TaskCancelled(recorded.to_json_dict())
         envelope = step.to_json_dict()
         if step.status is not TaskStatus.SUCCESS:
             continue_chain(self)

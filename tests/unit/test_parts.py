@@ -40,7 +40,8 @@ def test_client_parts_are_built_without_connecting_and_run_no_task() -> None:
         assert parts.coordinator.runner is None
         assert parts.coordinator.hooks is parts.hooks
         assert parts.cache is not None and parts.cache.cache is parts.results
-        assert parts.tracker is not None
+        assert parts.tracker is None  # opened when first asked for
+        assert parts.tracking() is parts.tracking() is parts.tracker
         assert [type(h) for h in parts.hooks.hooks] == [EventHooks]
     finally:
         parts.close()
