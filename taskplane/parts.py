@@ -5,8 +5,8 @@ it in one place:
 
 * :meth:`Parts.for_client` — what :class:`~taskplane.engine.ExecutionEngine`
   holds: the plan store and a collecting coordinator, the event bus, the
-  result cache, the agent proxy (registry, breakers, limiters) and the
-  tracker. Nothing connects until a part is first used.
+  result cache, the agent proxy (registry, breakers, limiters) and, once
+  asked for, the tracker. Nothing connects until a part is first used.
 * :meth:`Parts.for_worker` — what every task slot of one worker process
   shares: the same parts on pools sized to the slots, plus the handlers, the
   task runner, the member-running coordinator, the hooks (events, tracing,
