@@ -208,12 +208,12 @@ class PlanCoordinator:
 
         The one finished-task path of a plan member: the store records the first
         outcome (writing its ``task:completed``/``task:failed`` event in the same
-        script), and only then are the hooks told ``on_finished``, once.
+        script), and only when it reports this call recorded it are the hooks told
+        ``on_finished``, once (a reply lost to a Redis restart after the script ran
+        reads as not recorded: that outcome's hook is not told).
         """
         deadline = ctx.deadline
         outcome = self.store.finish(plan_id, index, result, ran=ran)
-        if outcome.recorded:
-            self.hooks.on_finished(task, ctx, result)
         if outcome.next_index is not None and outcome.next_task is not None:
             self._enqueue(plan_id, outcome.next_index, outcome.next_task, deadline)
         elif not outcome.recorded:
@@ -223,6 +223,8 @@ class PlanCoordinator:
             successor = self.store.successor_to_resend(plan_id, index)
             if successor is not None:
                 self._enqueue(plan_id, successor[0], successor[1], deadline)
+        if outcome.recorded:  # after the hand-on: a slow listener holds up no successor
+            self.hooks.on_finished(task, ctx, result)
         if outcome.ending:
             self._settle(plan_id, ended=True)
         return outcome.recorded
