@@ -187,8 +187,6 @@ class AsyncExecutionEngine:
                 "TASKPLANE_REDIS_URL: the asyncio engine needs one Redis, not a Redis Cluster; "
                 "use ExecutionEngine (its waits run in threads) with a cluster"
             )
-        # built here, not lazily on the executor's threads (nothing connects yet)
-        self.engine.build_client_parts()
         self._redis: aioredis.Redis | None = None
         self._events_redis: aioredis.Redis | None = None
         self._watcher: RunWatcher | None = None

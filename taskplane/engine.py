@@ -2,7 +2,8 @@
 
 It validates plans, records and enqueues them on Celery, and waits for their
 results without polling: every plan run signals its end once, through Redis.
-Nothing connects until the first call that needs a connection.
+It holds the client's parts (:meth:`taskplane.parts.Parts.for_client`), built
+once; nothing connects until the first call that needs a connection.
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ from typing import Any
 import redis
 from celery import Celery
 
-from taskplane.cache import RedisResultCache, RunnerCache
+from taskplane.cache import RedisResultCache
 from taskplane.config import Settings, load_settings
 from taskplane.errors import PlanFailedError, ValidationError
-from taskplane.events import EventHandler, EventHooks, RedisEventBus, Subscription
+from taskplane.events import EventHandler, RedisEventBus, Subscription
 from taskplane.executor import Handler, RunContext, TaskRunner
 from taskplane.handle import PlanHandle
-from taskplane.hooks import HookChain
 from taskplane.models import (
     ExecutionPlan,
     ExecutionResult,
@@ -34,23 +34,21 @@ from taskplane.models import (
     parse_task,
 )
 from taskplane.observability import tracing
+from taskplane.parts import Parts
 from taskplane.patterns import PatternExecutionResult, PatternExecutor, PatternHandler
 from taskplane.plan import RedisRunStore
-from taskplane.plan.recorder import PlanRecorder
 from taskplane.plan.waiter import PlanWaiter
-from taskplane.proxy import AgentInfo, AgentProxy, Quota, build_agent_proxy
+from taskplane.proxy import AgentInfo, AgentProxy, Quota
 from taskplane.proxy.policy import (
     AgentPolicy,
     PolicyLookup,
     make_policy,
     task_with_agent_defaults,
 )
-from taskplane.redisio import is_cluster
-from taskplane.runtime import redis_client
 from taskplane.tasks.app import create_app
 from taskplane.tasks.canvas import submit_plan
 from taskplane.tasks.dispatch import CeleryDispatch
-from taskplane.tracking import ConfidenceTracker, build_tracker
+from taskplane.tracking import ConfidenceTracker
 
 #: ``metadata.worker`` of a lone task answered from the cache by the client itself.
 CLIENT_WORKER = "engine"
@@ -77,17 +75,21 @@ class ExecutionEngine:
         self.settings = settings or load_settings()
         self.app = app or create_app(self.settings)
         self.clock = clock
-        self._redis: Any = None
-        self._store: RedisRunStore | None = None
-        self._recorder: PlanRecorder | None = None
-        self._waiter: PlanWaiter | None = None
-        self._events: RedisEventBus | None = None
-        self._cache: RedisResultCache | None = None
-        self._tracker: ConfidenceTracker | None = None
-        self._proxy: AgentProxy | None = None
-        self._runner_cache: RunnerCache | None = None
+        #: Every part the client uses, built once (nothing connects yet), closed by :meth:`close`.
+        self.parts = Parts.for_client(
+            self.settings,
+            dispatch=CeleryDispatch(self.app),
+            worker=CLIENT_WORKER,
+            clock=clock,
+        )
+        #: This client's side of its runs: deadlines, lost messages, results.
+        self.waiter = PlanWaiter(
+            self.parts.plans,
+            stall_s=self.stall_s,
+            server_started_at=self.server_started_at,
+            clock=clock,
+        )
         self._pattern_executor: PatternExecutor | None = None
-        self._fast_redis: Any = None
         self._subscriptions: list[tuple[str, EventHandler, Subscription]] = []
 
     # -- plumbing ---------------------------------------------------------
@@ -104,87 +106,28 @@ class ExecutionEngine:
 
     @property
     def redis(self) -> Any:
-        """The engine's Redis client (created on first use)."""
-        if self._redis is None:
-            self._redis = redis_client(self.settings.redis_url)
-        return self._redis
+        """The engine's Redis client."""
+        return self.parts.redis
 
     @property
     def store(self) -> RedisRunStore:
         """Plan runs in Redis."""
-        if self._store is None:
-            self._store = RedisRunStore(
-                self.redis,
-                prefix=self.settings.key_prefix,
-                retention_s=self.settings.plan_retention_s,
-                events=self.events if self.settings.events_enabled else None,
-                clock=self.clock,
-                cluster=is_cluster(self.redis),
-            )
-        return self._store
-
-    @property
-    def recorder(self) -> PlanRecorder:
-        """Ends runs, resends lost messages and collects results (a client runs no task)."""
-        if self._recorder is None:
-            self._recorder = PlanRecorder(self.store, CeleryDispatch(self.app), clock=self.clock)
-        return self._recorder
-
-    @property
-    def waiter(self) -> PlanWaiter:
-        """This client's side of its runs: deadlines, lost messages, results."""
-        if self._waiter is None:
-            self._waiter = PlanWaiter(
-                self.recorder,
-                stall_s=self.stall_s,
-                server_started_at=self.server_started_at,
-                clock=self.clock,
-            )
-        return self._waiter
+        return self.parts.store
 
     @property
     def events(self) -> RedisEventBus:
         """The cluster's event bus (publish, ``recent``, ``subscribe``)."""
-        if self._events is None:
-            self._events = RedisEventBus(
-                self.redis,
-                prefix=self.settings.key_prefix,
-                stream_maxlen=self.settings.events_stream_maxlen,
-                clock=self.clock,
-            )
-        return self._events
+        return self.parts.events
 
     @property
     def cache(self) -> RedisResultCache:
         """The cluster's result cache (``stats()``, ``clear()``)."""
-        if self._cache is None:
-            self._cache = RedisResultCache(
-                self.redis, self.settings.cache, prefix=self.settings.key_prefix
-            )
-        return self._cache
+        return self.parts.results
 
     @property
     def proxy(self) -> AgentProxy:
         """The agent registry, breakers and limiters, as every worker sees them."""
-        if self._proxy is None:
-            self._fast_redis = redis_client(self.settings.redis_url, fast=True)
-            self._proxy = build_agent_proxy(
-                self.settings,
-                self._fast_redis,
-                emit=lambda kind, data: self.events.publish(kind, data),
-                clock=self.clock,
-            )
-        return self._proxy
-
-    def build_client_parts(self) -> None:
-        """Build now the parts the client side otherwise builds on first use.
-
-        For callers that use one engine from several threads at once (the
-        asyncio engine's executor calls): nothing connects yet, but no two
-        threads can each build their own copy of a part.
-        """
-        _ = (self.store, self.waiter, self.events, self.cache, self.proxy)
-        self._cache_for_runner()
+        return self.parts.proxy
 
     def register_agent(
         self,
@@ -272,11 +215,7 @@ class ExecutionEngine:
     @property
     def tracker(self) -> ConfidenceTracker:
         """Confidence statistics over the tracking store (``get_agent_stats``, …)."""
-        if self._tracker is None:
-            self._tracker = build_tracker(
-                self.settings, emit=lambda kind, data: self.events.publish(kind, data)
-            )
-        return self._tracker
+        return self.parts.tracking()
 
     def on(
         self, event_type: str, handler: EventHandler, *, since: str | None = None
@@ -320,24 +259,7 @@ class ExecutionEngine:
         for _name, _fn, subscription in self._subscriptions:
             subscription.close()
         self._subscriptions = []
-        if self._events is not None:
-            self._events.close()
-            self._events = None
-        self._cache = None
-        self._runner_cache = None
-        if self._tracker is not None:
-            self._tracker.close()
-            self._tracker = None
-        if self._proxy is not None:
-            self._proxy.close()
-            self._fast_redis.close()
-            self._proxy = None
-        if self._redis is not None:
-            self._redis.close()
-            self._redis = None
-            self._store = None
-            self._recorder = None
-            self._waiter = None
+        self.parts.close()
 
     def __enter__(self) -> ExecutionEngine:
         return self
@@ -463,25 +385,16 @@ class ExecutionEngine:
         return self._pattern_executor or EnginePatternExecutor(self)
 
     def _run_here(self, task: ExecutionTask, handler: Handler) -> ExecutionResult:
-        return self._client_runner({task.type: handler}).run(task, RunContext(worker=CLIENT_WORKER))
-
-    def _client_runner(self, handlers: Mapping[TaskType, Handler]) -> TaskRunner:
-        """A runner for tasks this client answers itself, announcing them as a worker would."""
-        hooks = HookChain()
-        if self.settings.events_enabled:
-            hooks.add(EventHooks(self.events, worker=CLIENT_WORKER))
-        return TaskRunner(
-            handlers,
+        """Run *task* in this process (a control-plane pattern), announced as a worker would."""
+        parts = self.parts
+        runner = TaskRunner(
+            {task.type: handler},
             retry=self.settings.retry_config,
             default_timeout_ms=self.settings.default_timeout,
-            cache=self._cache_for_runner(),
-            hooks=hooks,
+            cache=parts.cache,
+            hooks=parts.hooks,
         )
-
-    def _cache_for_runner(self) -> RunnerCache | None:
-        if self._runner_cache is None and self.settings.cache.enabled:
-            self._runner_cache = RunnerCache(self.cache, capabilities_of=self.proxy.capabilities_of)
-        return self._runner_cache
+        return runner.run(task, RunContext(worker=CLIENT_WORKER))
 
     def _client_cache_hit(self, task: ExecutionTask) -> ExecutionResult | None:
         """Answer a lone task from the cache without a trip through the broker.
@@ -489,7 +402,7 @@ class ExecutionEngine:
         The hit is announced like a worker's (``task:started``, ``task:cache-hit``,
         ``task:completed``), with ``metadata.worker`` naming this client.
         """
-        runner, ctx = self._client_runner({}), RunContext(worker=CLIENT_WORKER)
+        runner, ctx = self.parts.runner, RunContext(worker=CLIENT_WORKER)
         hit = runner.begin(task, ctx, announce_miss=False)
         if hit is not None:
             runner.hooks.on_finished(task, ctx, hit)

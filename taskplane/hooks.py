@@ -33,7 +33,12 @@ class ExecutionHooks:
         """Called when a task's result came from the cache; the target was not called."""
 
     def on_finished(self, task: ExecutionTask, ctx: RunContext, result: ExecutionResult) -> None:
-        """Called once the task has its final envelope (any status)."""
+        """Called once per recorded outcome (any status; the first outcome of a task wins).
+
+        For a plan member, by the plan recorder once the plan store reports the
+        outcome recorded (a redelivered copy is not told again); for a lone task
+        run in one process, by :meth:`TaskRunner.run <taskplane.executor.TaskRunner.run>`.
+        """
 
     def emit(self, event_type: str, data: dict[str, Any]) -> None:
         """Called for events not about one task (``circuit:open``, ``anomaly:detected``)."""

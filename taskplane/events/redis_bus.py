@@ -5,7 +5,7 @@ trimmed to about ``stream_maxlen``) and published on the channel
 ``{prefix}:events`` in the same round trip. A plan task's
 ``task:completed``/``task:failed`` is written by the plan store's script
 that records the outcome, so there is one such event per recorded outcome,
-never lost between the two (see :mod:`taskplane.planstore`).
+never lost between the two (see :mod:`taskplane.plan.redis_store`).
 
 Subscribers read the stream, not the channel: one background thread per bus
 reads it (``XREAD BLOCK``) from the last id each subscription has seen, and

@@ -1,4 +1,8 @@
-"""The Celery tasks: thin wrappers that validate, get the runtime and call the domain.
+"""The Celery tasks: thin wrappers that validate, get the worker's parts and call the domain.
+
+Plain functions, registered on an app by :func:`register_tasks` with
+:class:`~taskplane.tasks.base.TaskplaneTask` as their base, whose ``parts``
+are the worker process's (built once, after any fork):
 
 * ``taskplane.run_task`` — one task of a plan (every task runs as one), shown
   in Flower and logs under a readable name (``agent:reviewer``). A task that
@@ -19,21 +23,20 @@
 from __future__ import annotations
 
 import math
-from functools import partial
+from collections.abc import Callable
 from typing import Any
 
-from celery import Celery, Task
+from celery import Celery
 from celery.exceptions import Ignore
 from celery.signals import worker_ready, worker_shutdown
 
 from taskplane.config import COUNTDOWN_MARGIN_S, MIN_COUNTDOWN_CAP_S, Settings
 from taskplane.executor import Attempt, Reschedule
-from taskplane.models import ExecutionPlan, TaskStatus, parse_plan
+from taskplane.models import TaskStatus, parse_plan
 from taskplane.observability import tracing
 from taskplane.observability.celery_view import kwargs_repr, shadow_name
-from taskplane.runtime import WorkerRuntime, close_runtimes, runtime_for
-from taskplane.tasks.canvas import submit_plan
-from taskplane.tasks.dispatch import CeleryDispatch
+from taskplane.tasks.base import TaskplaneTask, WorkerParts
+from taskplane.tasks.canvas import RUN_TASK, submit_plan
 from taskplane.tasks.redelivery import RedeliverySweeper, needs_sweeper
 from taskplane.tasks.states import (
     Finished,
@@ -44,34 +47,91 @@ from taskplane.tasks.states import (
 )
 
 
-def submit_child(
-    app: Celery, plan: ExecutionPlan, deadline: float | None, extra_meta: dict[str, str]
-) -> bool:
-    """Record and enqueue a nested pattern's plan from inside a worker."""
-    runtime = worker_runtime(app)
-    return submit_plan(
-        app,
-        runtime.store,
-        plan,
-        runtime.settings,
-        deadline=deadline,
-        extra_meta=extra_meta,
-        agent_policies=runtime.agent_policies,
-    )
+def run_task(
+    self: TaskplaneTask,
+    plan_id: str,
+    index: int,
+    task: dict[str, Any],
+    deadline: float | None = None,
+    previous_index: int | None = None,
+    attempt: dict[str, Any] | None = None,
+) -> Finished | None:
+    """``taskplane.run_task``: take one task of a plan one step on."""
+    with tracing.task_delivery(self.request, plan_id, task, attempt):
+        parts = self.parts
+        step = parts.member_runner.run_member(
+            plan_id,
+            index,
+            task,
+            previous_index=previous_index,
+            deadline=deadline,
+            worker=self.request.hostname or "",
+            redelivered=bool((self.request.delivery_info or {}).get("redelivered")),
+            attempt=Attempt.from_json(attempt),
+            owner=self.request.id or "",
+        )
+        tracing.delivery_ended(step)
+        if isinstance(step, Reschedule):
+            kwargs = {**(self.request.kwargs or {}), "attempt": step.attempt.to_json()}
+            countdown = capped_countdown_s(step.delay_s, parts.settings, task)
+            why = f"{step.reason}: {step.error}" if step.error else step.reason
+            raise self.retry(
+                kwargs=kwargs,
+                countdown=countdown,
+                exc=Rescheduled(f"{why}; next: attempt {step.attempt.number}"),
+                shadow=shadow_name(task),
+                kwargsrepr=kwargs_repr(kwargs),
+            )
+        if step is None:  # nothing run: a replay, or the plan ended while this one waited
+            recorded = parts.store.result(plan_id, index)
+            if recorded is None or recorded.status is not TaskStatus.CANCELLED:
+                return None
+            continue_chain(self)
+            self.send_event("task-revoked", terminated=False, signum=None, expired=False)
+            raise TaskCancelled(recorded.to_json_dict())
+        envelope = step.to_json_dict()
+        if step.status is not TaskStatus.SUCCESS:
+            continue_chain(self)
+        if step.status is TaskStatus.CANCELLED:
+            self.send_event("task-revoked", terminated=False, signum=None, expired=False)
+            raise TaskCancelled(envelope)
+        if step.status is not TaskStatus.SUCCESS:
+            raise TaskFailed(envelope)
+        return Finished(envelope)
 
 
-def worker_runtime(app: Celery, worker: str = "") -> WorkerRuntime:
-    """The runtime of this worker process for *app*."""
-    from taskplane.tasks.app import settings_of
+def execute_plan(self: TaskplaneTask, plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """``taskplane.execute_plan``: run a whole plan; the run's end answers this call."""
+    parsed = parse_plan(plan)
+    if not parsed.tasks:
+        return []
+    parts = self.parts
+    with tracing.message_context(self.request):  # under the sender's span, if it sent one
+        submit_plan(
+            self.app,
+            parts.store,
+            parsed,
+            parts.settings,
+            reply_to=self.request.id,
+            agent_policies=parts.agent_policies,
+        )
+    record = parts.store.record(parsed.id)
+    if record is not None and record.ended:
+        report = parts.plans.collect(parsed.id, record)
+        return [r.to_json_dict() for r in report.results]
+    raise Ignore()
 
-    return runtime_for(
-        id(app),
-        lambda: WorkerRuntime.build(
-            settings_of(app),
-            dispatch=CeleryDispatch(app, submit=partial(submit_child, app)),
-            worker=worker,
-        ),
-    )
+
+def check_anomalies(self: TaskplaneTask) -> int:
+    """``taskplane.check_anomalies`` (beat): anomalies found in the tracked confidence."""
+    tracker = self.parts.tracker
+    return 0 if tracker is None else len(tracker.check_anomalies())
+
+
+def prune_tracking(self: TaskplaneTask) -> int:
+    """``taskplane.prune_tracking`` (beat): tracked points past their retention removed."""
+    tracker = self.parts.tracker
+    return 0 if tracker is None else tracker.prune()
 
 
 def capped_countdown_s(delay_s: float, settings: Settings, task: dict[str, Any]) -> float:
@@ -93,131 +153,54 @@ def capped_countdown_s(delay_s: float, settings: Settings, task: dict[str, Any])
     return countdown
 
 
-def register_tasks(app: Celery) -> None:
-    """Register taskplane's tasks on *app*."""
-
-    @app.task(
-        name="taskplane.run_task",
-        bind=True,
-        ignore_result=True,
-        shared=False,
-        max_retries=None,
-        throws=(TaskFailed,),
-    )
-    def run_task(
-        self: Task,
-        plan_id: str,
-        index: int,
-        task: dict[str, Any],
-        deadline: float | None = None,
-        previous_index: int | None = None,
-        attempt: dict[str, Any] | None = None,
-    ) -> Finished | None:
-        with tracing.task_delivery(self.request, plan_id, task, attempt):
-            worker = self.request.hostname or ""
-            runtime = worker_runtime(app, worker)
-            step = runtime.members.run_member(
-                plan_id,
-                index,
-                task,
-                previous_index=previous_index,
-                deadline=deadline,
-                worker=worker,
-                redelivered=bool((self.request.delivery_info or {}).get("redelivered")),
-                attempt=Attempt.from_json(attempt),
-                owner=self.request.id or "",
-            )
-            tracing.delivery_ended(step)
-            if isinstance(step, Reschedule):
-                kwargs = {**(self.request.kwargs or {}), "attempt": step.attempt.to_json()}
-                countdown = capped_countdown_s(step.delay_s, runtime.settings, task)
-                why = f"{step.reason}: {step.error}" if step.error else step.reason
-                raise self.retry(
-                    kwargs=kwargs,
-                    countdown=countdown,
-                    exc=Rescheduled(f"{why}; next: attempt {step.attempt.number}"),
-                    shadow=shadow_name(task),
-                    kwargsrepr=kwargs_repr(kwargs),
-                )
-            if step is None:  # nothing run: a replay, or the plan ended while this one waited
-                recorded = runtime.store.result(plan_id, index)
-                if recorded is None or recorded.status is not TaskStatus.CANCELLED:
-                    return None
-                continue_chain(self)
-                self.send_event("task-revoked", terminated=False, signum=None, expired=False)
-                raise TaskCancelled(recorded.to_json_dict(), fresh=False)
-            envelope = step.to_json_dict()
-            if step.status is not TaskStatus.SUCCESS:
-                continue_chain(self)
-            if step.status is TaskStatus.CANCELLED:
-                self.send_event("task-revoked", terminated=False, signum=None, expired=False)
-                raise TaskCancelled(envelope)
-            if step.status is not TaskStatus.SUCCESS:
-                raise TaskFailed(envelope)
-            return Finished(envelope)
-
-    @app.task(name="taskplane.execute_plan", bind=True, shared=False)
-    def execute_plan(self: Task, plan: dict[str, Any]) -> list[dict[str, Any]]:
-        parsed = parse_plan(plan)
-        if not parsed.tasks:
-            return []
-        runtime = worker_runtime(app)
-        with tracing.message_context(self.request):  # under the sender's span, if it sent one
-            submit_plan(
-                app,
-                runtime.store,
-                parsed,
-                runtime.settings,
-                reply_to=self.request.id,
-                agent_policies=runtime.agent_policies,
-            )
-        record = runtime.store.record(parsed.id)
-        if record is not None and record.ended:
-            report = runtime.plans.collect(parsed.id, record)
-            return [r.to_json_dict() for r in report.results]
-        raise Ignore()
-
-    @app.task(name="taskplane.check_anomalies", shared=False, ignore_result=True)
-    def check_anomalies() -> int:
-        tracker = worker_runtime(app).tracker
-        return 0 if tracker is None else len(tracker.check_anomalies())
-
-    @app.task(name="taskplane.prune_tracking", shared=False, ignore_result=True)
-    def prune_tracking() -> int:
-        tracker = worker_runtime(app).tracker
-        return 0 if tracker is None else tracker.prune()
-
-    connect_signals(app)
+#: taskplane's tasks and their Celery options (every one bound, not shared between apps).
+TASKS: tuple[tuple[Callable[..., Any], dict[str, Any]], ...] = (
+    (
+        run_task,
+        {"name": RUN_TASK, "ignore_result": True, "max_retries": None, "throws": (TaskFailed,)},
+    ),
+    (execute_plan, {"name": "taskplane.execute_plan"}),
+    (check_anomalies, {"name": "taskplane.check_anomalies", "ignore_result": True}),
+    (prune_tracking, {"name": "taskplane.prune_tracking", "ignore_result": True}),
+)
 
 
-def connect_signals(app: Celery) -> None:
-    """Sweep for lost messages, close the runtime at shutdown."""
+def register_tasks(app: Celery, settings: Settings) -> None:
+    """Register taskplane's tasks on *app*, sharing one worker's parts built from *settings*."""
+    resources = WorkerParts(app, settings)
+    for function, options in TASKS:
+        app.task(
+            function, base=TaskplaneTask, bind=True, shared=False, resources=resources, **options
+        )
+    connect_signals(app, resources)
+
+
+def connect_signals(app: Celery, resources: WorkerParts) -> None:
+    """Sweep for lost messages, close the worker's parts at shutdown."""
     sweepers: list[RedeliverySweeper] = []
 
     def shutdown(**_: Any) -> None:
         while sweepers:
             sweepers.pop().stop()
-        close_runtimes()
+        resources.close()
         tracing.flush()
 
     def ready(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is not app:
             return
-        settings = settings_of(app)
+        settings = resources.settings
         if needs_sweeper(settings.effective_broker_url) and not sweepers:
             sweepers.append(RedeliverySweeper(app, interval_s=settings.redelivery_sweep_s))
             sweepers[0].start()
-        # a worker serving metrics builds its runtime (and so its /metrics server) now,
+        # a worker serving metrics builds its parts (and so its /metrics server) now,
         # not at its first task
         if settings.metrics_port is not None:
-            worker_runtime(app)
-
-    from taskplane.tasks.app import settings_of
+            resources.get()
 
     worker_shutdown.connect(shutdown, weak=False)
     worker_ready.connect(ready, weak=False)
 
-    if settings_of(app).log_format == "json":
+    if resources.settings.log_format == "json":
         from taskplane.observability.logs import use_json_logs
 
         use_json_logs(app)

@@ -10,6 +10,9 @@ from kombu import Exchange, Queue
 
 from taskplane.config import DEFAULT_QUEUE, Settings, load_settings
 from taskplane.observability import tracing
+from taskplane.tasks import register_tasks
+from taskplane.tasks.base import TaskplaneTask
+from taskplane.tasks.canvas import RUN_TASK
 from taskplane.tasks.pool import effective_pool, prepare_process
 from taskplane.tasks.redelivery import REDIS_SCHEMES
 from taskplane.tasks.shims import CONSUMER, share_result_backend_in_workers
@@ -132,18 +135,14 @@ def create_app(settings: Settings | None = None) -> Celery:
         amqp="taskplane.observability.celery_view:NamingAMQP",
     )
     app.conf.update(celery_config(settings))
-    app.taskplane_settings = settings
     share_result_backend_in_workers(app)
-    from taskplane.tasks import register_tasks
-
-    register_tasks(app)
+    register_tasks(app, settings)
     return app
 
 
 def settings_of(app: Celery) -> Settings:
-    """The taskplane settings an app was created with."""
-    settings = getattr(app, "taskplane_settings", None)
-    if settings is None:
-        settings = load_settings()
-        app.taskplane_settings = settings
-    return settings
+    """The taskplane settings an app's tasks were registered with (the environment's if none)."""
+    task = app.tasks.get(RUN_TASK)
+    if isinstance(task, TaskplaneTask):
+        return task.settings
+    return load_settings()

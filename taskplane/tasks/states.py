@@ -10,7 +10,7 @@ wins); these only choose the Celery state Flower and the worker log show:
 * cancelled → Celery REVOKED: the task sends ``task-revoked`` and raises
   :class:`TaskCancelled` (Celery's ``Ignore``: acknowledged, no other event).
 
-Both exceptions carry the envelope, so signal handlers still see it. They
+Both exceptions carry the envelope, for whatever logs or inspects them. They
 never leave the worker: clients read results from the plan store. Celery
 sends a chain's next step only after a success, so a sequential plan's chain
 is carried on by :func:`continue_chain` before either is raised: the next
@@ -65,28 +65,17 @@ def _failed(text: str) -> Exception:
 class TaskCancelled(Ignore):
     """A task's envelope says cancelled (Celery state REVOKED, announced by the task).
 
-    *fresh* is false when the envelope was recorded before this delivery (the
-    plan was cancelled while the task waited in the queue): it is shown, not
-    reported again.
+    Raised too for an envelope recorded before this delivery (the plan was
+    cancelled while the task waited in the queue), so Flower shows it.
     """
 
-    def __init__(self, envelope: dict[str, Any], fresh: bool = True) -> None:
+    def __init__(self, envelope: dict[str, Any]) -> None:
         self.envelope = envelope
-        self.fresh = fresh
         super().__init__(f"{envelope.get('taskId', '?')} cancelled")
 
 
 class Rescheduled(Exception):
     """Why a task is retried: the text of the worker's one retry log line."""
-
-
-def envelope_of(retval: Any) -> dict[str, Any] | None:
-    """The envelope a ``run_task`` call ended with (its return value or exception)."""
-    if isinstance(retval, TaskCancelled):
-        return retval.envelope if retval.fresh else None
-    if isinstance(retval, (Finished, TaskFailed)):
-        return retval.envelope
-    return None
 
 
 def continue_chain(task: Task) -> None:

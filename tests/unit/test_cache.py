@@ -203,6 +203,7 @@ def test_runner_cache_degrades_to_a_miss_when_the_backend_is_down(
         runner_cache.lookup(agent_task())
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
+    assert runner_cache.failures == 3  # each one counted, only the first warned of
     assert "refused" in warnings[0].getMessage()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from taskplane.observability.celery_view import MASK, MAX_REPR_CHARS, kwargs_repr, shadow_name
-from taskplane.tasks.states import Finished, TaskCancelled, TaskFailed, envelope_of
+from taskplane.tasks.states import Finished, TaskCancelled, TaskFailed
 
 
 def test_shadow_names_are_readable() -> None:
@@ -45,10 +45,8 @@ def test_kwargs_repr_is_capped() -> None:
 def test_outcomes_carry_their_envelope_with_a_short_text() -> None:
     failed = {"taskId": "t1", "status": "failure", "error": "boom " * 500, "result": "x" * 9999}
     exc = TaskFailed(failed)
-    assert envelope_of(exc) is failed and len(repr(exc)) < 400 and "x" * 50 not in repr(exc)
+    assert exc.envelope is failed and len(repr(exc)) < 400 and "x" * 50 not in repr(exc)
     ok = {"taskId": "t2", "status": "success", "result": "x" * 9999}
-    assert envelope_of(Finished(ok)) is ok and repr(Finished(ok)) == "t2 success"
+    assert Finished(ok).envelope is ok and repr(Finished(ok)) == "t2 success"
     cancelled = {"taskId": "t3", "status": "cancelled"}
-    assert envelope_of(TaskCancelled(cancelled)) is cancelled
-    assert envelope_of(TaskCancelled(cancelled, fresh=False)) is None
-    assert envelope_of(None) is None
+    assert TaskCancelled(cancelled).envelope is cancelled

@@ -252,7 +252,7 @@ def test_event_hooks_publish_retries_and_cache_hits() -> None:
     ctx = RunContext(plan_id="p1", worker="w1")
     hooks.on_retrying(task(), ctx, attempt=1, delay_ms=1000.0, error="connection refused")
     hooks.on_cache_hit(task(), ctx, success())
-    hooks.on_finished(task(), ctx, success())  # not an event of the hooks: published by signals
+    hooks.on_finished(task(), ctx, success())  # a plan member's: written by the plan store
     hooks.emit("circuit:open", {"agentId": "a1", "failures": 5})
     assert [(e["type"], e["data"]) for e in bus.recent()] == [
         (

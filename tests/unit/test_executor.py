@@ -25,6 +25,7 @@ from taskplane.errors import (
     TransportError,
     UpstreamError,
 )
+from taskplane.events import EventHooks, InMemoryEventBus
 from taskplane.executor import (
     CallContext,
     Handler,
@@ -448,7 +449,7 @@ def test_cancel_flag_not_read_after_success(clock: FakeClock) -> None:
     handler = Scripted(clock, OK)
     result = make_runner(clock, handler).run(make_task(), RunContext(is_cancelled=cancelled))
     assert result.ok
-    assert checks == []  # the first attempt's check belongs to the caller (plan coordinator)
+    assert checks == []  # the first attempt's check belongs to the caller (the plan member runner)
 
 
 def test_handler_raising_cancelled(clock: FakeClock) -> None:
@@ -682,3 +683,17 @@ def test_begin_on_a_miss_announces_the_start_only_when_asked() -> None:
     assert runner.begin(make_task(), RunContext()) is None
     assert hooks.names() == ["started"]
     assert TaskRunner({}, hooks=hooks).begin(make_task(cache=True), RunContext()) is None
+
+
+def test_the_events_hook_announces_only_an_outcome_no_plan_store_recorded(
+    clock: FakeClock,
+) -> None:
+    bus = InMemoryEventBus()
+    hooks = EventHooks(bus, worker="engine")
+    runner = make_runner(clock, Scripted(clock, OK), hooks=hooks)
+    runner.run(make_task())  # a lone task run here: its outcome is announced by the hook
+    hooks.on_finished(
+        make_task(), RunContext(plan_id="p"), envelope(make_task(), TaskStatus.SUCCESS)
+    )
+    kinds = [event["type"] for event in bus.recent()]
+    assert kinds == ["task:started", "task:completed"]  # the plan member's is the store's
