@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 import redis
 
 from taskplane.config import RateLimitConfig, Settings
-from taskplane.executor import CallContext
+from taskplane.contract import CallContext
 from taskplane.models import ExecutionTask
 from taskplane.proxy import AgentProxy, GrpcTransport, HttpTransport, build_agent_proxy, parallax
 from taskplane.proxy.grpc import build_request

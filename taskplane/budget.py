@@ -36,9 +36,10 @@ from typing import Any
 
 import redis
 
+from taskplane.aliases import Emit
+from taskplane.contract import BudgetRefusal
 from taskplane.errors import BackendError
 from taskplane.events.names import PLAN_BUDGET_EXHAUSTED, PLAN_BUDGET_WARNING
-from taskplane.executor import BudgetRefusal
 from taskplane.keys import plan_key
 from taskplane.models import ExecutionTask, PlanBudget
 from taskplane.proxy import estimated_tokens
@@ -53,8 +54,6 @@ DEFAULT_BUDGET_ESTIMATE = 1000
 WARNING_SHARE = 0.8
 #: Measures a budget limits, in the order they are checked.
 MEASURES = ("tokens", "calls")
-
-Emit = Callable[[str, dict[str, Any]], None]
 
 
 def budget_meta(owner: str, budget: PlanBudget) -> dict[str, str]:

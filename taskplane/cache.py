@@ -28,6 +28,7 @@ from typing import Any
 import pydantic
 import redis
 
+from taskplane.aliases import Clock
 from taskplane.config import CacheConfig
 from taskplane.errors import BackendError, TaskplaneError, ValidationError
 from taskplane.keys import result_cache_key
@@ -36,7 +37,6 @@ from taskplane.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], float]
 
 DEFAULT_PREFIX = "taskplane"
 #: Task types whose results carry a confidence; others are cached only on request.

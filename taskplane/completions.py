@@ -14,11 +14,12 @@ Two things every waiter needs, sync or async, live here once:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from taskplane.aliases import Clock
 from taskplane.errors import PlanFailedError
 from taskplane.models import ExecutionResult
 from taskplane.plan.record import RunRecord
@@ -85,7 +86,7 @@ class PlanWatch:
         *,
         timeout_s: float | None,
         stall_s: float,
-        clock: Callable[[], float],
+        clock: Clock,
     ) -> None:
         self.clock = clock
         self.created = record.created

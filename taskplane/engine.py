@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import redis
 from celery import Celery
 
+from taskplane.aliases import Clock
 from taskplane.cache import RedisResultCache
 from taskplane.config import Settings, load_settings
+from taskplane.contract import Handler, RunContext
 from taskplane.errors import PlanFailedError, ValidationError
 from taskplane.events import EventHandler, RedisEventBus, Subscription
-from taskplane.executor import Handler, RunContext, TaskRunner
+from taskplane.executor import TaskRunner
 from taskplane.handle import PlanHandle
 from taskplane.models import (
     ExecutionPlan,
@@ -70,7 +72,7 @@ class ExecutionEngine:
         settings: Settings | None = None,
         *,
         app: Celery | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = time.time,
     ) -> None:
         self.settings = settings or load_settings()
         self.app = app or create_app(self.settings)

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from taskplane.contract import CallContext, Outcome
 from taskplane.errors import (
     ConfigurationError,
     FunctionError,
@@ -35,7 +36,6 @@ from taskplane.errors import (
     NotFoundError,
     ValidationError,
 )
-from taskplane.executor import CallContext, Outcome
 from taskplane.models import ExecutionTask
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from taskplane.executor import RunContext
+    from taskplane.contract import RunContext
     from taskplane.models import ExecutionResult, ExecutionTask
 
 log = logging.getLogger(__name__)

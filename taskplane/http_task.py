@@ -28,13 +28,13 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from taskplane.contract import CallContext, Outcome
 from taskplane.errors import (
     ForbiddenTargetError,
     InvalidPayloadError,
     TransportError,
     http_status_error,
 )
-from taskplane.executor import CallContext, Outcome
 from taskplane.httpio import MAX_RESPONSE_BYTES, httpx_errors, read_capped, retry_after_s, snippet
 from taskplane.models import ExecutionTask
 

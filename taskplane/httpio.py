@@ -36,6 +36,7 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
+from taskplane.aliases import Clock
 from taskplane.config import Settings
 from taskplane.errors import (
     ExecutionError,
@@ -101,7 +102,7 @@ def read_capped(
     *,
     what: str = "reply",
     deadline: float | None = None,
-    clock: Callable[[], float] = time.monotonic,
+    clock: Clock = time.monotonic,
 ) -> bytes:
     """Read a streamed body, refusing one larger than *limit* bytes.
 
@@ -136,7 +137,7 @@ def snippet(body: bytes) -> str:
     return body[:ERROR_SNIPPET_CHARS].decode("utf-8", "replace")
 
 
-def retry_after_s(value: str | None, *, clock: Callable[[], float] = time.time) -> float | None:
+def retry_after_s(value: str | None, *, clock: Clock = time.time) -> float | None:
     """Parse a ``Retry-After`` header into seconds from now, or None when it gives no hint.
 
     Args:

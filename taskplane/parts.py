@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,11 +34,13 @@ from typing import Any
 import httpx
 from redis import Redis
 
+from taskplane.aliases import Clock
 from taskplane.budget import RedisBudgetBackend
 from taskplane.cache import RedisResultCache, RunnerCache
 from taskplane.config import Settings
+from taskplane.contract import Handler
 from taskplane.events import EventHooks, RedisEventBus
-from taskplane.executor import Handler, TaskRunner
+from taskplane.executor import TaskRunner
 from taskplane.functions import import_function_modules, registry
 from taskplane.hooks import HookChain
 from taskplane.http_task import HttpTaskHandler, UrlGuard
@@ -113,7 +115,7 @@ class Parts:
         *,
         dispatch: Dispatch,
         worker: str = "engine",
-        clock: Callable[[], float] = time.time,
+        clock: Clock = time.time,
     ) -> Parts:
         """The parts of a client (:class:`~taskplane.engine.ExecutionEngine`).
 
@@ -242,7 +244,7 @@ class Parts:
         *,
         patterns: FilePatternEngine | None = None,
         worker: str,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = time.time,
     ) -> Parts:
         """The parts both roles build alike around the *given* clients, bus, proxy and hooks.
 

@@ -41,8 +41,8 @@ from typing import Any, Protocol, runtime_checkable
 import yaml
 from pydantic import Field
 
+from taskplane.contract import CallContext, Outcome
 from taskplane.errors import ConfigurationError, NotFoundError, PatternError, ValidationError
-from taskplane.executor import CallContext, Outcome
 from taskplane.models import (
     ExecutionPlan,
     ExecutionResult,

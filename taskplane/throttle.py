@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+
+from taskplane.aliases import Clock
 
 #: Default minimum time between two warnings, in seconds.
 DEFAULT_INTERVAL_S = 30.0
@@ -20,7 +21,7 @@ class LogThrottle:
     """
 
     def __init__(
-        self, interval_s: float = DEFAULT_INTERVAL_S, *, clock: Callable[[], float] = time.monotonic
+        self, interval_s: float = DEFAULT_INTERVAL_S, *, clock: Clock = time.monotonic
     ) -> None:
         self.interval_s = interval_s
         self.clock = clock

@@ -17,9 +17,10 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from taskplane.aliases import Clock
+
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], float]
 #: An event: ``{"type", "data", "timestamp"}``.
 Event = dict[str, Any]
 EventHandler = Callable[[Event], None]

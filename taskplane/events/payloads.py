@@ -30,7 +30,7 @@ from taskplane.models import (
 )
 
 if TYPE_CHECKING:
-    from taskplane.executor import RunContext
+    from taskplane.contract import RunContext
 
 #: Longest rendering of one value in :func:`format_event`.
 MAX_VALUE_CHARS = 80

@@ -22,7 +22,7 @@ from taskplane.models import ExecutionResult, ExecutionTask, TaskType, redact_cr
 from taskplane.observability.tracing import active, tracer
 
 if TYPE_CHECKING:
-    from taskplane.executor import CallContext, Handler, Outcome, RunContext
+    from taskplane.contract import CallContext, Handler, Outcome, RunContext
     from taskplane.proxy.registry import AgentInfo
     from taskplane.proxy.transport import AgentTransport, HealthReport
 

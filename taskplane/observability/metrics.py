@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from taskplane.aliases import Clock
 from taskplane.errors import (
     CircuitOpenError,
     RateLimitedError,
@@ -46,7 +47,7 @@ from taskplane.models import ExecutionResult, ExecutionTask, TaskType
 from taskplane.proxy.breaker_storage import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN
 
 if TYPE_CHECKING:
-    from taskplane.executor import CallContext, Handler, Outcome, RunContext
+    from taskplane.contract import CallContext, Handler, Outcome, RunContext
     from taskplane.plan.record import RunRecord
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ class WorkerMetrics:
         *,
         breaker_redis: redis.Redis | None = None,
         prefix: str = "taskplane",
-        clock: Callable[[], float] = time.perf_counter,
+        clock: Clock = time.perf_counter,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.clock = clock

@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
+from taskplane.aliases import Clock
 from taskplane.budget import BudgetBackend, BudgetGate, BudgetOwners
+from taskplane.contract import RunContext, envelope
 from taskplane.errors import ExecutionError
-from taskplane.executor import Attempt, Reschedule, RunContext, TaskRunner, envelope
+from taskplane.executor import Attempt, Reschedule, TaskRunner
 from taskplane.models import ExecutionResult, ExecutionTask, TaskStatus, TaskType
 from taskplane.patterns import FilePatternEngine, check_nesting
 from taskplane.plan.layout import layout_for_empty
@@ -53,7 +54,7 @@ class MemberRunner:
         *,
         patterns: FilePatternEngine | None = None,
         budgets: BudgetBackend | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = time.time,
     ) -> None:
         self.recorder = recorder
         self.store = recorder.store

@@ -13,10 +13,11 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from taskplane.aliases import Clock
 from taskplane.events import EventBus, finished_event
 from taskplane.models import ExecutionResult, ExecutionTask
 from taskplane.plan.layout import PlanLayout
@@ -51,9 +52,7 @@ class MemoryRunStore(RunStore):
         clock: Epoch seconds; leases expire by it.
     """
 
-    def __init__(
-        self, *, events: EventBus | None = None, clock: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, *, events: EventBus | None = None, clock: Clock = time.time) -> None:
         self.events = events
         self.clock = clock
         self._runs: dict[str, _Run] = {}

@@ -22,8 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from taskplane.aliases import Clock
 from taskplane.budget import exhausted_error
-from taskplane.executor import RunContext, target_metadata
+from taskplane.contract import RunContext, target_metadata
 from taskplane.hooks import ExecutionHooks, HookChain
 from taskplane.models import ExecutionResult, ExecutionTask, TaskStatus
 from taskplane.observability import tracing
@@ -90,7 +91,7 @@ class PlanRecorder:
         patterns: FilePatternEngine | None = None,
         remember: Remember | None = None,
         on_plan_end: OnPlanEnd | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = time.time,
     ) -> None:
         self.store = store
         self.dispatch = dispatch

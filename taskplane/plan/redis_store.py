@@ -38,6 +38,7 @@ from typing import Any
 
 import redis
 
+from taskplane.aliases import Clock
 from taskplane.events import RedisEventBus, finished_event
 from taskplane.keys import event_stream_key, plan_key
 from taskplane.models import ExecutionResult, ExecutionTask
@@ -85,7 +86,7 @@ class RedisRunStore(RunStore):
         prefix: str = "taskplane",
         retention_s: int = 86400,
         events: RedisEventBus | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = time.time,
         cluster: bool = False,
     ) -> None:
         self.client = client

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from taskplane.executor import envelope
+from taskplane.contract import envelope
 from taskplane.models import ExecutionResult, ExecutionTask, TaskStatus
 from taskplane.plan.layout import PlanLayout
 from taskplane.plan.record import PlanState, RunRecord

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from taskplane.aliases import Clock
 from taskplane.completions import PlanWatch, Step, StepKind, unknown_plan
 from taskplane.errors import PlanFailedError, WaitTimeoutError
 from taskplane.models import ExecutionResult
@@ -35,7 +36,7 @@ class PlanWaiter:
         *,
         stall_s: float,
         server_started_at: Callable[[], float | None],
-        clock: Callable[[], float],
+        clock: Clock,
     ) -> None:
         self.recorder = recorder
         self.store = recorder.store

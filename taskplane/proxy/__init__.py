@@ -18,18 +18,20 @@ import importlib.util
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import redis
 
+from taskplane.aliases import Clock, Emit
 from taskplane.config import Settings
+from taskplane.contract import CallContext, Outcome
 from taskplane.errors import ExecutionError, NotFoundError, ValidationError
-from taskplane.executor import CallContext, Outcome, tokens_used
+from taskplane.executor import tokens_used
 from taskplane.models import ExecutionTask
 from taskplane.proxy.a2a import A2ATransport
 from taskplane.proxy.aio import LoopThread
-from taskplane.proxy.breaker import Admission, CircuitBreaker, Emit
+from taskplane.proxy.breaker import Admission, CircuitBreaker
 from taskplane.proxy.grpc import GrpcTransport
 from taskplane.proxy.http import HttpTransport, make_http_client
 from taskplane.proxy.inflight import InFlightLimiter, RedisInFlightBackend
@@ -128,7 +130,7 @@ class AgentProxy:
         breaker: CircuitBreaker,
         limiter: RateLimiter,
         inflight: InFlightLimiter | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = time.time,
     ) -> None:
         self.registry = registry
         self.transports = {"http": http_transport, "grpc": grpc_transport, **(transports or {})}
@@ -362,7 +364,7 @@ def build_agent_proxy(
     redis_client: redis.Redis,
     *,
     emit: Emit,
-    clock: Callable[[], float] = time.time,
+    clock: Clock = time.time,
     http_pool_size: int = DEFAULT_HTTP_POOL_SIZE,
     settle_behind: WriteBehind | None = None,
 ) -> AgentProxy:

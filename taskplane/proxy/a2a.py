@@ -55,6 +55,8 @@ from typing import Any
 
 import httpx
 
+from taskplane.aliases import Clock
+from taskplane.contract import CallContext, Outcome
 from taskplane.errors import (
     ClientError,
     ExecutionError,
@@ -64,7 +66,6 @@ from taskplane.errors import (
     TransportError,
     UpstreamError,
 )
-from taskplane.executor import CallContext, Outcome
 from taskplane.httpio import reply_error
 from taskplane.models import ExecutionTask
 from taskplane.observability import tracing
@@ -324,9 +325,7 @@ class A2ATransport(AgentTransport):
         clock: Monotonic clock for card caching and deadlines.
     """
 
-    def __init__(
-        self, *, loop: LoopThread | None = None, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, *, loop: LoopThread | None = None, clock: Clock = time.monotonic) -> None:
         self.loop = loop or LoopThread()
         self.clock = clock
         self._cards: dict[str, tuple[float, Any]] = {}

@@ -61,6 +61,7 @@ from typing import Any
 import pybreaker
 import redis
 
+from taskplane.aliases import Clock, Emit
 from taskplane.config import CircuitBreakerConfig
 from taskplane.errors import BREAKER_IGNORED_ERRORS, BackendError, CircuitOpenError
 from taskplane.proxy.breaker_redis import RedisBreakerStorage
@@ -77,7 +78,6 @@ from taskplane.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
 
-Emit = Callable[[str, dict[str, Any]], None]
 StorageFactory = Callable[[str], BreakerStorage]
 
 #: How long a half-open trial may stay unreported before another caller replaces it (s).
@@ -198,7 +198,7 @@ class CircuitBreaker:
         storage: StorageFactory = InMemoryBreakerStorage,
         emit: Emit = _no_emit,
         listeners: Iterable[pybreaker.CircuitBreakerListener] = (),
-        clock: Callable[[], float] = time.time,
+        clock: Clock = time.time,
     ) -> None:
         self.policy = policy_from_config(config or CircuitBreakerConfig())
         self._factory = storage
@@ -221,7 +221,7 @@ class CircuitBreaker:
         prefix: str = "taskplane",
         emit: Emit = _no_emit,
         listeners: Iterable[pybreaker.CircuitBreakerListener] = (),
-        clock: Callable[[], float] = time.time,
+        clock: Clock = time.time,
     ) -> CircuitBreaker:
         """Breakers whose state lives in Redis under ``{prefix}:breaker:*``."""
 

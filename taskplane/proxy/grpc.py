@@ -50,6 +50,7 @@ from typing import Any
 
 import grpc
 
+from taskplane.contract import CallContext, Outcome
 from taskplane.errors import (
     ClientError,
     ExecutionError,
@@ -59,7 +60,6 @@ from taskplane.errors import (
     TransportError,
     UpstreamError,
 )
-from taskplane.executor import CallContext, Outcome
 from taskplane.httpio import MAX_RESPONSE_BYTES
 from taskplane.models import ExecutionTask
 from taskplane.observability import tracing

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
 
+from taskplane.aliases import Clock
+from taskplane.contract import CallContext, Outcome
 from taskplane.errors import InvalidReplyError
-from taskplane.executor import CallContext, Outcome
 from taskplane.httpio import (
     MAX_RESPONSE_BYTES,
     httpx_errors,
@@ -71,7 +71,7 @@ class HttpTransport(AgentTransport):
         client: httpx.Client,
         *,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = time.monotonic,
     ) -> None:
         self.client = client
         self.max_response_bytes = max_response_bytes

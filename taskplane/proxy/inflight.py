@@ -21,10 +21,10 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 
 import redis
 
+from taskplane.aliases import Clock
 from taskplane.errors import BackendError, RateLimitedError
 from taskplane.keys import inflight_key
 from taskplane.redisio import load_script, translated
@@ -125,9 +125,7 @@ class InFlightLimiter:
         clock: Wall clock in epoch seconds (shared by every host).
     """
 
-    def __init__(
-        self, backend: InFlightBackend | None = None, *, clock: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, backend: InFlightBackend | None = None, *, clock: Clock = time.time) -> None:
         self.backend = backend if backend is not None else InMemoryInFlightBackend()
         self.clock = clock
         self._warnings = LogThrottle(BACKEND_WARNING_INTERVAL_S)

@@ -38,12 +38,13 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
+from taskplane.aliases import Clock
 from taskplane.config import RateLimitConfig
 from taskplane.errors import BackendError, RateLimitedError
 from taskplane.keys import agent_tokens_key, agent_window_key, quota_tokens_key, quota_window_key
@@ -257,7 +258,7 @@ class RateLimiter:
         backend: LimiterBackend | None = None,
         config: RateLimitConfig | None = None,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = time.time,
     ) -> None:
         self.backend = backend if backend is not None else InMemoryLimiterBackend()
         self.config = config or RateLimitConfig()

@@ -49,6 +49,7 @@ from typing import Any
 import anyio
 import pydantic
 
+from taskplane.contract import CallContext, Outcome
 from taskplane.errors import (
     ClientError,
     ExecutionError,
@@ -59,7 +60,6 @@ from taskplane.errors import (
     TransportError,
     UpstreamError,
 )
-from taskplane.executor import CallContext, Outcome
 from taskplane.httpio import reply_error
 from taskplane.models import ExecutionTask
 from taskplane.observability import tracing

@@ -54,18 +54,19 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import httpx
 
+from taskplane.aliases import Clock
+from taskplane.contract import CallContext, Outcome
 from taskplane.errors import (
     CredentialsError,
     InvalidPayloadError,
     InvalidReplyError,
     TaskTimeoutError,
 )
-from taskplane.executor import CallContext, Outcome
 from taskplane.httpio import (
     MAX_RESPONSE_BYTES,
     httpx_errors,
@@ -276,7 +277,7 @@ def assemble_stream(
     limit: int,
     *,
     deadline: float,
-    clock: Callable[[], float] = time.monotonic,
+    clock: Clock = time.monotonic,
 ) -> dict[str, Any]:
     """Fold a streamed reply (server-sent ``chat.completion.chunk`` events) into one completion.
 
@@ -344,7 +345,7 @@ class OpenAITransport(AgentTransport):
         *,
         environ: Mapping[str, str],
         max_response_bytes: int = MAX_RESPONSE_BYTES,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = time.monotonic,
     ) -> None:
         self.client = client
         self.environ = environ

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from taskplane.contract import CallContext, Outcome
 from taskplane.errors import InvalidReplyError, TransportError
-from taskplane.executor import CallContext, Outcome
 from taskplane.models import ExecutionTask
 from taskplane.proxy.registry import AgentInfo
 

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from taskplane.aliases import Clock, Emit
 from taskplane.config import AnomalyDetectionConfig
 from taskplane.tracking.points import DataPoint
 from taskplane.tracking.rollups import Sums
@@ -47,7 +48,6 @@ MIN_VARIANCE_POINTS = 5
 #: Past the threshold by this share of it → ``critical``.
 CRITICAL_EXCESS = 0.5
 
-Emit = Callable[[str, dict[str, Any]], None]
 RangeSums = Callable[[str, float], Sums]
 """(agent_id, start) → sums of the agent's points from *start* on."""
 
@@ -157,7 +157,7 @@ class AnomalyDetector:
         *,
         range_sums: RangeSums,
         emit: Emit,
-        clock: Callable[[], float],
+        clock: Clock,
         check_on_record_every_s: float,
     ) -> None:
         self.store = store

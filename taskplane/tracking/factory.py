@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
+from taskplane.aliases import Clock, Emit
 from taskplane.config import Settings
-from taskplane.tracking.anomalies import Emit
 from taskplane.tracking.memory import InMemoryTrackingStore
 from taskplane.tracking.sql import SqlTrackingStore
 from taskplane.tracking.store import TrackingStore
@@ -31,7 +30,7 @@ def build_tracker(
     settings: Settings,
     *,
     emit: Emit = no_emit,
-    clock: Callable[[], float] = time.time,
+    clock: Clock = time.time,
 ) -> ConfidenceTracker:
     """A tracker over ``settings.database_url`` with the settings' aggregation and anomaly rules.
 

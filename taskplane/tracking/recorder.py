@@ -15,16 +15,16 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from taskplane.aliases import Clock
 from taskplane.hooks import ExecutionHooks
 from taskplane.models import ExecutionResult, ExecutionTask
 from taskplane.tracking.points import DataPoint, as_point, point_from_result
 from taskplane.tracking.tracker import ConfidenceTracker
 
 if TYPE_CHECKING:
-    from taskplane.executor import RunContext
+    from taskplane.contract import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class TrackingRecorder:
         batch_size: int = DEFAULT_BATCH_SIZE,
         flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
         max_buffered: int = DEFAULT_MAX_BUFFERED,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = time.monotonic,
         background: bool = True,
     ) -> None:
         if batch_size < 1 or max_buffered < batch_size:

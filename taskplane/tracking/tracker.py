@@ -18,12 +18,13 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+from taskplane.aliases import Clock, Emit
 from taskplane.config import AggregationConfig, AnomalyDetectionConfig
 from taskplane.errors import ValidationError
-from taskplane.tracking.anomalies import AnomalyDetector, Emit
+from taskplane.tracking.anomalies import AnomalyDetector
 from taskplane.tracking.points import DataPoint, Instant, as_point, optional_epoch
 from taskplane.tracking.rollups import Granularity, Sums, bucket_start, plan_range, total
 from taskplane.tracking.store import TrackingStore
@@ -82,7 +83,7 @@ class ConfidenceTracker:
         aggregation: AggregationConfig | None = None,
         anomaly: AnomalyDetectionConfig | None = None,
         emit: Emit = no_emit,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = time.time,
         raw_retention_s: float = RAW_RETENTION_S,
         check_on_record_every_s: float = CHECK_ON_RECORD_EVERY_S,
     ) -> None:

@@ -15,8 +15,9 @@ import redis
 
 from taskplane.cache import InMemoryResultCache, RunnerCache
 from taskplane.config import CacheConfig
+from taskplane.contract import CallContext, Outcome, RunContext
 from taskplane.events import RedisEventBus
-from taskplane.executor import CallContext, Outcome, RunContext, TaskRunner
+from taskplane.executor import TaskRunner
 from taskplane.hooks import ExecutionHooks
 from taskplane.models import ExecutionResult, ExecutionTask, TaskType
 from taskplane.plan import AllSettled, Mode, PlanLayout, RedisRunStore

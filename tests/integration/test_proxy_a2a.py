@@ -177,7 +177,7 @@ GEVENT_SCENARIO = """
 from gevent import monkey; monkey.patch_all()
 import json, sys, time
 import gevent
-from taskplane.executor import CallContext
+from taskplane.contract import CallContext
 from taskplane.models import ExecutionTask
 from taskplane.proxy.a2a import A2ATransport
 from taskplane.proxy.registry import make_agent_info

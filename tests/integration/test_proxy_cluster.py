@@ -18,8 +18,8 @@ import pytest
 import redis
 
 from taskplane.config import CircuitBreakerConfig, RateLimitConfig, Settings
+from taskplane.contract import CallContext
 from taskplane.errors import CircuitOpenError, RateLimitedError, UpstreamError
-from taskplane.executor import CallContext
 from taskplane.models import ExecutionTask
 from taskplane.proxy import build_agent_proxy
 from tests.agents import HttpAgentServer

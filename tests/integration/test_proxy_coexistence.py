@@ -87,7 +87,7 @@ SCENARIO = textwrap.dedent(
 
     def load_taskplane():
         import taskplane
-        from taskplane.executor import CallContext
+        from taskplane.contract import CallContext
         from taskplane.models import ExecutionTask
         from taskplane.proxy import GrpcTransport
         from taskplane.proxy.registry import make_agent_info

@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from taskplane.config import RateLimitConfig, Settings
+from taskplane.contract import CallContext
 from taskplane.devtools.redis_server import free_port
 from taskplane.errors import (
     ClientError,
@@ -18,7 +19,6 @@ from taskplane.errors import (
     TaskTimeoutError,
     UpstreamError,
 )
-from taskplane.executor import CallContext
 from taskplane.models import ExecutionTask
 from taskplane.proxy import AgentProxy, GrpcTransport, build_agent_proxy
 from tests.agents import GrpcAgentServer

@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from taskplane.config import CircuitBreakerConfig, RateLimitConfig, Settings
+from taskplane.contract import CallContext
 from taskplane.devtools.redis_server import free_port
 from taskplane.errors import (
     CircuitOpenError,
@@ -21,7 +22,6 @@ from taskplane.errors import (
     TransportError,
     UpstreamError,
 )
-from taskplane.executor import CallContext
 from taskplane.models import ExecutionTask
 from taskplane.proxy import AgentProxy, build_agent_proxy
 from tests.agents import HttpAgentServer

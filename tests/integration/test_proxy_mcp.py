@@ -136,7 +136,7 @@ GEVENT_SCENARIO = """
 from gevent import monkey; monkey.patch_all()
 import json, sys, time
 import gevent
-from taskplane.executor import CallContext
+from taskplane.contract import CallContext
 from taskplane.models import ExecutionTask
 from taskplane.proxy.mcp import MCPTransport
 from taskplane.proxy.registry import make_agent_info

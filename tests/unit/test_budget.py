@@ -20,8 +20,9 @@ from taskplane.budget import (
     budget_meta,
     exhausted_error,
 )
+from taskplane.contract import BudgetRefusal, Outcome, RunContext
 from taskplane.errors import RateLimitedError, TransportError, ValidationError
-from taskplane.executor import BudgetRefusal, Outcome, Reschedule, RunContext, TaskRunner
+from taskplane.executor import Reschedule, TaskRunner
 from taskplane.models import PlanBudget, TaskStatus, TaskType, parse_plan
 from tests.unit.test_executor import FakeClock, Scripted, make_task
 

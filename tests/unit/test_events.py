@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from taskplane.contract import RunContext
 from taskplane.events import (
     EVENT_TYPES,
     TASK_CACHE_HIT,
@@ -24,7 +25,6 @@ from taskplane.events import (
     forward_events,
     started_event,
 )
-from taskplane.executor import RunContext
 from taskplane.hooks import ExecutionHooks, HookChain
 from taskplane.models import ExecutionResult, ExecutionTask, TaskStatus
 

@@ -12,6 +12,7 @@ import pytest
 
 from taskplane.cache import InMemoryResultCache, RunnerCache
 from taskplane.config import CacheConfig, RetryConfig
+from taskplane.contract import CallContext, Handler, Outcome, RunContext, envelope, target_metadata
 from taskplane.errors import (
     BackendError,
     CircuitOpenError,
@@ -26,16 +27,7 @@ from taskplane.errors import (
     UpstreamError,
 )
 from taskplane.events import EventHooks, InMemoryEventBus
-from taskplane.executor import (
-    CallContext,
-    Handler,
-    Outcome,
-    RunContext,
-    TaskRunner,
-    cacheable,
-    envelope,
-    target_metadata,
-)
+from taskplane.executor import TaskRunner, cacheable
 from taskplane.hooks import ExecutionHooks, HookChain
 from taskplane.models import ExecutionResult, ExecutionTask, TaskStatus, TaskType
 

@@ -10,6 +10,7 @@ import pytest
 
 import taskplane
 from taskplane import functions
+from taskplane.contract import CallContext
 from taskplane.errors import (
     ConfigurationError,
     FunctionError,
@@ -17,7 +18,7 @@ from taskplane.errors import (
     NotFoundError,
     ValidationError,
 )
-from taskplane.executor import CallContext, TaskRunner
+from taskplane.executor import TaskRunner
 from taskplane.functions import FunctionRegistry, FunctionResult, import_function_modules
 from taskplane.models import ExecutionTask, TaskStatus, TaskType
 

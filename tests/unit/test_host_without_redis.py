@@ -20,9 +20,10 @@ import redis
 
 from taskplane.cache import RedisResultCache, RunnerCache
 from taskplane.config import CacheConfig, CircuitBreakerConfig, RateLimitConfig
+from taskplane.contract import CallContext
 from taskplane.devtools.redis_server import free_port
 from taskplane.errors import RETRYABLE_ERRORS, BackendError, UpstreamError
-from taskplane.executor import CallContext, TaskRunner
+from taskplane.executor import TaskRunner
 from taskplane.models import ExecutionTask, TaskType
 from taskplane.plan import RedisRunStore
 from taskplane.plan.members import MemberRunner

@@ -7,6 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
+from taskplane.contract import CallContext, Outcome
 from taskplane.errors import (
     ClientError,
     ForbiddenTargetError,
@@ -14,7 +15,6 @@ from taskplane.errors import (
     TransportError,
     UpstreamError,
 )
-from taskplane.executor import CallContext, Outcome
 from taskplane.http_task import (
     HttpTaskHandler,
     UrlGuard,

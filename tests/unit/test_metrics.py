@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from taskplane.config import RetryConfig, Settings
+from taskplane.contract import CallContext, Outcome
 from taskplane.errors import CircuitOpenError, RateLimitedError, ThrottledError, UpstreamError
-from taskplane.executor import CallContext, Outcome, TaskRunner
+from taskplane.executor import TaskRunner
 from taskplane.hooks import HookChain
 from taskplane.models import ExecutionTask, TaskType
 from taskplane.observability.metrics import (

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from taskplane.config import RetryConfig
+from taskplane.contract import CallContext, Outcome, RunContext
 from taskplane.errors import UpstreamError
-from taskplane.executor import CallContext, Outcome, Reschedule, RunContext, TaskRunner
+from taskplane.executor import Reschedule, TaskRunner
 from taskplane.hooks import ExecutionHooks
 from taskplane.models import (
     ExecutionPlan,

@@ -20,6 +20,7 @@ from a2a.types.a2a_pb2 import (
 from a2a.utils.errors import InternalError, InvalidParamsError
 from google.protobuf import struct_pb2
 
+from taskplane.contract import CallContext
 from taskplane.errors import (
     ClientError,
     InvalidReplyError,
@@ -29,7 +30,6 @@ from taskplane.errors import (
     TransportError,
     UpstreamError,
 )
-from taskplane.executor import CallContext
 from taskplane.models import ExecutionTask
 from taskplane.proxy.a2a import Followed, build_message, outcome_of, translate
 

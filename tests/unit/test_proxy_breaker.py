@@ -13,10 +13,11 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from taskplane.aliases import Emit
 from taskplane.config import CircuitBreakerConfig
 from taskplane.devtools.redis_server import free_port
 from taskplane.errors import CircuitOpenError, ClientError, TransportError, UpstreamError
-from taskplane.proxy.breaker import CircuitBreaker, Emit
+from taskplane.proxy.breaker import CircuitBreaker
 from taskplane.proxy.breaker_redis import RedisBreakerStorage
 from taskplane.proxy.breaker_storage import (
     STATE_CLOSED,

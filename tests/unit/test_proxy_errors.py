@@ -9,6 +9,7 @@ import grpc
 import httpx
 import pytest
 
+from taskplane.contract import CallContext
 from taskplane.errors import (
     ClientError,
     InvalidReplyError,
@@ -17,7 +18,6 @@ from taskplane.errors import (
     TransportError,
     UpstreamError,
 )
-from taskplane.executor import CallContext
 from taskplane.models import ExecutionTask
 from taskplane.proxy import parallax
 from taskplane.proxy.grpc import build_request, outcome_from_result, translate_rpc_error

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from taskplane.config import CircuitBreakerConfig, RateLimitConfig, RetryConfig
+from taskplane.contract import CallContext
 from taskplane.errors import (
     CircuitOpenError,
     NotFoundError,
@@ -16,7 +17,7 @@ from taskplane.errors import (
     UpstreamError,
     ValidationError,
 )
-from taskplane.executor import CallContext, TaskRunner
+from taskplane.executor import TaskRunner
 from taskplane.models import ExecutionTask, TaskStatus, TaskType
 from taskplane.proxy import (
     QUOTA_CACHE_S,

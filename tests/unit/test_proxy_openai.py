@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from taskplane.contract import CallContext
 from taskplane.errors import (
     ClientError,
     CredentialsError,
@@ -18,7 +19,6 @@ from taskplane.errors import (
     UpstreamError,
     ValidationError,
 )
-from taskplane.executor import CallContext
 from taskplane.models import ExecutionTask
 from taskplane.proxy.openai import (
     JSON_INSTRUCTION,

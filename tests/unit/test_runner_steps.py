@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from taskplane.config import RetryConfig
+from taskplane.contract import RunContext
 from taskplane.errors import RateLimitedError, TransportError, UpstreamError
-from taskplane.executor import Attempt, Reschedule, RunContext, TaskRunner
+from taskplane.executor import Attempt, Reschedule, TaskRunner
 from taskplane.hooks import ExecutionHooks
 from taskplane.models import ExecutionResult, ExecutionTask, TaskStatus, TaskType
 from tests.unit.test_executor import OK, FakeClock, Scripted, make_task

@@ -12,8 +12,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from taskplane.contract import CallContext, Outcome
 from taskplane.errors import CircuitOpenError
-from taskplane.executor import CallContext, Outcome
 from taskplane.models import ExecutionTask, ParallelExecutionPlan, TaskType
 from taskplane.observability import call_spans, tracing
 from taskplane.proxy.registry import make_agent_info
