@@ -34,11 +34,11 @@ import redis
 from bench.bench_proxy import CALL, PAYLOAD, WARMUP_CALLS, row, timed_ms
 from taskplane.budget import BudgetGate, BudgetOwners, Hold, RedisBudgetBackend, budget_meta
 from taskplane.config import RateLimitConfig, Settings
-from taskplane.executor import tokens_used
 from taskplane.keys import plan_key
 from taskplane.models import ExecutionTask, PlanBudget
 from taskplane.proxy import AgentProxy, HttpTransport, build_agent_proxy
-from taskplane.redisio import WriteBehind
+from taskplane.runner import tokens_used
+from taskplane.write_behind import WriteBehind
 from tests.agents import HttpAgentServer
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"

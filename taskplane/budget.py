@@ -43,8 +43,9 @@ from taskplane.events.names import PLAN_BUDGET_EXHAUSTED, PLAN_BUDGET_WARNING
 from taskplane.keys import plan_key
 from taskplane.models import ExecutionTask, PlanBudget
 from taskplane.proxy import estimated_tokens
-from taskplane.redisio import WriteBehind, load_script, translated
+from taskplane.redisio import load_script, translated
 from taskplane.throttle import LogThrottle
+from taskplane.write_behind import WriteBehind
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,10 @@ import redis
 
 from taskplane.aliases import Clock
 from taskplane.config import CacheConfig
-from taskplane.errors import BackendError, TaskplaneError, ValidationError
+from taskplane.errors import TaskplaneError, ValidationError
 from taskplane.keys import result_cache_key
 from taskplane.models import ExecutionResult, ExecutionTask, TaskStatus, TaskType
+from taskplane.redisio import load_script, translated
 from taskplane.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
@@ -220,93 +221,6 @@ class InMemoryResultCache(ResultCache):
             return _stats(len(self._entries), self._hits, self._misses, self._evictions)
 
 
-# Shared Lua: Redis's own clock (ms) and removal of entries whose TTL has passed.
-# Entry values live in their own keys ({prefix}:{cache}:entry:<key>, with PXAT);
-# "lru" scores each live key by a global access counter, "exp" by its expiry.
-_LUA_COMMON = """
-local lru, exp, stats, seq, entry = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local function forget(member, entry_prefix)
-  redis.call('ZREM', lru, member)
-  redis.call('ZREM', exp, member)
-  return redis.call('DEL', entry_prefix .. member)
-end
-local function purge(entry_prefix, now)
-  local gone = redis.call('ZRANGEBYSCORE', exp, '-inf', now)
-  for _, member in ipairs(gone) do forget(member, entry_prefix) end
-end
-"""
-
-# KEYS: lru, exp, stats, seq, entry  ARGV: member
-_LUA_GET = (
-    _LUA_COMMON
-    + """
-local value = redis.call('GET', entry)
-if value then
-  redis.call('ZADD', lru, redis.call('INCR', seq), ARGV[1])
-  redis.call('HINCRBY', stats, 'hits', 1)
-  return value
-end
-redis.call('ZREM', lru, ARGV[1])
-redis.call('ZREM', exp, ARGV[1])
-redis.call('HINCRBY', stats, 'misses', 1)
-return false
-"""
-)
-
-# KEYS: lru, exp, stats, seq, entry  ARGV: member, value, ttl_ms, max_entries, entry_prefix
-_LUA_SET = (
-    _LUA_COMMON
-    + """
-local now = now_ms()
-purge(ARGV[5], now)
-local expires = now + tonumber(ARGV[3])
-redis.call('SET', entry, ARGV[2], 'PXAT', expires)
-redis.call('ZADD', lru, redis.call('INCR', seq), ARGV[1])
-redis.call('ZADD', exp, expires, ARGV[1])
-local evicted = 0
-local excess = redis.call('ZCARD', lru) - tonumber(ARGV[4])
-while excess > 0 do
-  local popped = redis.call('ZPOPMIN', lru)
-  evicted = evicted + forget(popped[1], ARGV[5])
-  excess = excess - 1
-end
-if evicted > 0 then redis.call('HINCRBY', stats, 'evictions', evicted) end
-return evicted
-"""
-)
-
-# KEYS: lru, exp, stats, seq, entry  ARGV: member, entry_prefix
-_LUA_DELETE = _LUA_COMMON + "forget(ARGV[1], ARGV[2])\nreturn 1\n"
-
-# KEYS: lru, exp, stats, seq, entry  ARGV: entry_prefix
-_LUA_CLEAR = (
-    _LUA_COMMON
-    + """
-for _, index in ipairs({lru, exp}) do
-  for _, member in ipairs(redis.call('ZRANGE', index, 0, -1)) do
-    redis.call('DEL', ARGV[1] .. member)
-  end
-end
-redis.call('DEL', lru, exp, stats)
-return 1
-"""
-)
-
-# KEYS: lru, exp, stats, seq, entry  ARGV: entry_prefix
-_LUA_STATS = (
-    _LUA_COMMON
-    + """
-purge(ARGV[1], now_ms())
-local counters = redis.call('HMGET', stats, 'hits', 'misses', 'evictions')
-return {redis.call('ZCARD', lru), counters[1] or 0, counters[2] or 0, counters[3] or 0}
-"""
-)
-
-
 def describe_redis(client: redis.Redis) -> str:
     """Where *client* points, for error messages (no credentials)."""
     kwargs = client.connection_pool.connection_kwargs
@@ -342,41 +256,37 @@ class RedisResultCache(ResultCache):
         self._index_keys = [
             result_cache_key(prefix, name) for name in ("lru", "exp", "stats", "seq")
         ]
-        self._get = redis_client.register_script(_LUA_GET)
-        self._set = redis_client.register_script(_LUA_SET)
-        self._delete = redis_client.register_script(_LUA_DELETE)
-        self._clear = redis_client.register_script(_LUA_CLEAR)
-        self._stats = redis_client.register_script(_LUA_STATS)
+        self._scripts = {
+            verb: load_script(redis_client, "taskplane", f"cache_{verb}.lua")
+            for verb in ("get", "set", "delete", "clear", "stats")
+        }
 
-    def _run(self, script: Any, key: str, *args: Any) -> Any:
-        try:
-            return script(keys=[*self._index_keys, self.entry_prefix + key], args=args)
-        except redis.RedisError as exc:
-            where = describe_redis(self.redis)
-            raise BackendError(f"result cache at {where} failed: {exc}") from exc
+    def _run(self, verb: str, key: str, *args: Any) -> Any:
+        with translated(f"result cache at {describe_redis(self.redis)}", verb):
+            return self._scripts[verb](keys=[*self._index_keys, self.entry_prefix + key], args=args)
 
     def get(self, key: str) -> ExecutionResult | None:
         if not self.config.enabled:
             return None
-        return _decode(self._run(self._get, key, key))
+        return _decode(self._run("get", key, key))
 
     def set(self, key: str, result: ExecutionResult, *, require_confidence: bool = True) -> bool:
         if not self.accepts(result, require_confidence=require_confidence):
             return False
         ttl_ms = self.config.ttl * 1000
         self._run(
-            self._set, key, key, _encode(result), ttl_ms, self.config.max_entries, self.entry_prefix
+            "set", key, key, _encode(result), ttl_ms, self.config.max_entries, self.entry_prefix
         )
         return True
 
     def delete(self, key: str) -> None:
-        self._run(self._delete, key, key, self.entry_prefix)
+        self._run("delete", key, key, self.entry_prefix)
 
     def clear(self) -> None:
-        self._run(self._clear, "", self.entry_prefix)
+        self._run("clear", "", self.entry_prefix)
 
     def stats(self) -> dict[str, Any]:
-        entries, hits, misses, evictions = self._run(self._stats, "", self.entry_prefix)
+        entries, hits, misses, evictions = self._run("stats", "", self.entry_prefix)
         return _stats(int(entries), int(hits), int(misses), int(evictions))
 
 

@@ -84,7 +84,7 @@ def check_backends(settings: Settings, *, broker: bool = False) -> None:
     Raises:
         BackendError: Redis or the broker does not answer.
     """
-    from taskplane.runtime import redis_client
+    from taskplane.redisio import redis_client
 
     client = redis_client(settings.redis_url, fast=True)
     try:

@@ -6,7 +6,7 @@ given a :class:`CallContext` and returns an :class:`Outcome`, or raises an
 :class:`~taskplane.models.ExecutionResult` envelope, whatever happened
 (:func:`envelope` builds one for an outcome without a value), addressed to
 where it ran (:class:`RunContext`). The task runner
-(:mod:`taskplane.executor`), the plan layer and every handler share these
+(:mod:`taskplane.runner`), the plan layer and every handler share these
 names; none of them needs the runner itself.
 """
 

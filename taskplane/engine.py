@@ -22,7 +22,6 @@ from taskplane.config import Settings, load_settings
 from taskplane.contract import Handler, RunContext
 from taskplane.errors import PlanFailedError, ValidationError
 from taskplane.events import EventHandler, RedisEventBus, Subscription
-from taskplane.executor import TaskRunner
 from taskplane.handle import PlanHandle
 from taskplane.models import (
     ExecutionPlan,
@@ -47,6 +46,7 @@ from taskplane.proxy.policy import (
     make_policy,
     task_with_agent_defaults,
 )
+from taskplane.runner import TaskRunner
 from taskplane.tasks.app import create_app
 from taskplane.tasks.canvas import submit_plan
 from taskplane.tasks.dispatch import CeleryDispatch
@@ -384,7 +384,7 @@ class ExecutionEngine:
     @property
     def pattern_executor(self) -> PatternExecutor:
         """What runs patterns for this engine: the one set, else the cluster's file patterns."""
-        return self._pattern_executor or EnginePatternExecutor(self)
+        return self._pattern_executor or ClusterPatternExecutor(self)
 
     def _run_here(self, task: ExecutionTask, handler: Handler) -> ExecutionResult:
         """Run *task* in this process (a control-plane pattern), announced as a worker would."""
@@ -419,7 +419,7 @@ class ExecutionEngine:
         return self.clock() - uptime
 
 
-class EnginePatternExecutor:
+class ClusterPatternExecutor:
     """A :class:`~taskplane.patterns.PatternExecutor` that runs patterns on the cluster.
 
     Lets a control plane hand nested patterns to taskplane's workers.

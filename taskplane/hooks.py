@@ -37,7 +37,7 @@ class ExecutionHooks:
 
         For a plan member, by the plan recorder once the plan store reports the
         outcome recorded (a redelivered copy is not told again); for a lone task
-        run in one process, by :meth:`TaskRunner.run <taskplane.executor.TaskRunner.run>`.
+        run in one process, by :meth:`TaskRunner.run <taskplane.runner.TaskRunner.run>`.
         """
 
     def emit(self, event_type: str, data: dict[str, Any]) -> None:

@@ -40,7 +40,6 @@ from taskplane.cache import RedisResultCache, RunnerCache
 from taskplane.config import Settings
 from taskplane.contract import Handler
 from taskplane.events import EventHooks, RedisEventBus
-from taskplane.executor import TaskRunner
 from taskplane.functions import import_function_modules, registry
 from taskplane.hooks import HookChain
 from taskplane.http_task import HttpTaskHandler, UrlGuard
@@ -54,10 +53,11 @@ from taskplane.plan.members import MemberRunner
 from taskplane.plan.recorder import PlanRecorder
 from taskplane.proxy import AgentProxy, build_agent_proxy
 from taskplane.proxy.policy import AgentPolicy
-from taskplane.redisio import WriteBehind, is_cluster
-from taskplane.runtime import redis_client
+from taskplane.redisio import is_cluster, redis_client
+from taskplane.runner import TaskRunner
 from taskplane.tracking import ConfidenceTracker, TrackingRecorder, build_tracker
 from taskplane.tracking.recorder import TrackingHooks
+from taskplane.write_behind import WriteBehind
 
 log = logging.getLogger(__name__)
 

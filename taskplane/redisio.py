@@ -17,7 +17,9 @@ data), each opening with a comment that names its KEYS and ARGV, read through
 helper several scripts share is a file of its own, pulled in by a
 ``--#include`` line (:func:`script_source`).
 
-Writes sent behind the caller's back: :class:`WriteBehind`.
+taskplane's own clients (:func:`redis_client`): timeouts, pool bounds and how
+they ride through an outage. Writes sent behind the caller's back are
+:mod:`taskplane.write_behind`.
 """
 
 from __future__ import annotations
@@ -25,23 +27,18 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 import re
-import threading
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from importlib import resources
 from typing import Any, cast
 
 import redis
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.commands.core import Script
-from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from taskplane.errors import BackendError
-from taskplane.throttle import LogThrottle
 
 log = logging.getLogger(__name__)
 
@@ -200,147 +197,81 @@ def is_cluster(client: object) -> bool:
     return isinstance(client, RedisCluster)
 
 
-#: Writes a :class:`WriteBehind` holds at most; beyond, the oldest are dropped (and logged).
-MAX_QUEUED_WRITES = 100_000
-#: Writes sent in one round trip at most.
-MAX_WRITE_BATCH = 500
-#: How long closing waits for queued writes to go out, in seconds.
-WRITE_BEHIND_STOP_TIMEOUT_S = 5.0
-
-Then = Callable[[Any], None]
-
-
-@dataclass(frozen=True)
-class _Write:
-    script: Script
-    keys: Sequence[str]
-    args: Sequence[Any]
-    then: Then | None
+#: Longest a Redis command may take; blocking waits are sliced well below it.
+SOCKET_TIMEOUT_S = 15.0
+#: Timeout of the clients on every agent call's path (breaker, limiter).
+FAST_TIMEOUT_S = 1.0
+#: How long a command of a non-*fast* client keeps retrying while Redis is unreachable
+#: (a restart: stop, start, loading the append-only file), in seconds.
+REDIS_OUTAGE_S = 15.0
+#: Backoff between those retries: 0.1 s, doubling, at most 1 s.
+OUTAGE_BACKOFF_BASE_S = 0.05
+OUTAGE_BACKOFF_CAP_S = 1.0
 
 
-class WriteBehind:
-    """Runs scripts whose reply the caller need not wait for, from a background thread.
+def outage_retry(outage_s: float = REDIS_OUTAGE_S) -> Retry:
+    """A redis-py retry policy that rides through *outage_s* seconds of Redis being away.
 
-    The caller's round trip goes away, and writes queued while one batch is
-    on its way leave together, in one pipeline, in the order they came. What
-    a write announces reaches its *then* callback on the sender thread. A
-    process that dies before a write left loses it, so only writes whose
-    loss is harmless belong here (settling a reservation to what a call
-    used: lost, the reservation stays at its estimate).
-
-    Args:
-        client: Where the scripts run.
-        name: What the writes are, for the log line when Redis refuses them.
+    Connection errors (refused, closed, ``LOADING`` while Redis reads its
+    append-only file) are retried with an exponential backoff (capped at
+    :data:`OUTAGE_BACKOFF_CAP_S`) until the backoffs add up to *outage_s*;
+    then the error is raised. A timeout is not retried: it already took
+    :data:`SOCKET_TIMEOUT_S`. Every script the plan store sends is safe to
+    repeat (each state change is guarded by ``HSETNX`` or a lease owned by
+    the task), which is what makes retrying them sound.
     """
+    backoff = ExponentialBackoff(cap=OUTAGE_BACKOFF_CAP_S, base=OUTAGE_BACKOFF_BASE_S)
+    retries, waited = 0, 0.0
+    while waited < outage_s:
+        retries += 1
+        waited += backoff.compute(retries)
+    return Retry(backoff, retries, supported_errors=(redis.ConnectionError,))
 
-    def __init__(self, client: redis.Redis, *, name: str) -> None:
-        self.client = client
-        self.name = name
-        self._throttle = LogThrottle()
-        self._ready = threading.Condition()
-        self._queue: deque[_Write] = deque()
-        self._busy = False
-        self._stopping = False
-        self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
 
-    def submit(
-        self, script: Script, keys: Sequence[str], args: Sequence[Any], then: Then | None = None
-    ) -> None:
-        """Queue one run of *script*; *then* (if given) receives its reply."""
-        with self._ready:
-            if self._pid != os.getpid():  # a forked child starts with no sender of its own
-                self._pid, self._thread, self._queue = os.getpid(), None, deque()
-                self._busy = False
-            if len(self._queue) >= MAX_QUEUED_WRITES:
-                self._queue.popleft()
-                self._failed(1, OverflowError("queue full"))
-            self._queue.append(_Write(script, keys, args, then))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-                self._thread.start()
-            self._ready.notify_all()
+def redis_client(
+    url: str, *, fast: bool = False, max_connections: int | None = None
+) -> redis.Redis:
+    """A Redis client for taskplane's own keys (strings, not bytes).
 
-    def flush(self, timeout_s: float = WRITE_BEHIND_STOP_TIMEOUT_S) -> bool:
-        """Wait until every write queued so far has been sent; False if *timeout_s* passed."""
-        with self._ready:
-            return self._ready.wait_for(lambda: not self._queue and not self._busy, timeout_s)
-
-    def close(self) -> None:
-        """Send what is queued, then stop the sender."""
-        with self._ready:
-            self._stopping = True
-            self._ready.notify_all()
-            thread = self._thread
-        if thread is not None and thread.is_alive():
-            thread.join(timeout=WRITE_BEHIND_STOP_TIMEOUT_S)
-
-    def _take(self) -> list[_Write]:
-        with self._ready:
-            self._busy = False
-            self._ready.notify_all()
-            self._ready.wait_for(lambda: self._queue or self._stopping)
-            count = min(len(self._queue), MAX_WRITE_BATCH)
-            self._busy = count > 0
-            if not count:  # stopping with nothing left: a later write starts a new sender
-                self._thread = None
-            return [self._queue.popleft() for _ in range(count)]
-
-    def _run(self) -> None:
-        while batch := self._take():
-            self._send(batch)
-
-    def _send(self, batch: list[_Write], *, reload: bool = True) -> None:
-        if is_cluster(self.client):  # a cluster pipeline cannot EVALSHA: one call each
-            self._send_each(batch)
-            return
-        # EVALSHA straight into the pipeline: a pipeline given Script objects would first
-        # ask SCRIPT EXISTS, a round trip of its own, on every batch
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            for write in batch:
-                pipe.evalsha(write.script.sha, len(write.keys), *write.keys, *write.args)
-            replies = pipe.execute(raise_on_error=False)
-        except (redis.RedisError, OSError) as exc:
-            self._failed(len(batch), exc)
-            return
-        unknown: list[_Write] = []
-        for write, reply in zip(batch, replies, strict=True):
-            if isinstance(reply, NoScriptError) and reload:
-                unknown.append(write)
-            elif isinstance(reply, Exception):
-                self._failed(1, reply)
-            else:
-                self._answer(write, reply)
-        if unknown:  # Redis restarted or its scripts were flushed: load them and send again
-            try:
-                for script in {write.script.sha: write.script for write in unknown}.values():
-                    self.client.script_load(script.script)
-            except (redis.RedisError, OSError) as exc:
-                self._failed(len(unknown), exc)
-                return
-            self._send(unknown, reload=False)
-
-    def _send_each(self, batch: list[_Write]) -> None:
-        for write in batch:
-            try:
-                reply = write.script(keys=write.keys, args=write.args)
-            except (redis.RedisError, OSError) as exc:
-                self._failed(1, exc)
-                continue
-            self._answer(write, reply)
-
-    def _answer(self, write: _Write, reply: Any) -> None:
-        if write.then is not None:
-            try:
-                write.then(reply)
-            except Exception:  # the caller's callback: its failure must not stop the sender
-                log.exception("%s: handling a reply failed", self.name)
-
-    def _failed(self, count: int, exc: BaseException) -> None:
-        if self._throttle.due():
-            log.warning(
-                "%s: dropped %d write(s): %s (repeats logged at debug)", self.name, count, exc
-            )
-        else:
-            log.debug("%s: dropped %d write(s): %s", self.name, count, exc)
+    *fast* clients (breakers, limiters: on every agent call) give up within
+    about a second and do not retry, so an outage degrades calls quickly.
+    The others (plan store, events, cache, the client's waits) retry a lost
+    connection for :data:`REDIS_OUTAGE_S` (:func:`outage_retry`): a task in
+    flight when Redis restarts pauses until it is back, then records its
+    outcome and enqueues its successor, instead of failing and losing its
+    broker message (acknowledged as failed, so never delivered again).
+    *max_connections* bounds the pool, and a caller past the bound waits for a
+    free connection (as long as a command may take) instead of failing: a
+    worker passes one per task slot, since redis-py's own default pool (100
+    connections, failing past them) is too small for a thousand greenlets.
+    A ``redis+cluster://`` *url* makes a Redis Cluster client (its pools bounded per node).
+    """
+    if fast:
+        options: dict[str, Any] = {
+            "socket_connect_timeout": FAST_TIMEOUT_S,
+            "socket_timeout": FAST_TIMEOUT_S,
+            "retry": Retry(NoBackoff(), 0),
+        }
+    else:
+        options = {
+            "socket_connect_timeout": 5,
+            "socket_timeout": SOCKET_TIMEOUT_S,
+            "health_check_interval": 30,
+            "retry": outage_retry(),
+        }
+    if is_cluster_url(url):  # the cluster client retries, and follows slot moves, itself
+        retry = options.pop("retry")
+        client = cluster_client(
+            url, retry=retry, max_connections=max_connections, decode_responses=True, **options
+        )
+        return cast(redis.Redis, client)
+    if max_connections is None:
+        return redis.Redis.from_url(url, decode_responses=True, **options)
+    pool = redis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=options["socket_timeout"],
+        decode_responses=True,
+        **options,
+    )
+    return redis.Redis(connection_pool=pool)

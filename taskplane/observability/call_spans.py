@@ -1,6 +1,6 @@
 """Spans of the calls a task makes, and events on its delivery's span.
 
-Installed by the worker runtime once, when tracing is on (see
+Installed by the worker's composition root once, when tracing is on (see
 :mod:`taskplane.observability.tracing`): :func:`trace_transports` makes every
 agent call an ``invoke_agent`` CLIENT span, :func:`traced_handler` gives
 ``http`` and ``function`` tasks a span each and records breaker and

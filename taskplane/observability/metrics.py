@@ -1,6 +1,6 @@
 """Prometheus metrics of a worker: what its runner saw, served on ``/metrics``.
 
-:class:`WorkerMetrics` holds one registry per worker runtime. It is fed from
+:class:`WorkerMetrics` holds one registry per worker process. It is fed from
 the runner's hook chain (:class:`MetricsHooks`: retries, cache hits, finished
 envelopes, anomaly events), from a thin wrapper around each task type's
 handler (:meth:`WorkerMetrics.measure`: one call, its duration, calls in

@@ -59,8 +59,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from taskplane.models import ExecutionResult, TaskStatus, TaskType, redact_credentials
 
 if TYPE_CHECKING:
-    from taskplane.executor import Reschedule
     from taskplane.models import ExecutionPlan
+    from taskplane.runner import Reschedule
 
 log = logging.getLogger(__name__)
 

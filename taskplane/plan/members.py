@@ -1,7 +1,7 @@
 """Running plan members on a worker: one delivery of one task, one step on.
 
 Each delivery asks the run store whether to run (:meth:`RunStore.start`),
-runs the task through the :class:`~taskplane.executor.TaskRunner` — which
+runs the task through the :class:`~taskplane.runner.TaskRunner` — which
 either finishes it or asks to be delivered again later, holding no worker
 slot meanwhile — and records the outcome through the
 :class:`~taskplane.plan.recorder.PlanRecorder`. A ``pattern`` task starts its
@@ -21,13 +21,13 @@ from taskplane.aliases import Clock
 from taskplane.budget import BudgetBackend, BudgetGate, BudgetOwners
 from taskplane.contract import RunContext, envelope
 from taskplane.errors import ExecutionError
-from taskplane.executor import Attempt, Reschedule, TaskRunner
 from taskplane.models import ExecutionResult, ExecutionTask, TaskStatus, TaskType
 from taskplane.patterns import FilePatternEngine, check_nesting
 from taskplane.plan.layout import layout_for_empty
 from taskplane.plan.record import BUDGET, LINEAGE, PARENT, PATTERN, PlanState
 from taskplane.plan.recorder import PlanRecorder
 from taskplane.plan.store import StartAction
+from taskplane.runner import Attempt, Reschedule, TaskRunner
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,6 @@ from taskplane.aliases import Clock, Emit
 from taskplane.config import Settings
 from taskplane.contract import CallContext, Outcome
 from taskplane.errors import ExecutionError, NotFoundError, ValidationError
-from taskplane.executor import tokens_used
 from taskplane.models import ExecutionTask
 from taskplane.proxy.a2a import A2ATransport
 from taskplane.proxy.aio import LoopThread
@@ -47,7 +46,8 @@ from taskplane.proxy.registry import (
     make_agent_info,
 )
 from taskplane.proxy.transport import AgentTransport, HealthReport, InMemoryTransport
-from taskplane.redisio import WriteBehind
+from taskplane.runner import tokens_used
+from taskplane.write_behind import WriteBehind
 
 __all__ = [
     # The handler and its factory

@@ -49,8 +49,9 @@ from taskplane.config import RateLimitConfig
 from taskplane.errors import BackendError, RateLimitedError
 from taskplane.keys import agent_tokens_key, agent_window_key, quota_tokens_key, quota_window_key
 from taskplane.proxy.policy import AgentPolicy, Quota
-from taskplane.redisio import WriteBehind, load_script, translated
+from taskplane.redisio import load_script, translated
 from taskplane.throttle import LogThrottle
+from taskplane.write_behind import WriteBehind
 
 log = logging.getLogger(__name__)
 

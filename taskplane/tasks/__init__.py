@@ -31,10 +31,10 @@ from celery.exceptions import Ignore
 from celery.signals import worker_ready, worker_shutdown
 
 from taskplane.config import COUNTDOWN_MARGIN_S, MIN_COUNTDOWN_CAP_S, Settings
-from taskplane.executor import Attempt, Reschedule
 from taskplane.models import TaskStatus, parse_plan
 from taskplane.observability import tracing
 from taskplane.observability.celery_view import kwargs_repr, shadow_name
+from taskplane.runner import Attempt, Reschedule
 from taskplane.tasks.base import TaskplaneTask, WorkerParts
 from taskplane.tasks.canvas import RUN_TASK, submit_plan
 from taskplane.tasks.redelivery import RedeliverySweeper, needs_sweeper

@@ -22,7 +22,7 @@ __all__ = ["DEFAULT_QUEUE", "celery_config", "create_app", "settings_of"]
 #: Broker connections beyond one per task slot (consumer, events, control).
 BROKER_SPARE_CONNECTIONS = 10
 #: Longest a command to a Redis broker may wait for its reply, and a connect for its
-#: answer (s): as long as taskplane's own Redis clients wait (``taskplane.runtime``).
+#: answer (s): as long as taskplane's own Redis clients wait (``taskplane.redisio``).
 BROKER_SOCKET_TIMEOUT_S = 15.0
 BROKER_CONNECT_TIMEOUT_S = 5.0
 

@@ -28,7 +28,7 @@ from taskplane.observability import tracing
 from taskplane.observability.celery_view import kwargs_repr, shadow_name
 from taskplane.plan import Mode, PlanLayout, RunStore, layout
 from taskplane.proxy.policy import PolicyLookup, with_agent_defaults
-from taskplane.runtime import OUTAGE_BACKOFF_CAP_S, REDIS_OUTAGE_S
+from taskplane.redisio import OUTAGE_BACKOFF_CAP_S, REDIS_OUTAGE_S
 
 #: Name of the Celery task that runs one task of a plan.
 RUN_TASK = "taskplane.run_task"

@@ -16,8 +16,8 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
-from taskplane.executor import tokens_used
 from taskplane.models import ExecutionResult, TaskStatus, TaskType
+from taskplane.runner import tokens_used
 
 log = logging.getLogger(__name__)
 

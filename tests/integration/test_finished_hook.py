@@ -17,12 +17,12 @@ from taskplane.cache import InMemoryResultCache, RunnerCache
 from taskplane.config import CacheConfig
 from taskplane.contract import CallContext, Outcome, RunContext
 from taskplane.events import RedisEventBus
-from taskplane.executor import TaskRunner
 from taskplane.hooks import ExecutionHooks
 from taskplane.models import ExecutionResult, ExecutionTask, TaskType
 from taskplane.plan import AllSettled, Mode, PlanLayout, RedisRunStore
 from taskplane.plan.members import MemberRunner
 from taskplane.plan.recorder import PlanRecorder
+from taskplane.runner import TaskRunner
 from tests.unit.test_plan_members import ListDispatch
 
 PREFIX = "finished-hook"

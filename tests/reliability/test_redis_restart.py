@@ -12,7 +12,7 @@ What the test checks (see RELIABILITY.md §1 for the figures):
 * no worker exits (a :class:`~tests.reliability.support.Supervisor` would
   restart one, and counts it);
 * tasks in flight pause while Redis is away and carry on when it is back:
-  the plan store's client retries its connection (``runtime.outage_retry``),
+  the plan store's client retries its connection (``redisio.outage_retry``),
   a successor's publish retries (``publish_retry_policy``), the consumer reconnects
   within about a second without freezing the tasks in flight
   (``taskplane/tasks/shims.py``);

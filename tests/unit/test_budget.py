@@ -22,9 +22,9 @@ from taskplane.budget import (
 )
 from taskplane.contract import BudgetRefusal, Outcome, RunContext
 from taskplane.errors import RateLimitedError, TransportError, ValidationError
-from taskplane.executor import Reschedule, TaskRunner
 from taskplane.models import PlanBudget, TaskStatus, TaskType, parse_plan
-from tests.unit.test_executor import FakeClock, Scripted, make_task
+from taskplane.runner import Reschedule, TaskRunner
+from tests.unit.test_runner import FakeClock, Scripted, make_task
 
 
 def used(tokens: int) -> Outcome:

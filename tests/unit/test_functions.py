@@ -18,9 +18,9 @@ from taskplane.errors import (
     NotFoundError,
     ValidationError,
 )
-from taskplane.executor import TaskRunner
 from taskplane.functions import FunctionRegistry, FunctionResult, import_function_modules
 from taskplane.models import ExecutionTask, TaskStatus, TaskType
+from taskplane.runner import TaskRunner
 
 CALL = CallContext(timeout_s=1.0)
 

@@ -23,7 +23,6 @@ from taskplane.config import CacheConfig, CircuitBreakerConfig, RateLimitConfig
 from taskplane.contract import CallContext
 from taskplane.devtools.redis_server import free_port
 from taskplane.errors import RETRYABLE_ERRORS, BackendError, UpstreamError
-from taskplane.executor import TaskRunner
 from taskplane.models import ExecutionTask, TaskType
 from taskplane.plan import RedisRunStore
 from taskplane.plan.members import MemberRunner
@@ -32,7 +31,8 @@ from taskplane.proxy import AgentProxy, CircuitBreaker, InMemoryTransport, RateL
 from taskplane.proxy.inflight import InFlightLimiter, RedisInFlightBackend
 from taskplane.proxy.limiter import RedisLimiterBackend
 from taskplane.proxy.registry import InMemoryAgentRegistry, RedisAgentRegistry
-from taskplane.runtime import redis_client
+from taskplane.redisio import redis_client
+from taskplane.runner import TaskRunner
 from tests.unit.test_plan_members import ListDispatch
 
 ENDPOINT = "http://agent.test"

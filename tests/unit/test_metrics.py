@@ -14,7 +14,6 @@ import pytest
 from taskplane.config import RetryConfig, Settings
 from taskplane.contract import CallContext, Outcome
 from taskplane.errors import CircuitOpenError, RateLimitedError, ThrottledError, UpstreamError
-from taskplane.executor import TaskRunner
 from taskplane.hooks import HookChain
 from taskplane.models import ExecutionTask, TaskType
 from taskplane.observability.metrics import (
@@ -24,6 +23,7 @@ from taskplane.observability.metrics import (
     call_outcome,
 )
 from taskplane.plan import RunRecord
+from taskplane.runner import TaskRunner
 
 
 class Clock:

@@ -14,7 +14,7 @@ import redis
 from redis.exceptions import BusyLoadingError
 
 from taskplane.config import Settings
-from taskplane.runtime import REDIS_OUTAGE_S, outage_retry
+from taskplane.redisio import REDIS_OUTAGE_S, outage_retry
 from taskplane.tasks.app import BROKER_CONNECT_TIMEOUT_S, BROKER_SOCKET_TIMEOUT_S, celery_config
 from taskplane.tasks.canvas import publish_retry_policy
 from taskplane.tasks.shims import (

@@ -11,7 +11,6 @@ import pytest
 from taskplane.config import RetryConfig
 from taskplane.contract import CallContext, Outcome, RunContext
 from taskplane.errors import UpstreamError
-from taskplane.executor import Reschedule, TaskRunner
 from taskplane.hooks import ExecutionHooks
 from taskplane.models import (
     ExecutionPlan,
@@ -24,6 +23,7 @@ from taskplane.models import (
 from taskplane.plan import MemoryRunStore, PlanState, layout
 from taskplane.plan.members import MemberRunner
 from taskplane.plan.recorder import PlanRecorder
+from taskplane.runner import Reschedule, TaskRunner
 
 START = 1_000_000.0
 

@@ -17,7 +17,6 @@ from taskplane.errors import (
     UpstreamError,
     ValidationError,
 )
-from taskplane.executor import TaskRunner
 from taskplane.models import ExecutionTask, TaskStatus, TaskType
 from taskplane.proxy import (
     QUOTA_CACHE_S,
@@ -29,6 +28,7 @@ from taskplane.proxy import (
 )
 from taskplane.proxy.breaker_storage import STATE_CLOSED, STATE_OPEN
 from taskplane.proxy.limiter import RateLimiter
+from taskplane.runner import TaskRunner
 
 ENDPOINT = "http://agent.test:1"
 

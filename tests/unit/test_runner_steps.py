@@ -16,10 +16,10 @@ import pytest
 from taskplane.config import RetryConfig
 from taskplane.contract import RunContext
 from taskplane.errors import RateLimitedError, TransportError, UpstreamError
-from taskplane.executor import Attempt, Reschedule, TaskRunner
 from taskplane.hooks import ExecutionHooks
 from taskplane.models import ExecutionResult, ExecutionTask, TaskStatus, TaskType
-from tests.unit.test_executor import OK, FakeClock, Scripted, make_task
+from taskplane.runner import Attempt, Reschedule, TaskRunner
+from tests.unit.test_runner import OK, FakeClock, Scripted, make_task
 
 RETRY = RetryConfig(max_retries=2, initial_delay=1000, backoff_multiplier=2)
 

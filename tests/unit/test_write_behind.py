@@ -18,8 +18,8 @@ from taskplane.keys import agent_tokens_key, plan_key
 from taskplane.models import PlanBudget
 from taskplane.proxy.limiter import RateLimiter, RedisLimiterBackend
 from taskplane.proxy.policy import AgentPolicy
-from taskplane.redisio import WriteBehind
-from tests.unit.test_executor import make_task
+from taskplane.write_behind import WriteBehind
+from tests.unit.test_runner import make_task
 
 APPEND = "redis.call('RPUSH', KEYS[1], ARGV[1]); return redis.call('LLEN', KEYS[1])"
 
@@ -61,7 +61,7 @@ def test_a_failing_write_is_logged_and_the_others_still_land(
     script = redis_client.register_script(APPEND)
     broken = redis_client.register_script("return redis.call('INCR', KEYS[1])")
     redis_client.set("wb:text", "not a number")
-    with caplog.at_level(logging.WARNING, logger="taskplane.redisio"):
+    with caplog.at_level(logging.WARNING, logger="taskplane.write_behind"):
         behind.submit(script, ["wb:list"], ["one"])
         behind.submit(broken, ["wb:text"], [])
         behind.submit(script, ["wb:list"], ["two"])
@@ -79,7 +79,7 @@ def test_a_failing_callback_is_logged_and_the_later_replies_still_arrive(
     def refuse(reply: Any) -> None:
         raise RuntimeError("a callback's own bug")
 
-    with caplog.at_level(logging.ERROR, logger="taskplane.redisio"):
+    with caplog.at_level(logging.ERROR, logger="taskplane.write_behind"):
         behind.submit(script, ["wb:list"], ["one"], then=refuse)
         behind.submit(script, ["wb:list"], ["two"], then=lengths.append)
         assert behind.flush()
@@ -94,7 +94,7 @@ def test_an_unreachable_redis_drops_the_writes_without_raising(
     script = dead.register_script(APPEND)
     sender = WriteBehind(dead, name="dead-writes")
     replies: list[Any] = []
-    with caplog.at_level(logging.WARNING, logger="taskplane.redisio"):
+    with caplog.at_level(logging.WARNING, logger="taskplane.write_behind"):
         sender.submit(script, ["wb:list"], ["lost"], then=replies.append)
         assert sender.flush()
     sender.close()

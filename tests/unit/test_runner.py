@@ -27,9 +27,9 @@ from taskplane.errors import (
     UpstreamError,
 )
 from taskplane.events import EventHooks, InMemoryEventBus
-from taskplane.executor import TaskRunner, cacheable
 from taskplane.hooks import ExecutionHooks, HookChain
 from taskplane.models import ExecutionResult, ExecutionTask, TaskStatus, TaskType
+from taskplane.runner import TaskRunner, cacheable
 
 START = 1_700_000_000.0
 
@@ -346,7 +346,7 @@ def test_unexpected_exception_becomes_failure_envelope(
     clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     handler = Scripted(clock, KeyError("value"), OK)
-    with caplog.at_level(logging.ERROR, logger="taskplane.executor"):
+    with caplog.at_level(logging.ERROR, logger="taskplane.runner"):
         result = make_runner(clock, handler).run(make_task())
     assert result.status is TaskStatus.FAILURE
     assert result.error == "internal error: KeyError: 'value'"
