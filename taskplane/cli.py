@@ -229,7 +229,8 @@ def cancel(
             )
             return
         engine.waiter.cancel(plan_id)
-        state = engine.store.meta_field(plan_id, "state")
+        after = engine.store.record(plan_id)
+        state = after.state if after is not None else "expired"
     if state == PlanState.CANCELLED.value:
         console.print(f"cancelled plan {plan_id}", markup=False, highlight=False)
     else:

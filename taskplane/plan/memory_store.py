@@ -20,7 +20,7 @@ from typing import Any
 from taskplane.aliases import Clock
 from taskplane.events import EventBus, finished_event
 from taskplane.models import ExecutionResult, ExecutionTask
-from taskplane.plan.layout import PlanLayout
+from taskplane.plan.layout import Mode, PlanLayout
 from taskplane.plan.record import PlanState, RunRecord, new_fields
 from taskplane.plan.rules import Progress
 from taskplane.plan.store import (
@@ -174,7 +174,7 @@ class MemoryRunStore(RunStore):
                     fields["winner"] = str(index)
                 self._close(run, ending)
                 return FinishDecision(recorded=True, ending=ending)
-            if record.mode == "window" and record.dispatched < record.total:
+            if record.mode is Mode.WINDOW and record.dispatched < record.total:
                 successor = record.dispatched
                 fields["next"] = str(successor + 1)
                 fields[f"after:{index}"] = str(successor)

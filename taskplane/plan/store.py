@@ -19,7 +19,7 @@ from typing import Any
 
 from taskplane.contract import envelope
 from taskplane.models import ExecutionResult, ExecutionTask, TaskStatus
-from taskplane.plan.layout import PlanLayout
+from taskplane.plan.layout import Mode, PlanLayout
 from taskplane.plan.record import PlanState, RunRecord
 
 #: Longest single blocking wait; callers loop, re-checking the run's state.
@@ -255,7 +255,7 @@ class RunStore(ABC):
         a lost one again is safe, since the first recorded outcome wins.
         """
         record = self.record(plan_id)
-        if record is None or record.ended or record.mode != "window":
+        if record is None or record.ended or record.mode is not Mode.WINDOW:
             return []
         states = self._dispatched(plan_id, record.sent)
         lost = set(lost_messages([state for state, _ in states]))
