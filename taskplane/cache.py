@@ -223,7 +223,11 @@ class InMemoryResultCache(ResultCache):
 
 def describe_redis(client: redis.Redis) -> str:
     """Where *client* points, for error messages (no credentials)."""
-    kwargs = client.connection_pool.connection_kwargs
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:  # a Redis Cluster client: name the node it started from
+        node = client.get_default_node()  # type: ignore[attr-defined]
+        return f"redis+cluster://{node.host}:{node.port}"
+    kwargs = pool.connection_kwargs
     if "path" in kwargs:
         return f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
     return f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
@@ -256,13 +260,14 @@ class RedisResultCache(ResultCache):
         self._index_keys = [
             result_cache_key(prefix, name) for name in ("lru", "exp", "stats", "seq")
         ]
+        self._where = f"result cache at {describe_redis(redis_client)}"
         self._scripts = {
             verb: load_script(redis_client, "taskplane", f"cache_{verb}.lua")
             for verb in ("get", "set", "delete", "clear", "stats")
         }
 
     def _run(self, verb: str, key: str, *args: Any) -> Any:
-        with translated(f"result cache at {describe_redis(self.redis)}", verb):
+        with translated(self._where, verb):
             return self._scripts[verb](keys=[*self._index_keys, self.entry_prefix + key], args=args)
 
     def get(self, key: str) -> ExecutionResult | None:
