@@ -48,7 +48,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
@@ -346,10 +346,9 @@ def start_plan(plan: ExecutionPlan, *, pattern: str | None = None) -> PlanTrace:
 # -- a task delivery on a worker ---------------------------------------------------------------
 
 
-@contextmanager
 def task_delivery(
     request: Any, plan_id: str, task: Mapping[str, Any], attempt: Mapping[str, Any] | None
-) -> Iterator[None]:
+) -> AbstractContextManager[None]:
     """The span of one delivery of a task, under its plan's span (the message headers').
 
     A Celery instrumentation's own span, when one is current, stays the
@@ -359,8 +358,7 @@ def task_delivery(
     together with the plan's key in one attach.
     """
     if not active():
-        yield
-        return
+        return _NOTHING
     traceparent = _header(request, PLAN_HEADER) or _header(request, "traceparent")
     parent = otel_context.get_current()
     if trace.get_current_span(parent).get_span_context().is_valid:
@@ -383,14 +381,29 @@ def task_delivery(
     if delivery.get("redelivered"):
         attributes["taskplane.task.redelivered"] = True
     name = f"task {kind}:{target if kind == TaskType.AGENT.value else kind}"
-    # an exception leaves the span as it is: the outcome says how the delivery ended
-    span = tracer().start_span(name, parent, SpanKind.CONSUMER, attributes)
-    token = otel_context.attach(trace.set_span_in_context(span, parent))
-    try:
-        yield
-    finally:
-        otel_context.detach(token)
-        span.end()
+    return _Current(tracer().start_span(name, parent, SpanKind.CONSUMER, attributes), parent)
+
+
+_NOTHING: AbstractContextManager[None] = nullcontext()
+
+
+class _Current(AbstractContextManager[None]):
+    """*span* current on top of *parent* while the block runs, ended after it.
+
+    An exception leaves the span as it is: a delivery's outcome says how it ended.
+    """
+
+    __slots__ = ("parent", "span", "token")
+
+    def __init__(self, span: trace.Span, parent: otel_context.Context) -> None:
+        self.span, self.parent = span, parent
+
+    def __enter__(self) -> None:
+        self.token = otel_context.attach(trace.set_span_in_context(self.span, self.parent))
+
+    def __exit__(self, *exc_info: object) -> None:
+        otel_context.detach(self.token)
+        self.span.end()
 
 
 def _plan_parent(
