@@ -13,8 +13,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from taskplane.errors import CircuitOpenError, RateLimitedError
 from taskplane.hooks import ExecutionHooks
@@ -45,44 +46,59 @@ def traced_handler(kind: TaskType, handler: Handler) -> Handler:
     """*handler* with its calls traced: a span per HTTP request or function run; for
     agents, breaker and rate-limit refusals as events (the transport has the call's span)."""
 
-    def traced(task: ExecutionTask, call: CallContext) -> Outcome:
-        if kind is TaskType.AGENT:
-            try:
-                return handler(task, call)
-            except CircuitOpenError as exc:
-                trace.get_current_span().add_event(
-                    "taskplane.circuit_open", {"gen_ai.agent.id": task.target, "error": str(exc)}
-                )
-                raise
-            except RateLimitedError as exc:
-                trace.get_current_span().add_event(
-                    "taskplane.rate_limited",
-                    {"gen_ai.agent.id": task.target, "wait_s": exc.wait_s, "booked": exc.reserved},
-                )
-                raise
-        if kind is TaskType.HTTP:
-            method = str(task.payload.get("method", "GET")).upper()
-            name, span_kind = method, SpanKind.CLIENT
-            attributes: dict[str, Any] = {
-                "http.request.method": method,
-                "url.full": redact_credentials(task.target),
-            }
-        else:
-            name, span_kind = f"execute_tool {task.target}", SpanKind.INTERNAL
-            attributes = {
-                "gen_ai.operation.name": "execute_tool",
-                "gen_ai.tool.name": task.target,
-                "gen_ai.tool.type": "function",
-            }
-        with tracer().start_as_current_span(name, kind=span_kind, attributes=attributes) as span:
-            outcome = handler(task, call)
-            result = outcome.result if isinstance(outcome.result, dict) else {}
-            status = result.get("status")
-            if kind is TaskType.HTTP and isinstance(status, int):
-                span.set_attribute("http.response.status_code", status)
-            return outcome
+    def agent(task: ExecutionTask, call: CallContext) -> Outcome:
+        try:
+            return handler(task, call)
+        except CircuitOpenError as exc:
+            trace.get_current_span().add_event(
+                "taskplane.circuit_open", {"gen_ai.agent.id": task.target, "error": str(exc)}
+            )
+            raise
+        except RateLimitedError as exc:
+            trace.get_current_span().add_event(
+                "taskplane.rate_limited",
+                {"gen_ai.agent.id": task.target, "wait_s": exc.wait_s, "booked": exc.reserved},
+            )
+            raise
 
-    return traced if kind in (TaskType.AGENT, TaskType.HTTP, TaskType.FUNCTION) else handler
+    def http(task: ExecutionTask, call: CallContext) -> Outcome:
+        method = str(task.payload.get("method", "GET")).upper()
+        attributes = {"http.request.method": method, "url.full": redact_credentials(task.target)}
+        span = tracer().start_span(method, kind=SpanKind.CLIENT, attributes=attributes)
+        outcome = _run_in(span, handler, task, call)
+        status = outcome.result.get("status") if isinstance(outcome.result, dict) else None
+        if isinstance(status, int):
+            span.set_attribute("http.response.status_code", status)
+        span.end()
+        return outcome
+
+    def function(task: ExecutionTask, call: CallContext) -> Outcome:
+        attributes = {
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": task.target,
+            "gen_ai.tool.type": "function",
+        }
+        span = tracer().start_span(f"execute_tool {task.target}", attributes=attributes)
+        outcome = _run_in(span, handler, task, call)
+        span.end()
+        return outcome
+
+    wrapped = {TaskType.AGENT: agent, TaskType.HTTP: http, TaskType.FUNCTION: function}
+    return wrapped.get(kind, handler)
+
+
+def _run_in(span: trace.Span, handler: Handler, task: ExecutionTask, call: CallContext) -> Outcome:
+    """Run *handler* with *span* current; a failure is recorded on it, which then ends."""
+    token = otel_context.attach(trace.set_span_in_context(span))
+    try:
+        return handler(task, call)
+    except Exception as exc:
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        span.end()
+        raise
+    finally:
+        otel_context.detach(token)
 
 
 def _server(endpoint: str) -> dict[str, Any]:
@@ -118,9 +134,10 @@ class TracedTransport:
         }
         if self.protocol == "openai":
             attributes["gen_ai.provider.name"] = "openai"
-        with tracer().start_as_current_span(
+        span = tracer().start_span(
             f"invoke_agent {agent.agent_id}", kind=SpanKind.CLIENT, attributes=attributes
-        ) as span:
+        )
+        with trace.use_span(span, end_on_exit=True):
             try:
                 outcome = self.inner.send(agent, task, call, timeout_s=timeout_s)
             except Exception as exc:

@@ -48,7 +48,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
@@ -71,17 +71,25 @@ META_FIELD = "traceparent"
 #: Exporter entry point of each OTLP protocol (``OTEL_EXPORTER_OTLP_PROTOCOL``).
 OTLP_EXPORTERS = {"http/protobuf": "otlp_proto_http", "grpc": "otlp_proto_grpc"}
 
-_tracer = trace.get_tracer("taskplane")
+#: Plan contexts of deliveries kept parsed (one per plan running here, in practice).
+PARENTS_KEPT = 256
+
+_proxy_tracer = trace.get_tracer("taskplane")
+#: The installed provider's tracer, once :func:`active` has seen it (the global
+#: provider is set once per process): spans start without the proxy's extra layer.
+_tracer: trace.Tracer | None = None
 
 
 def tracer() -> trace.Tracer:
-    """taskplane's tracer (follows the provider installed, whenever it is)."""
-    return _tracer
+    """taskplane's tracer: the installed provider's, else a proxy that follows it once set."""
+    return _proxy_tracer if _tracer is None else _tracer
 
 
 _plan_key = otel_context.create_key("taskplane-plan")
 _active = False
 _configured = False
+#: (plan id, traceparent, tracestate) -> a delivery's parent context, parsed once per plan
+_parents: dict[tuple[str, str | None, str | None], otel_context.Context] = {}
 
 
 # -- turning it on ---------------------------------------------------------------------
@@ -89,10 +97,12 @@ _configured = False
 
 def active() -> bool:
     """Whether this process records spans (an SDK tracer provider is installed)."""
-    global _active
+    global _active, _tracer
     if not _active:
         provider = trace.get_tracer_provider()
         _active = not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+        if _active:
+            _tracer = provider.get_tracer("taskplane")
     return _active
 
 
@@ -330,30 +340,32 @@ def start_plan(plan: ExecutionPlan, *, pattern: str | None = None) -> PlanTrace:
     }
     if pattern:
         attributes["taskplane.pattern"] = pattern
-    return PlanTrace(_tracer.start_span(f"invoke_workflow {name}", attributes=attributes))
+    return PlanTrace(tracer().start_span(f"invoke_workflow {name}", attributes=attributes))
 
 
 # -- a task delivery on a worker ---------------------------------------------------------------
 
 
-@contextmanager
 def task_delivery(
     request: Any, plan_id: str, task: Mapping[str, Any], attempt: Mapping[str, Any] | None
-) -> Iterator[None]:
+) -> AbstractContextManager[None]:
     """The span of one delivery of a task, under its plan's span (the message headers').
 
     A Celery instrumentation's own span, when one is current, stays the
     parent; the plan's context is what this delivery's own messages carry on.
+    Every delivery pays for this span, so it is made the plain way: the
+    plan's context is parsed once per plan, and the span is made current
+    together with the plan's key in one attach.
     """
     if not active():
-        yield
-        return
+        return _NOTHING
     traceparent = _header(request, PLAN_HEADER) or _header(request, "traceparent")
     parent = otel_context.get_current()
-    if not trace.get_current_span(parent).get_span_context().is_valid:
-        parent = _context_from(traceparent, _header(request, "tracestate"))
-    if traceparent:
-        parent = otel_context.set_value(_plan_key, (plan_id, traceparent), parent)
+    if trace.get_current_span(parent).get_span_context().is_valid:
+        if traceparent:
+            parent = otel_context.set_value(_plan_key, (plan_id, traceparent), parent)
+    else:
+        parent = _plan_parent(plan_id, traceparent, _header(request, "tracestate"))
     kind, target = str(task.get("type", "")), str(task.get("target", ""))
     attributes: dict[str, Any] = {
         "messaging.system": "celery",
@@ -369,18 +381,45 @@ def task_delivery(
     if delivery.get("redelivered"):
         attributes["taskplane.task.redelivered"] = True
     name = f"task {kind}:{target if kind == TaskType.AGENT.value else kind}"
-    token = otel_context.attach(parent)  # the span is made current on top of the plan's key
-    try:
-        with _tracer.start_as_current_span(
-            name,
-            kind=SpanKind.CONSUMER,
-            attributes=attributes,
-            record_exception=False,
-            set_status_on_exception=False,
-        ):
-            yield
-    finally:
-        otel_context.detach(token)
+    return _Current(tracer().start_span(name, parent, SpanKind.CONSUMER, attributes), parent)
+
+
+_NOTHING: AbstractContextManager[None] = nullcontext()
+
+
+class _Current(AbstractContextManager[None]):
+    """*span* current on top of *parent* while the block runs, ended after it.
+
+    An exception leaves the span as it is: a delivery's outcome says how it ended.
+    """
+
+    __slots__ = ("parent", "span", "token")
+
+    def __init__(self, span: trace.Span, parent: otel_context.Context) -> None:
+        self.span, self.parent = span, parent
+
+    def __enter__(self) -> None:
+        self.token = otel_context.attach(trace.set_span_in_context(self.span, self.parent))
+
+    def __exit__(self, *exc_info: object) -> None:
+        otel_context.detach(self.token)
+        self.span.end()
+
+
+def _plan_parent(
+    plan_id: str, traceparent: str | None, tracestate: str | None
+) -> otel_context.Context:
+    """A delivery of *plan_id*'s parent context: its plan span's, with the plan's key."""
+    key = (plan_id, traceparent, tracestate)
+    parent = _parents.get(key)
+    if parent is None:
+        parent = _context_from(traceparent, tracestate)
+        if traceparent:
+            parent = otel_context.set_value(_plan_key, (plan_id, traceparent), parent)
+        if len(_parents) >= PARENTS_KEPT:
+            _parents.clear()
+        _parents[key] = parent
+    return parent
 
 
 def delivery_ended(step: ExecutionResult | Reschedule | None) -> None:
@@ -391,8 +430,12 @@ def delivery_ended(step: ExecutionResult | Reschedule | None) -> None:
     if step is None:
         span.set_attribute("taskplane.task.outcome", "replayed")
     elif isinstance(step, ExecutionResult):
-        span.set_attribute("taskplane.task.outcome", step.status.value)
-        span.set_attribute("taskplane.task.cached", bool(step.metadata.get("cached")))
+        if step.metadata.get("cached"):  # marked only when it was (its cache_hit event too)
+            span.set_attributes(
+                {"taskplane.task.outcome": step.status.value, "taskplane.task.cached": True}
+            )
+        else:
+            span.set_attribute("taskplane.task.outcome", step.status.value)
         if step.status in (TaskStatus.FAILURE, TaskStatus.TIMEOUT):
             span.set_status(Status(StatusCode.ERROR, (step.error or step.status.value)[:300]))
     else:

@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from taskplane.contract import CallContext, Outcome
 from taskplane.errors import CircuitOpenError
-from taskplane.models import ExecutionTask, ParallelExecutionPlan, TaskType
+from taskplane.models import ExecutionResult, ExecutionTask, ParallelExecutionPlan, TaskType
 from taskplane.observability import call_spans, tracing
 from taskplane.proxy.registry import make_agent_info
 from taskplane.proxy.transport import InMemoryTransport
@@ -190,3 +190,53 @@ def test_function_and_http_tasks_get_spans_of_their_own(spans: InMemorySpanExpor
     assert request.attributes["http.response.status_code"] == 201
     assert "pw" not in str(request.attributes["url.full"])
     assert tool.name == "execute_tool add" and tool.kind is trace.SpanKind.INTERNAL
+
+
+def test_a_failed_function_run_is_recorded_on_its_span_under_the_delivery(
+    spans: InMemorySpanExporter,
+) -> None:
+    def broken(task: ExecutionTask, call: CallContext) -> Outcome:
+        raise ValueError("bad input")
+
+    function = ExecutionTask(id="f", type="function", target="parse")
+    handler = call_spans.traced_handler(TaskType.FUNCTION, broken)
+    with tracing.task_delivery(Request(), "p1", function.model_dump(), None):
+        with pytest.raises(ValueError):
+            handler(function, CallContext(1.0))
+        after = trace.get_current_span()
+    tool, delivery = spans.get_finished_spans()
+    assert tool.parent is not None and tool.parent.span_id == ids(delivery)[1]
+    assert tool.status.status_code is trace.StatusCode.ERROR
+    assert tool.status.description == "ValueError: bad input"
+    assert [e.name for e in tool.events] == ["exception"]
+    assert ids(delivery)[1] == after.get_span_context().span_id  # the delivery is current again
+    assert trace.get_current_span() is trace.INVALID_SPAN
+
+
+def test_deliveries_of_one_plan_share_its_parsed_context(spans: InMemorySpanExporter) -> None:
+    plan_trace = tracing.start_plan(plan("p2"))
+    with plan_trace.scope("p2"):
+        headers = tracing.plan_headers()
+    task = {"id": "t", "type": "function", "target": "noop"}
+    for attempt in (None, {"n": 2}):
+        with tracing.task_delivery(Request({"id": "c", **headers}), "p2", task, attempt):
+            assert tracing.plan_headers() == headers
+    plan_trace.end("completed")
+    first, second, plan_span = spans.get_finished_spans()
+    for delivery in (first, second):
+        assert delivery.parent is not None and delivery.parent.span_id == ids(plan_span)[1]
+    assert tracing._parents[("p2", headers["traceparent"], None)] is not None
+
+
+def test_a_delivery_says_how_it_ended_and_marks_cached_results_only(
+    spans: InMemorySpanExporter,
+) -> None:
+    task = {"id": "t", "type": "function", "target": "noop"}
+    for metadata in ({}, {"cached": True}):
+        with tracing.task_delivery(Request(), "p1", task, None):
+            tracing.delivery_ended(
+                ExecutionResult(task_id="t", status="success", metadata=metadata)
+            )
+    fresh, cached = (dict(s.attributes or {}) for s in spans.get_finished_spans())
+    assert fresh["taskplane.task.outcome"] == "success" and "taskplane.task.cached" not in fresh
+    assert cached["taskplane.task.outcome"] == "success" and cached["taskplane.task.cached"] is True
