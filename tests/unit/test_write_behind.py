@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from taskplane.budget import BudgetGate, Hold, RedisBudgetBackend, budget_meta
 from taskplane.events.names import PLAN_BUDGET_EXHAUSTED, PLAN_BUDGET_WARNING
@@ -90,7 +92,8 @@ def test_a_failing_callback_is_logged_and_the_later_replies_still_arrive(
 def test_an_unreachable_redis_drops_the_writes_without_raising(
     redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
-    dead = redis.Redis(port=1, socket_connect_timeout=0.2)
+    # no retries: redis-py's default backoff would take about 4 s to give up on each send
+    dead = redis.Redis(port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
     script = dead.register_script(APPEND)
     sender = WriteBehind(dead, name="dead-writes")
     replies: list[Any] = []
