@@ -74,10 +74,13 @@ class PlanWatch:
     replies of the last commands Redis ran never leave, and a message it
     popped for a consumer is then gone (kombu's Redis transport records it
     as unacknowledged only once the reply arrives). So every
-    :data:`RESTART_STALL_S` without progress, the waiter looks up when the
+    :data:`RESTART_STALL_S` while it waits, the waiter looks up when the
     server started (:meth:`wants_server_start`); a start after the run was
     created means Redis restarted under it, and lost messages are resent
-    then (:meth:`restarted`) instead of after ``stall_s``.
+    then (:meth:`restarted`) instead of after ``stall_s``. It asks whether the
+    run makes progress or not: a lost message of a wide window leaves the
+    other tasks running, and waiting for them all to finish before asking
+    would add their time to the plan's.
     """
 
     def __init__(
@@ -90,7 +93,6 @@ class PlanWatch:
     ) -> None:
         self.clock = clock
         self.created = record.created
-        self._asked_at: float | None = None
         self._restart_seen: float | None = None
         self.timeout_s = timeout_s
         self.deadline = record.deadline
@@ -98,6 +100,7 @@ class PlanWatch:
         now = clock()
         self.give_up = None if timeout_s is None else now + timeout_s
         self._progress: tuple[int | None, float] = (record.done, now)
+        self._asked_at = now  # the server's start is first looked up RESTART_STALL_S from now
 
     def step(self, record: RunRecord | None) -> Step:
         """What to do next, given the run's current record (None: it is gone)."""
@@ -123,10 +126,9 @@ class PlanWatch:
     def wants_server_start(self) -> bool:
         """Whether to look up when Redis started (for :meth:`restarted`).
 
-        True every :data:`RESTART_STALL_S` while the run makes no progress.
+        True every :data:`RESTART_STALL_S` (one ``INFO`` per wait and slice at most).
         """
-        last = max(self._progress[1], self._asked_at or 0.0)
-        return self.clock() - last >= RESTART_STALL_S
+        return self.clock() - self._asked_at >= RESTART_STALL_S
 
     def restarted(self, started_at: float) -> bool:
         """Whether a Redis start at *started_at* (epoch s) is news: it came after the run began.

@@ -73,7 +73,7 @@ def test_a_quiet_run_asks_now_and_then_whether_redis_restarted_under_it() -> Non
     created = meta(created=repr(clock.now - 1))
     watch = PlanWatch(created, timeout_s=None, stall_s=30, clock=clock)
     watch.step(created)
-    assert not watch.wants_server_start()  # progress was just seen
+    assert not watch.wants_server_start()  # the wait just began
     clock.now += RESTART_STALL_S
     assert watch.wants_server_start()
     assert not watch.restarted(started_at=clock.now - 3600)  # up since before the run
@@ -91,6 +91,18 @@ def test_a_quiet_run_asks_now_and_then_whether_redis_restarted_under_it() -> Non
     assert not watch.restarted(started_at=restart + 0.9)
     clock.now += RESTART_STALL_S
     assert watch.restarted(started_at=clock.now - 1)  # a second restart is
+
+
+def test_a_run_making_progress_still_asks_whether_redis_restarted_under_it() -> None:
+    # a lost message of a wide window leaves the rest running: the run keeps moving
+    clock = Clock()
+    watch = PlanWatch(meta(created=repr(clock.now - 1)), timeout_s=None, stall_s=30, clock=clock)
+    for done in range(1, 5):
+        clock.now += RESTART_STALL_S / 2
+        watch.step(meta(done=str(done)))
+    assert watch.wants_server_start()
+    assert watch.restarted(started_at=clock.now - 3)
+    assert not watch.wants_server_start()
 
 
 @pytest.mark.parametrize(("seconds", "ms"), [(0.0001, 1), (0.25, 250), (60, 5000)])
