@@ -255,6 +255,11 @@ class MemoryRunStore(RunStore):
                 for i in indexes
             ]
 
+    def _recorded(self, plan_id: str) -> set[int]:
+        with self._lock:
+            run = self._runs.get(plan_id)
+            return set() if run is None else set(run.results)
+
     def _record_missing(
         self, plan_id: str, outcomes: Sequence[tuple[int, ExecutionResult]]
     ) -> None:

@@ -299,6 +299,10 @@ class RedisRunStore(RunStore):
             found.append((state, json.loads(task) if task else None))
         return found
 
+    def _recorded(self, plan_id: str) -> set[int]:
+        raw = self._call("results", lambda: self.client.hkeys(self._keys(plan_id)["results"]))
+        return {int(index) for index in raw}
+
     def _record_missing(
         self, plan_id: str, outcomes: Sequence[tuple[int, ExecutionResult]]
     ) -> None:

@@ -213,6 +213,10 @@ class RunStore(ABC):
         """Outcome recorded and lease held for each of *indexes*, with its task JSON."""
 
     @abstractmethod
+    def _recorded(self, plan_id: str) -> set[int]:
+        """The indexes of the tasks that have an outcome (none is parsed)."""
+
+    @abstractmethod
     def _record_missing(
         self, plan_id: str, outcomes: Sequence[tuple[int, ExecutionResult]]
     ) -> None:
@@ -268,10 +272,10 @@ class RunStore(ABC):
     def fill_missing(self, plan_id: str, status: TaskStatus, error: str) -> None:
         """Record *status* for every task that has no outcome yet (first outcome still wins)."""
         tasks = self.tasks(plan_id)
-        results = self.results(plan_id, len(tasks))
+        have = self._recorded(plan_id)
         missing = []
-        for index, (task, result) in enumerate(zip(tasks, results, strict=True)):
-            if result is None:
+        for index, task in enumerate(tasks):
+            if index not in have:
                 filled = envelope(task, status, error=error)
                 filled.metadata["planId"] = plan_id
                 missing.append((index, filled))
