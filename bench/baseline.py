@@ -35,15 +35,22 @@ if os.environ.get("BENCH_TRACING") == "noop":  # the tracing benchmark's worker
     install_noop_tracing()
 
 
-def undo_worker_shims(app: Any, *, keep_backend: bool) -> None:
-    """Run this worker as Celery ships (the overhead benchmark's reference): a result
-    backend per greenlet, and, unless *keep_backend*, a kombu client per broker command."""
+def undo_worker_shims(app: Any, level: str) -> None:
+    """Undo taskplane's worker shims down to *level* (the overhead benchmark's references):
+    ``unbuffered`` publishes task events one by one; ``backend`` also builds a kombu client
+    per broker command; ``off`` also builds a result backend per greenlet (Celery as it
+    ships)."""
     import kombu.transport.redis as kombu_redis
     from celery.signals import worker_init
 
+    from taskplane.tasks.shims import BufferTaskEvents
+
+    app.steps["consumer"].discard(BufferTaskEvents)
+    if level == "unbuffered":
+        return
     create = kombu_redis.Channel._create_client
     kombu_redis.Channel._create_client = getattr(create, "__wrapped__", create)
-    if keep_backend:
+    if level == "backend":
         return
 
     def unshare(sender: Any = None, **_: Any) -> None:  # runs after taskplane's own handler
@@ -54,10 +61,10 @@ def undo_worker_shims(app: Any, *, keep_backend: bool) -> None:
 
 
 app = create_app()
-#: "on" (taskplane's default), "backend" (the shared result backend only) or "off"
+#: "on" (taskplane's worker as it runs), or a level of :func:`undo_worker_shims`
 SHIMS = os.environ.get("BENCH_SHIMS", "on")
 if SHIMS != "on":
-    undo_worker_shims(app, keep_backend=SHIMS == "backend")
+    undo_worker_shims(app, SHIMS)
 
 _client = httpx.Client(timeout=30.0)
 

@@ -2,17 +2,20 @@
 
 Usage::
 
-    python -m bench.bench_overhead [--tasks 1000] [--rounds 3]   # about four minutes
+    python -m bench.bench_overhead [--tasks 1000] [--rounds 3] [--configs default ...]
+    # about five minutes for all four configurations
 
 Defaults on throughout (taskplane's events and tracking, Celery's task events
 for Flower). One gevent worker with 32 slots runs both sides; within a
 configuration the sides alternate round by round, so a drift of the host lands
-on all of them. Three worker configurations, each a fresh cluster:
+on all of them. Four worker configurations, each a fresh cluster:
 
 * ``shipped``: Celery and kombu as they ship (``BENCH_SHIMS=off``): a result
-  backend per greenlet, a kombu Redis client per broker command;
+  backend per greenlet, a kombu Redis client per broker command, task events
+  published one by one;
 * ``backend``: the shared result backend only;
-* ``default``: taskplane's worker as it runs (both shims).
+* ``unbuffered``: all of taskplane's worker shims but buffered task events;
+* ``default``: taskplane's worker as it runs (``taskplane/tasks/shims.py``).
 
 Sides: a bare ``group(noop × N).get()``; the same with Celery's task events
 off (``bench.noop_quiet``, ``task_send_sent_event`` off: a bare-Celery user
@@ -41,11 +44,16 @@ from bench.bench_throughput import noop_tasks, plan
 from bench.harness import BROKER_DB, STATE_DB, cluster, configure, percentile, timed
 from tests.httpserver import HttpTestServer
 
-CONFIGS = (("shipped", "off"), ("backend", "backend"), ("default", "on"))
+CONFIGS = {
+    "shipped": "off",
+    "backend": "backend",
+    "unbuffered": "unbuffered",
+    "default": "on",
+}
 MONITORED_TASKS = 100
 
 
-def run(count: int, rounds: int) -> dict[str, Any]:
+def run(count: int, rounds: int, configs: list[str]) -> dict[str, Any]:
     env = configure()
     from celery import chord, group
 
@@ -81,8 +89,8 @@ def run(count: int, rounds: int) -> dict[str, Any]:
 
     figures: dict[str, Any] = {"configs": {}}
     with HttpTestServer() as server:
-        for config, shims in CONFIGS:
-            with cluster(env, BENCH_SHIMS=shims) as (engine, procs):
+        for config in configs:
+            with cluster(env, BENCH_SHIMS=CONFIGS[config]) as (engine, procs):
                 worker = procs[0].pid
 
                 def run_plan(n: int) -> None:
@@ -98,9 +106,9 @@ def run(count: int, rounds: int) -> dict[str, Any]:
                     ("bare group", bare, nothing),
                     ("taskplane plan", run_plan, nothing),
                 ]
-                if config != "backend":
+                if config in ("shipped", "default"):
                     sides.append(("taskplane plan, window as a group", run_plan, window_as_group))
-                if config == "default":
+                if config in ("unbuffered", "default"):
                     sides.insert(1, ("bare group, task events off", quiet, task_events_off))
                 samples: dict[str, list[tuple[float, float, float]]] = {s[0]: [] for s in sides}
                 for _name, fn, mode in sides:  # warm-up
@@ -127,7 +135,7 @@ def run(count: int, rounds: int) -> dict[str, Any]:
                         "trips": trips / MONITORED_TASKS,
                         "inner": inner / MONITORED_TASKS,
                     }
-                if config in ("shipped", "default"):
+                if config != "backend":
                     rows.update(latency(engine, noop, server.url, chord, baseline, rounds))
                 figures["configs"][config] = rows
     figures["load"] = os.getloadavg()
@@ -233,10 +241,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS), metavar="CONFIG"
+    )
     args = parser.parse_args()
     started = time.time()
     print(f"load average at the start: {os.getloadavg()[0]:.2f}")
-    figures = run(args.tasks, args.rounds)
+    figures = run(args.tasks, args.rounds, args.configs)
     print(table(figures, args.tasks))
     print(f"\n({time.time() - started:.0f} s)")
 

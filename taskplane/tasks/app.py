@@ -15,7 +15,7 @@ from taskplane.tasks.base import TaskplaneTask
 from taskplane.tasks.canvas import RUN_TASK
 from taskplane.tasks.pool import effective_pool, prepare_process
 from taskplane.tasks.redelivery import REDIS_SCHEMES
-from taskplane.tasks.shims import CONSUMER, share_result_backend_in_workers
+from taskplane.tasks.shims import CONSUMER, BufferTaskEvents, share_result_backend_in_workers
 
 __all__ = ["DEFAULT_QUEUE", "celery_config", "create_app", "settings_of"]
 
@@ -136,6 +136,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     )
     app.conf.update(celery_config(settings))
     share_result_backend_in_workers(app)
+    app.steps["consumer"].add(BufferTaskEvents)
     register_tasks(app, settings)
     return app
 

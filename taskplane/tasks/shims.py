@@ -66,16 +66,34 @@ round waits the full 0.1 s: measured, 300 no-op tasks took 30.0 s (10 a
 second) on a 100-slot gevent worker, 2.2 s on 32 threads. The shim reads it
 without waiting (a timeout of 0: what is there is read, heartbeats
 included). Remove it when Celery's green loop no longer blocks there.
+
+**6. A gevent worker publishes every task event on its own**
+(:class:`BufferTaskEvents`). Celery buffers task events and publishes them
+as one ``task.multi`` message per loop turn, but only for workers with an
+event loop: its own note says gevent and eventlet "should actually buffer".
+A gevent worker published ``task-received``, ``task-started`` and
+``task-succeeded`` each as a message of its own (a kombu message built, a
+``PUBLISH`` waited on). The consumer step turns Celery's buffering on for a
+gevent worker: a task event waits at most :data:`EVENT_FLUSH_S`, or until
+Celery's buffer limit is reached, and goes out with the others in one
+message, which Celery's event receivers — Flower's included — take apart
+in order. A retry is the exception: Flower merges a task's events by their
+order of arrival, not by their clocks, so the first attempt's
+``task-received`` arriving after the retry's (taken by another worker) put
+the task back to 0 retries; the events buffered so far go out before a
+retry is published, and ``task-retried`` at once. Remove it when Celery
+buffers task events for green pools.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from typing import Any
 
-from celery import Celery
-from celery.signals import worker_init
+from celery import Celery, bootsteps
+from celery.signals import before_task_publish, worker_init
 from celery.worker.consumer import Consumer as CeleryConsumer
 
 #: First pause of the consumer's reconnect loop after a failed try (s).
@@ -87,6 +105,11 @@ RECONNECT_MAX_S = 2.0
 
 #: The consumer class of taskplane's workers (Celery's ``worker_consumer`` setting).
 CONSUMER = "taskplane.tasks.shims:Consumer"
+
+#: Longest a gevent worker holds a task event before publishing it with the others (s).
+EVENT_FLUSH_S = 0.05
+
+logger = logging.getLogger(__name__)
 
 
 def unblock_kombu_sleep() -> bool:
@@ -170,3 +193,69 @@ class Consumer(CeleryConsumer):
             return super().ensure_connected(conn)
         finally:
             del conn.ensure_connection
+
+
+class BufferTaskEvents(bootsteps.StartStopStep):
+    """A consumer step: a gevent worker's task events go out together, at most
+    :data:`EVENT_FLUSH_S` late (Celery buffers them only for workers with an event loop)."""
+
+    requires = ("celery.worker.consumer.events:Events",)
+
+    def __init__(self, c: Any, **kwargs: Any) -> None:
+        super().__init__(c, **kwargs)
+        self.flusher: EventFlusher | None = None
+
+    def start(self, c: Any) -> None:
+        from taskplane.tasks.pool import gevent_active
+
+        dispatcher = c.event_dispatcher
+        if c.hub is not None or dispatcher is None or not gevent_active():
+            return
+        self.flusher = EventFlusher(dispatcher)
+        dispatcher.buffer_group = frozenset({"task"})
+        dispatcher.on_send_buffered = self.flusher.soon
+        before_task_publish.connect(self.flusher.before_retry, weak=False)
+
+    def stop(self, c: Any) -> None:
+        # a restart builds a new dispatcher: what this one could not publish is carried
+        # over in Celery's offline buffer
+        if self.flusher is not None:
+            before_task_publish.disconnect(self.flusher.before_retry)
+            self.flusher.flush()
+            self.flusher = None
+
+    shutdown = stop
+
+
+class EventFlusher:
+    """Publishes a dispatcher's buffered task events :data:`EVENT_FLUSH_S` after the
+    first of them was buffered, or at once around a retry."""
+
+    def __init__(self, dispatcher: Any) -> None:
+        self.dispatcher = dispatcher
+        self.pending = False
+
+    def soon(self) -> None:
+        """Celery buffered a task event."""
+        buffered = self.dispatcher._group_buffer.get("task")
+        if buffered and buffered[-1].get("type") == "task-retried":
+            self.flush()
+            return
+        if self.pending:
+            return
+        import gevent
+
+        self.pending = True
+        gevent.spawn_later(EVENT_FLUSH_S, self.flush)
+
+    def before_retry(self, headers: dict[str, Any] | None = None, **_: Any) -> None:
+        """A task is about to be published: before a retry, what its attempt sent goes out."""
+        if headers and headers.get("retries"):
+            self.flush()
+
+    def flush(self) -> None:
+        self.pending = False
+        try:
+            self.dispatcher.flush()
+        except Exception:  # an event lost must never stop the worker's tasks
+            logger.warning("could not publish buffered task events", exc_info=True)
