@@ -286,7 +286,7 @@ class ExecutionEngine:
             return PlanHandle(self, parsed.id, empty=True)
         trace = tracing.start_plan(parsed)  # ended when the run's outcome is read
         try:
-            submit_plan(
+            created = submit_plan(
                 self.app,
                 self.store,
                 parsed,
@@ -298,7 +298,7 @@ class ExecutionEngine:
         except Exception:
             trace.end("not enqueued", ok=False)
             raise
-        return PlanHandle(self, parsed.id, trace=trace)
+        return PlanHandle(self, parsed.id, trace=trace, created=created)
 
     def _agent_policies(self, agent_ids: Iterable[str]) -> Mapping[str, AgentPolicy]:
         return self.proxy.registry.policies(agent_ids)

@@ -34,10 +34,14 @@ class PlanHandle:
         *,
         empty: bool = False,
         trace: PlanTrace | None = None,
+        created: RunRecord | None = None,
     ) -> None:
         self.id = plan_id
         self._engine = engine
         self._empty = empty
+        #: The run's record as this handle's submission created it: the first wait
+        #: starts from it instead of reading it back.
+        self._created = created
         #: The plan's span: ended with the run's outcome here, or when the handle is dropped.
         self.trace = trace or PlanTrace()
         self.trace.end_when_dropped(self)
@@ -61,12 +65,19 @@ class PlanHandle:
         if self._empty:
             return []
         waiter = self._engine.waiter
-        record, watch = waiter.watch(self.id, timeout)
+        record, self._created = self._created, None
+        if record is None or record.deadline <= waiter.clock():  # long since: read it back
+            record, watch = waiter.watch(self.id, timeout)
+        else:
+            watch = waiter.watch_record(record, timeout)
         current: RunRecord | None = record
+        outcomes: list[ExecutionResult] | None = None
         while not waiter.follow(self.id, watch, step := watch.step(current)):
-            waiter.store.wait(self.id, step.block_s)
-            current = waiter.store.record(self.id)
-        return waiter.outcome(self.id, self.trace, (step, current))
+            if waiter.store.wait(self.id, step.block_s):  # ended: read it all at once
+                current, outcomes = waiter.store.ended_view(self.id)
+            else:
+                current = waiter.store.record(self.id)
+        return waiter.outcome(self.id, self.trace, (step, current), outcomes)
 
     def status(self) -> dict[str, Any]:
         """``{id, state, total, pending, running, done}``."""

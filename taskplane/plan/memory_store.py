@@ -95,7 +95,7 @@ class MemoryRunStore(RunStore):
         deadline: float,
         *,
         extra_meta: dict[str, str] | None = None,
-    ) -> bool:
+    ) -> RunRecord | None:
         fields = new_fields(
             plan_layout,
             len(tasks),
@@ -106,9 +106,9 @@ class MemoryRunStore(RunStore):
         )
         with self._lock:
             if plan_id in self._runs:
-                return False
+                return None
             self._runs[plan_id] = _Run(fields, [task.to_json_dict() for task in tasks])
-            return True
+        return RunRecord.parse(plan_id, dict(fields))
 
     def discard(self, plan_id: str) -> None:
         with self._lock:
@@ -173,7 +173,9 @@ class MemoryRunStore(RunStore):
                 if ending == PlanState.COMPLETED and record.rule.names_winner:
                     fields["winner"] = str(index)
                 self._close(run, ending)
-                return FinishDecision(recorded=True, ending=ending)
+                quiet = done >= record.total and not self._replies.get(plan_id)
+                quiet = quiet and record.parent is None
+                return FinishDecision(recorded=True, ending=ending, quiet_end=quiet)
             if record.mode is Mode.WINDOW and record.dispatched < record.total:
                 successor = record.dispatched
                 fields["next"] = str(successor + 1)
@@ -236,9 +238,22 @@ class MemoryRunStore(RunStore):
         with self._lock:
             self._replies.setdefault(plan_id, set()).add(celery_task_id)
 
-    def take_replies(self, plan_id: str) -> list[str]:
+    def take_replies(self, plan_id: str) -> tuple[RunRecord | None, list[str]]:
         with self._lock:
-            return sorted(self._replies.pop(plan_id, ()))
+            replies = sorted(self._replies.pop(plan_id, ()))
+            run = self._runs.get(plan_id)
+            return RunRecord.parse(plan_id, {} if run is None else dict(run.fields)), replies
+
+    def ended_view(self, plan_id: str) -> tuple[RunRecord | None, list[ExecutionResult] | None]:
+        with self._lock:
+            run = self._runs.get(plan_id)
+            record = None if run is None else RunRecord.parse(plan_id, dict(run.fields))
+            if run is None or record is None or not record.all_done:
+                return record, None
+            results = [run.results.get(i) for i in range(record.total)]
+        if any(r is None for r in results):
+            return record, None
+        return record, [r for r in results if r is not None]
 
     def _dispatched(
         self, plan_id: str, indexes: Sequence[int]

@@ -130,7 +130,7 @@ class PlanRecorder:
             self.resend_successor(plan_id, index, ctx.deadline)
         if outcome.recorded:  # after the hand-on: a slow listener holds up no successor
             self.hooks.on_finished(task, ctx, result)
-        if outcome.ending:
+        if outcome.ending and not (outcome.quiet_end and self.on_plan_end is None):
             self.settle(plan_id, ended=True)
         return outcome.recorded
 
@@ -170,7 +170,7 @@ class PlanRecorder:
 
         *ended*: it ended just now, here (not a replay seeing it ended).
         """
-        record = self.store.record(plan_id)
+        record, replies = self.store.take_replies(plan_id)
         if record is None:
             return
         if ended and self.on_plan_end is not None:
@@ -178,7 +178,6 @@ class PlanRecorder:
                 self.on_plan_end(record)
             except Exception:
                 log.exception("plan %s: on_plan_end failed", plan_id)
-        replies = self.store.take_replies(plan_id)
         if record.parent is None and not replies:  # nobody here needs the report
             self._fill_missing(record)
             return
@@ -215,16 +214,26 @@ class PlanRecorder:
         holds_it = "budgetTokens" in record.fields or "budgetCalls" in record.fields
         return exhausted_error(dict(record.fields) if holds_it else self.store.meta(record.budget))
 
-    def collect(self, plan_id: str, record: RunRecord | None = None) -> PlanReport:
+    def collect(
+        self,
+        plan_id: str,
+        record: RunRecord | None = None,
+        outcomes: list[ExecutionResult] | None = None,
+    ) -> PlanReport:
         """Results of an ended plan; unfinished tasks are recorded as cancelled or timed out.
 
-        *record*: the run's record, read once it had ended (read here when None).
+        *record*: the run's record, read once it had ended (read here when None);
+        *outcomes*: every task's, read with it (:meth:`RunStore.ended_view`).
         """
         record = self.store.record(plan_id) if record is None else record
         if record is None:
             return PlanReport(plan_id, "", False, [], [], f"plan {plan_id} is unknown or expired")
-        self._fill_missing(record)
-        results = self.store.results(plan_id, record.total)
+        results: list[ExecutionResult | None]
+        if outcomes is not None:
+            results = list(outcomes)
+        else:
+            self._fill_missing(record)
+            results = self.store.results(plan_id, record.total)
         judged = record.rule.report(record.state, results, order=record.order, winner=record.winner)
         complete = [r for r in results if r is not None]
         return PlanReport(

@@ -43,7 +43,7 @@ from taskplane.events import RedisEventBus, finished_event
 from taskplane.keys import event_stream_key, plan_key
 from taskplane.models import ExecutionResult, ExecutionTask
 from taskplane.plan.layout import PlanLayout
-from taskplane.plan.record import PlanState, new_fields
+from taskplane.plan.record import PlanState, RunRecord, new_fields
 from taskplane.plan.store import (
     WAIT_SLICE_S,
     Dispatched,
@@ -147,7 +147,7 @@ class RedisRunStore(RunStore):
         deadline: float,
         *,
         extra_meta: dict[str, str] | None = None,
-    ) -> bool:
+    ) -> RunRecord | None:
         keys = self._keys(plan_id)
         fields = new_fields(
             plan_layout,
@@ -164,7 +164,7 @@ class RedisRunStore(RunStore):
         created = self._call(
             "submit", lambda: self._submit(keys=[keys["meta"], keys["tasks"]], args=args)
         )
-        return bool(created)
+        return RunRecord.parse(plan_id, fields) if created else None
 
     def discard(self, plan_id: str) -> None:
         self._call("discard", lambda: self.client.delete(*self._keys(plan_id).values()))
@@ -209,8 +209,8 @@ class RedisRunStore(RunStore):
         if not self.cluster:  # the task's own earlier events go in first
             args += queued
         run_keys = [keys[part] for part in ("meta", "results", "tasks", "done", "order")]
-        recorded, ending, next_index, next_task = self._call(
-            "finish", lambda: self._finish(keys=[*run_keys, stream], args=args)
+        recorded, ending, next_index, next_task, *quiet = self._call(
+            "finish", lambda: self._finish(keys=[*run_keys, stream, keys["reply"]], args=args)
         )
         if self.cluster and self.events is not None:
             self.events.write_now([*queued, event] if recorded and event else queued)
@@ -219,6 +219,7 @@ class RedisRunStore(RunStore):
             ending=ending or None,
             next_index=int(next_index) if next_index else None,
             next_task=json.loads(next_task) if next_task else None,
+            quiet_end=bool(quiet and quiet[0]),
         )
 
     def end(self, plan_id: str, state: PlanState) -> str | None:
@@ -268,13 +269,27 @@ class RedisRunStore(RunStore):
     def add_reply(self, plan_id: str, celery_task_id: str) -> None:
         self._add_member(self._keys(plan_id)["reply"], celery_task_id, "reply")
 
-    def take_replies(self, plan_id: str) -> list[str]:
-        key = self._keys(plan_id)["reply"]
+    def take_replies(self, plan_id: str) -> tuple[RunRecord | None, list[str]]:
+        keys = self._keys(plan_id)
         pipe = self.client.pipeline(transaction=True)
-        pipe.smembers(key)
-        pipe.delete(key)
-        members, _ = self._call("reply", pipe.execute)
-        return sorted(members)
+        pipe.hgetall(keys["meta"])
+        pipe.smembers(keys["reply"])
+        pipe.delete(keys["reply"])
+        meta, members, _ = self._call("reply", pipe.execute)
+        return RunRecord.parse(plan_id, meta), sorted(members)
+
+    def ended_view(self, plan_id: str) -> tuple[RunRecord | None, list[ExecutionResult] | None]:
+        keys = self._keys(plan_id)
+        pipe = self.client.pipeline(transaction=False)  # an ended run's record stays as it is
+        pipe.hgetall(keys["meta"])
+        pipe.hgetall(keys["results"])
+        meta, raw = self._call("results", pipe.execute)
+        record = RunRecord.parse(plan_id, meta)
+        if record is None or not record.all_done or len(raw) < record.total:
+            return record, None
+        return record, [
+            ExecutionResult.model_validate_json(raw[str(i)]) for i in range(record.total)
+        ]
 
     def _add_member(self, key: str, member: str, what: str) -> None:
         pipe = self.client.pipeline(transaction=False)

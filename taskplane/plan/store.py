@@ -58,12 +58,15 @@ class FinishDecision:
         ending: The plan's final state if this outcome ended it.
         next_index: Index of the task the caller must enqueue next (window mode).
         next_task: That task as JSON.
+        quiet_end: The run ended with every task done, no ``execute_plan`` reply owed
+            and no parent run to resume: nothing is left to settle.
     """
 
     recorded: bool
     ending: str | None = None
     next_index: int | None = None
     next_task: dict[str, Any] | None = None
+    quiet_end: bool = False
 
 
 @dataclass(frozen=True)
@@ -111,8 +114,9 @@ class RunStore(ABC):
         deadline: float,
         *,
         extra_meta: dict[str, str] | None = None,
-    ) -> bool:
-        """Record a new run; False when *plan_id* already names one (attach instead).
+    ) -> RunRecord | None:
+        """Record a new run and return its record; None when *plan_id* already names
+        one (attach instead).
 
         *extra_meta* adds fields to the run's record (see
         :func:`taskplane.plan.record.new_fields`).
@@ -191,6 +195,11 @@ class RunStore(ABC):
         """Task *index*'s recorded outcome, or None."""
 
     @abstractmethod
+    def ended_view(self, plan_id: str) -> tuple[RunRecord | None, list[ExecutionResult] | None]:
+        """The run's record and, when it counts every task done, their outcomes in task
+        order (else None), read in one step: what a waiter collects once the run ended."""
+
+    @abstractmethod
     def add_child(self, plan_id: str, child_id: str) -> None:
         """Remember that *child_id* runs a nested pattern of *plan_id*."""
 
@@ -203,8 +212,9 @@ class RunStore(ABC):
         """Remember a Celery task id that waits for this run's results."""
 
     @abstractmethod
-    def take_replies(self, plan_id: str) -> list[str]:
-        """Celery task ids waiting for this run (each returned once)."""
+    def take_replies(self, plan_id: str) -> tuple[RunRecord | None, list[str]]:
+        """The run's record, and the Celery task ids waiting for it (each returned once),
+        read in one step."""
 
     @abstractmethod
     def _dispatched(

@@ -84,17 +84,20 @@ class PlanWaiter:
         plan_id: str,
         trace: PlanTrace | None = None,
         ended: tuple[Step, RunRecord | None] | None = None,
+        outcomes: list[ExecutionResult] | None = None,
     ) -> list[ExecutionResult]:
         """What an ended run returns by its rule; ends the run's *trace* span.
 
         *ended*: the waiter's last step and the record it was taken on; when
-        that step saw the run ended, the record is not read again.
+        that step saw the run ended, the record (and the *outcomes* read with
+        it) are not read again.
 
         Raises:
             PlanFailedError: The run failed, timed out or was cancelled.
         """
-        record = ended[1] if ended is not None and ended[0].kind is StepKind.ENDED else None
-        report = self.collect(plan_id, record)
+        seen = ended is not None and ended[0].kind is StepKind.ENDED
+        record = ended[1] if ended is not None and seen else None
+        report = self.recorder.collect(plan_id, record, outcomes if seen else None)
         if trace is not None:
             trace.end(report.state, ok=report.ok)
         if not report.ok:

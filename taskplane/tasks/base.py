@@ -62,7 +62,7 @@ class WorkerParts:
     ) -> bool:
         """Record and enqueue a nested pattern's plan from inside a worker."""
         parts = self.get()
-        return submit_plan(
+        created = submit_plan(
             self.app,
             parts.store,
             plan,
@@ -71,6 +71,7 @@ class WorkerParts:
             extra_meta=extra_meta,
             agent_policies=parts.agent_policies,
         )
+        return created is not None
 
     def close(self) -> None:
         """Close this process's parts, if it built them (worker shutdown)."""

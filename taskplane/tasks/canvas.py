@@ -26,7 +26,7 @@ from taskplane.errors import BackendError, ValidationError
 from taskplane.models import ExecutionPlan, ExecutionTask
 from taskplane.observability import tracing
 from taskplane.observability.celery_view import kwargs_repr, shadow_name
-from taskplane.plan import Mode, PlanLayout, RunStore, layout
+from taskplane.plan import Mode, PlanLayout, RunRecord, RunStore, layout
 from taskplane.proxy.policy import PolicyLookup, with_agent_defaults
 from taskplane.redisio import OUTAGE_BACKOFF_CAP_S, REDIS_OUTAGE_S
 
@@ -162,8 +162,9 @@ def submit_plan(
     extra_meta: dict[str, str] | None = None,
     agent_policies: PolicyLookup | None = None,
     plan_trace: tracing.PlanTrace | None = None,
-) -> bool:
-    """Record *plan* and enqueue it; False when its id already names a run (attach to it).
+) -> RunRecord | None:
+    """Record *plan* and enqueue it; returns the run's record as created, or None when
+    its id already names a run (attach to it).
 
     Either the whole plan is enqueued or nothing is: if the broker refuses,
     the run's record is removed again and :class:`BackendError` raised.
@@ -199,9 +200,10 @@ def submit_plan(
     try:
         if reply_to is not None:
             store.add_reply(plan.id, reply_to)
-        if not store.create(plan.id, plan.tasks, plan_layout, deadline, extra_meta=extra_meta):
+        record = store.create(plan.id, plan.tasks, plan_layout, deadline, extra_meta=extra_meta)
+        if record is None:
             plan_trace.attached()
-            return False
+            return None
         try:
             with plan_trace.scope(plan.id):
                 send_canvas(app, canvas(app, plan, plan_layout, deadline))
@@ -209,7 +211,7 @@ def submit_plan(
             store.discard(plan.id)
             plan_trace.end("not enqueued", ok=False)
             raise BackendError(f"could not enqueue plan {plan.id}: {exc}") from exc
-        return True
+        return record
     finally:
         if own_trace:
             plan_trace.end(detached=True)

@@ -32,6 +32,7 @@ from taskplane.plan import (
     StartAction,
     Weighted,
 )
+from taskplane.plan.record import PARENT
 from taskplane.plan.rules import Progress
 
 pytestmark = pytest.mark.integration
@@ -301,10 +302,45 @@ def test_replies_are_taken_once_and_children_remembered(harness: Harness) -> Non
     plan_id = new_run(store, 1)
     store.add_reply(plan_id, "celery-1")
     store.add_reply(plan_id, "celery-2")
-    assert store.take_replies(plan_id) == ["celery-1", "celery-2"]
-    assert store.take_replies(plan_id) == []
+    record, replies = store.take_replies(plan_id)
+    assert replies == ["celery-1", "celery-2"]
+    assert record is not None and record.total == 1  # read with them
+    assert store.take_replies(plan_id)[1] == []
+    assert store.take_replies("no-such-run") == (None, [])
     store.add_child(plan_id, f"{plan_id}/t0")
     assert store.children(plan_id) == [f"{plan_id}/t0"]
+
+
+def test_the_ended_view_holds_every_outcome_only_once_all_are_recorded(
+    harness: Harness,
+) -> None:
+    store = harness.store
+    plan_id = new_run(store, 2)
+    run(store, plan_id, 0, res(0))
+    record, outcomes = store.ended_view(plan_id)
+    assert record is not None and record.done == 1 and outcomes is None
+    run(store, plan_id, 1, res(1, TaskStatus.FAILURE))
+    record, outcomes = store.ended_view(plan_id)
+    assert record is not None and record.all_done
+    assert outcomes == [res(0), res(1, TaskStatus.FAILURE)]
+    assert store.ended_view("no-such-run") == (None, None)
+
+
+def test_an_end_says_when_nothing_is_left_to_settle(harness: Harness) -> None:
+    store = harness.store
+    assert run(store, new_run(store, 1), 0, res(0)).quiet_end
+    owed = new_run(store, 1)
+    store.add_reply(owed, "celery-1")  # an execute_plan caller waits for the results
+    decision = run(store, owed, 0, res(0))
+    assert decision.ending == "completed" and not decision.quiet_end
+    cut = new_run(store, 2)  # `all` ends at the first failure: task 1 is still to fill in
+    decision = run(store, cut, 0, res(0, TaskStatus.FAILURE))
+    assert decision.ending == "failed" and not decision.quiet_end
+    child = f"run-{uuid.uuid4().hex[:8]}"  # a nested run resumes its parent
+    plan_layout = PlanLayout(All(), Mode.CHAIN, (0,), 1)
+    assert store.create(child, tasks(1), plan_layout, START + 60, extra_meta={PARENT: "{}"})
+    decision = run(store, child, 0, res(0))
+    assert decision.ending == "completed" and not decision.quiet_end
 
 
 def test_a_race_records_its_winner(harness: Harness) -> None:

@@ -1,11 +1,12 @@
 -- Record a task's outcome (first outcome wins) and advance the run.
 -- KEYS[1]  meta   KEYS[2] results   KEYS[3] tasks   KEYS[4] done list   KEYS[5] order stream
--- KEYS[6]  event stream (on a cluster: a key of the run's own, untouched)
+-- KEYS[6]  event stream (on a cluster: a key of the run's own, untouched)   KEYS[7] replies
 -- ARGV[1]  index   ARGV[2] result JSON   ARGV[3] status   ARGV[4] confidence ('' for none)
 -- ARGV[5]  ran (1/0)   ARGV[6] event JSON ('' for none)   ARGV[7] event stream maxlen
 -- ARGV[8]  event channel   ARGV[9..] events of this process not yet sent (its
 --          task:started...), written first so the stream keeps their order.
--- Returns {recorded (1/0), ending or false, next index or false, next task JSON or false}.
+-- Returns {recorded (1/0), ending or false, next index or false, next task JSON or false,
+-- 1 when the run ended with every task done, no reply owed and no parent to resume}.
 for i = 9, #ARGV do
   redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[7], '*', 'event', ARGV[i])
   redis.call('PUBLISH', ARGV[8], ARGV[i])
@@ -53,7 +54,9 @@ if ending then
   redis.call('HSET', KEYS[1], 'state', ending, 'cancel', '1')
   redis.call('RPUSH', KEYS[4], ending)
   redis.call('EXPIRE', KEYS[4], left > 0 and left or tonumber(m[7]))
-  return {1, ending, false, false}
+  local quiet = ndone >= n and redis.call('EXISTS', KEYS[7]) == 0
+    and redis.call('HEXISTS', KEYS[1], 'parent') == 0
+  return {1, ending, false, false, quiet and 1 or 0}
 end
 if state == 'running' and m[5] == 'window' then
   local nxt = redis.call('HINCRBY', KEYS[1], 'next', 1) - 1
