@@ -73,10 +73,7 @@ class PlanHandle:
         current: RunRecord | None = record
         outcomes: list[ExecutionResult] | None = None
         while not waiter.follow(self.id, watch, step := watch.step(current)):
-            if waiter.store.wait(self.id, step.block_s):  # ended: read it all at once
-                current, outcomes = waiter.store.ended_view(self.id)
-            else:
-                current = waiter.store.record(self.id)
+            current, outcomes = waiter.store.wait_view(self.id, step.block_s, total=record.total)
         return waiter.outcome(self.id, self.trace, (step, current), outcomes)
 
     def status(self) -> dict[str, Any]:

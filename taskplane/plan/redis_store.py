@@ -55,10 +55,23 @@ from taskplane.plan.store import (
 from taskplane.redisio import load_script, translated
 
 _PARTS = ("meta", "tasks", "results", "done", "reply", "order")
+#: Runs of at most this many tasks are read in the same round trip as each wait (a
+#: larger run's results are read once, after it ended).
+READ_WITH_WAIT_MAX = 16
 
 
 def _result(raw: str | None) -> ExecutionResult | None:
     return None if raw is None else ExecutionResult.model_validate_json(raw)
+
+
+def _ended(
+    plan_id: str, meta: dict[str, str], raw: dict[str, str]
+) -> tuple[RunRecord | None, list[ExecutionResult] | None]:
+    """A run's record, with its outcomes when it counts every task done."""
+    record = RunRecord.parse(plan_id, meta)
+    if record is None or not record.all_done or len(raw) < record.total:
+        return record, None
+    return record, [ExecutionResult.model_validate_json(raw[str(i)]) for i in range(record.total)]
 
 
 class RedisRunStore(RunStore):
@@ -247,6 +260,22 @@ class RedisRunStore(RunStore):
         )
         return token is not None
 
+    def wait_view(
+        self, plan_id: str, timeout_s: float, *, total: int
+    ) -> tuple[RunRecord | None, list[ExecutionResult] | None]:
+        timeout_s = min(timeout_s, WAIT_SLICE_S)
+        if self.cluster or total > READ_WITH_WAIT_MAX or timeout_s <= 0:
+            return super().wait_view(plan_id, timeout_s, total=total)
+        # one round trip: Redis answers the reads queued behind the wait as soon as it ends
+        keys = self._keys(plan_id)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.blmove(keys["done"], keys["done"], timeout_s, "RIGHT", "LEFT")  # type: ignore[arg-type]
+        pipe.hgetall(keys["meta"])
+        pipe.hgetall(keys["results"])
+        token, meta, raw = self._call("wait", pipe.execute)
+        record, outcomes = _ended(plan_id, meta, raw)
+        return record, outcomes if token is not None else None
+
     def tasks(self, plan_id: str) -> list[ExecutionTask]:
         raw = self._call("tasks", lambda: self.client.hgetall(self._keys(plan_id)["tasks"]))
         return [ExecutionTask.model_validate_json(raw[str(i)]) for i in range(len(raw))]
@@ -284,12 +313,7 @@ class RedisRunStore(RunStore):
         pipe.hgetall(keys["meta"])
         pipe.hgetall(keys["results"])
         meta, raw = self._call("results", pipe.execute)
-        record = RunRecord.parse(plan_id, meta)
-        if record is None or not record.all_done or len(raw) < record.total:
-            return record, None
-        return record, [
-            ExecutionResult.model_validate_json(raw[str(i)]) for i in range(record.total)
-        ]
+        return _ended(plan_id, meta, raw)
 
     def _add_member(self, key: str, member: str, what: str) -> None:
         pipe = self.client.pipeline(transaction=False)

@@ -238,6 +238,15 @@ class RunStore(ABC):
         """The run's record, typed (None when there is no such run)."""
         return RunRecord.parse(plan_id, self.meta(plan_id))
 
+    def wait_view(
+        self, plan_id: str, timeout_s: float, *, total: int
+    ) -> tuple[RunRecord | None, list[ExecutionResult] | None]:
+        """:meth:`wait`, then the run's record and, once it ended with every task done,
+        the outcomes of its *total* tasks (:meth:`ended_view`)."""
+        if self.wait(plan_id, timeout_s):
+            return self.ended_view(plan_id)
+        return self.record(plan_id), None
+
     def is_cancelled(self, plan_id: str) -> bool:
         """The run's cancel flag."""
         return self.meta_field(plan_id, "cancel") == "1"

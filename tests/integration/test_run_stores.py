@@ -33,6 +33,7 @@ from taskplane.plan import (
     Weighted,
 )
 from taskplane.plan.record import PARENT
+from taskplane.plan.redis_store import READ_WITH_WAIT_MAX
 from taskplane.plan.rules import Progress
 
 pytestmark = pytest.mark.integration
@@ -324,6 +325,19 @@ def test_the_ended_view_holds_every_outcome_only_once_all_are_recorded(
     assert record is not None and record.all_done
     assert outcomes == [res(0), res(1, TaskStatus.FAILURE)]
     assert store.ended_view("no-such-run") == (None, None)
+
+
+@pytest.mark.parametrize("count", [1, READ_WITH_WAIT_MAX + 1])  # read with the wait, or after
+def test_a_wait_reads_the_ended_run_with_its_outcomes(harness: Harness, count: int) -> None:
+    store = harness.store
+    plan_id = new_run(store, count)
+    record, outcomes = store.wait_view(plan_id, 0.01, total=count)
+    assert record is not None and not record.ended and outcomes is None
+    for index in range(count):
+        run(store, plan_id, index, res(index))
+    record, outcomes = store.wait_view(plan_id, 1.0, total=count)
+    assert record is not None and record.state == "completed"
+    assert outcomes == [res(i) for i in range(count)]
 
 
 def test_an_end_says_when_nothing_is_left_to_settle(harness: Harness) -> None:

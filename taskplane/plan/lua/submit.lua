@@ -6,16 +6,18 @@
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local ttl = tonumber(ARGV[1])
 local nmeta = tonumber(ARGV[2])
-local i = 3
-for _ = 1, nmeta do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
-local idx = 0
-while i <= #ARGV do
-  redis.call('HSET', KEYS[2], tostring(idx), ARGV[i])
-  idx = idx + 1
-  i = i + 1
+redis.call('HSET', KEYS[1], unpack(ARGV, 3, 2 + 2 * nmeta))
+-- the tasks in slices: unpack takes a few thousand values at most
+local first, slice = 3 + 2 * nmeta, 500
+while first <= #ARGV do
+  local last = math.min(first + slice - 1, #ARGV)
+  local pairs = {}
+  for i = first, last do
+    pairs[#pairs + 1] = tostring(i - 3 - 2 * nmeta)
+    pairs[#pairs + 1] = ARGV[i]
+  end
+  redis.call('HSET', KEYS[2], unpack(pairs))
+  first = last + 1
 end
 for k = 1, #KEYS do redis.call('EXPIRE', KEYS[k], ttl) end
 return 1
