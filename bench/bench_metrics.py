@@ -53,6 +53,21 @@ def worker_env(env: dict[str, str], name: str, metrics_port: int) -> dict[str, s
     return {**env, **queue}
 
 
+def config_worker(
+    env: dict[str, str], name: str, metrics_port: int, *, wrapper: tuple[str, ...] = ()
+) -> WorkerProcess:
+    """A 32-slot gevent worker of configuration *name*, run under *wrapper* if given."""
+    return start_worker(
+        worker_env(env, name, metrics_port),
+        concurrency=32,
+        name=f"bench-{name}",
+        log_dir=STATE / "logs",
+        root=ROOT,
+        app_module="bench.baseline",
+        wrapper=wrapper,
+    )
+
+
 def run(count: int, rounds: int) -> dict[str, list[dict[str, float]]]:
     env = configure()
     from bench import baseline
@@ -62,17 +77,7 @@ def run(count: int, rounds: int) -> dict[str, list[dict[str, float]]]:
         client.flushdb()
         client.close()
     port = redis_server.free_port()
-    workers: dict[str, WorkerProcess] = {
-        name: start_worker(
-            worker_env(env, name, port),
-            concurrency=32,
-            name=f"bench-{name}",
-            log_dir=STATE / "logs",
-            root=ROOT,
-            app_module="bench.baseline",
-        )
-        for name in CONFIGS
-    }
+    workers = {name: config_worker(env, name, port) for name in CONFIGS}
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in CONFIGS}
     try:
         wait_ready(list(workers.values()), baseline.app.control.ping)

@@ -51,6 +51,12 @@ def sections(redis_url: str, quick: bool) -> list[tuple[str, str, list[str]]]:
             + (["--tasks", "500"] if quick else []),
         ),
         (
+            "Metrics and traces in worker instructions",
+            "Each configuration's worker under callgrind, counting what it executes for one "
+            "plan of no-op tasks (needs valgrind).",
+            ["-m", "bench.bench_instructions", "--tasks", "300" if quick else "1000"],
+        ),
+        (
             "Waiting holds no worker slot",
             "Isolation behind sick agents (8 slots, 4 calls/s per agent) and calls in flight on "
             "one `taskplane worker` against bare Celery on `-P gevent -c 1000`.",
