@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from taskplane.devtools.cluster import worker_env
 from taskplane.devtools.redis_server import free_port
 from taskplane.observability.celery_view import SENDER_NODE
 from tests.httpserver import HttpTestServer
+from tests.integration.celery_events import LIFECYCLE, CeleryEvents
 from tests.integration.conftest import LOG_DIR, ROOT, Cluster
 from tests.support import wait_until
 
@@ -263,73 +263,32 @@ def test_every_sending_process_is_one_node_of_its_host_in_flower(
     assert not [name for name in workers if name.startswith("gen")]
 
 
-#: The events a worker sends for a task that succeeds at once.
-LIFECYCLE = ["task-received", "task-started", "task-succeeded"]
-
-
-class CountingReceiver:
-    """Celery's own event receiver, counting the messages a worker's task events came in."""
-
-    def __init__(self, cluster: Cluster) -> None:
-        self.events: list[dict[str, Any]] = []
-        self.messages = 0
-        self.ready = threading.Event()
-        app = cluster.engine.app
-        self.connection = app.connection_for_read()
-        self.receiver = app.events.Receiver(self.connection, handlers={"*": self.events.append})
-        receive = self.receiver._receive
-
-        def counted(body: Any, message: Any) -> None:
-            if isinstance(body, list) or body.get("type") in LIFECYCLE:
-                self.messages += 1  # a message with task events of a worker in it
-            receive(body, message)
-
-        self.receiver._receive = counted  # type: ignore[method-assign]
-        self.receiver.on_consume_ready = lambda *_a, **_k: self.ready.set()  # type: ignore[method-assign]
-        self.thread = threading.Thread(target=self._capture, daemon=True)
-
-    def _capture(self) -> None:
-        while not self.receiver.should_stop:
-            try:
-                self.receiver.capture(limit=None, timeout=0.5, wakeup=False)
-            except TimeoutError:
-                continue
-
-    def __enter__(self) -> CountingReceiver:
-        self.thread.start()
-        assert self.ready.wait(EVENTS_TIMEOUT_S), "the event receiver never started consuming"
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.receiver.should_stop = True
-        self.thread.join(5)
-        self.connection.close()
-
-
 def test_a_gevent_workers_task_events_come_in_batches_in_order(cluster: Cluster, uid: str) -> None:
     plan_id = f"events-batched-{uid}"
     count = 20
     tasks = [{"id": f"n{i}", "type": "function", "target": "noop"} for i in range(count)]
-    with CountingReceiver(cluster) as seen:
+    with CeleryEvents(cluster.engine) as seen:
         cluster.engine.execute_parallel({"id": plan_id, "tasks": tasks})
 
         def by_task() -> dict[str, list[str]]:
             ours = {
                 e["uuid"]
-                for e in list(seen.events)
-                if e["type"] == "task-received" and plan_id in (e.get("kwargs") or "")
+                for e in seen.of_type("task-received")
+                if plan_id in (e.get("kwargs") or "")
             }
             types: dict[str, list[str]] = {u: [] for u in ours}
-            for event in list(seen.events):
+            for event in list(seen.seen):
                 if event.get("uuid") in ours and event["type"] != "task-sent":
                     types[event["uuid"]].append(event["type"])
             return types
 
         assert wait_until(
-            lambda: len(by_task()) == count and all(t == LIFECYCLE for t in by_task().values()),
+            lambda: (
+                len(by_task()) == count and all(t == list(LIFECYCLE) for t in by_task().values())
+            ),
             timeout_s=EVENTS_TIMEOUT_S,
         ), by_task()
-    worker_events = [e for e in seen.events if e["type"] in LIFECYCLE]
+    worker_events = [e for e in seen.seen if e["type"] in LIFECYCLE]
     # every task's three events arrived in their order, several to a message
     assert len(worker_events) >= count * len(LIFECYCLE)
-    assert seen.messages <= len(worker_events) / 3, (seen.messages, len(worker_events))
+    assert seen.task_messages <= len(worker_events) / 3, (seen.task_messages, len(worker_events))

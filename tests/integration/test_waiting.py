@@ -9,7 +9,6 @@ healthy plans below would queue behind the sick agent's backlog for seconds.
 from __future__ import annotations
 
 import itertools
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +17,7 @@ import pytest
 
 from taskplane import ExecutionEngine, TaskStatus
 from tests.agents import HttpAgentServer
+from tests.integration.celery_events import CeleryEvents
 from tests.integration.small import ARRIVAL_JITTER_S, SmallCluster, agent_task, small_cluster
 from tests.support import wait_until
 
@@ -46,47 +46,6 @@ def small(redis_url: str) -> Iterator[SmallCluster]:
         visibility_timeout_s=12,
     ) as cluster:
         yield cluster
-
-
-class CeleryEvents:
-    """Celery's own task events (what Flower shows), captured in a thread."""
-
-    def __init__(self, engine: ExecutionEngine) -> None:
-        self.app = engine.app
-        self.seen: list[dict[str, Any]] = []
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        with self.app.connection_for_read() as conn:
-            receiver = self.app.events.Receiver(conn, handlers={"*": self.seen.append})
-            self._ready.set()
-            while not self._stop.is_set():
-                try:
-                    receiver.capture(limit=None, timeout=0.5, wakeup=False)
-                except TimeoutError:
-                    continue
-
-    def __enter__(self) -> CeleryEvents:
-        self._thread.start()
-        self._ready.wait(5)
-        # The receiver's queue is bound once it consumes: probe until a probe comes back.
-        with self.app.events.default_dispatcher() as dispatcher:
-
-            def probed() -> bool:
-                dispatcher.send("test-probe")
-                return bool(self.of_type("test-probe"))
-
-            assert wait_until(probed, timeout_s=10, interval_s=0.1), "no Celery events"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def of_type(self, kind: str) -> list[dict[str, Any]]:
-        return [e for e in self.seen if e.get("type") == kind]
 
 
 def healthy_plan_seconds(engine: ExecutionEngine, agent_id: str, plan_id: str) -> float:
@@ -119,12 +78,15 @@ def test_a_retry_is_a_celery_retry_and_frees_the_slot(small: SmallCluster, uid: 
         took = healthy_plan_seconds(small.engine, f"ok-{uid}", f"ok-{uid}")
         assert took < 1.0, f"the healthy plan took {took:.2f} s behind the waiting backlog"
         results = backlog.wait(30)
-        assert wait_until(lambda: len(events.of_type("task-retried")) >= 16, timeout_s=5)
+
+        def retried_then_succeeded() -> bool:  # a worker's events come in batches
+            retried = {e["uuid"] for e in events.of_type("task-retried")}
+            succeeded = {e["uuid"] for e in events.of_type("task-succeeded")}
+            return len(retried) == 16 and retried <= succeeded  # RETRY, then the final state
+
+        assert wait_until(retried_then_succeeded, timeout_s=5)
     assert [r.status for r in results] == [TaskStatus.SUCCESS] * 16
     assert {r.retries for r in results} == {1} and {r.metadata["attempts"] for r in results} == {2}
-    retried_ids = {e["uuid"] for e in events.of_type("task-retried")}
-    succeeded_ids = {e["uuid"] for e in events.of_type("task-succeeded")}
-    assert len(retried_ids) == 16 and retried_ids <= succeeded_ids  # RETRY, then the final state
     assert wait_until(lambda: len(retrying) >= 16, timeout_s=5)
     assert {(e["attempt"], e["delay"]) for e in retrying} == {(1, 3000.0)}
     # the countdown was the Retry-After: each task's second call came 3 s after its first
