@@ -250,10 +250,8 @@ class MemoryRunStore(RunStore):
             record = None if run is None else RunRecord.parse(plan_id, dict(run.fields))
             if run is None or record is None or not record.all_done:
                 return record, None
-            results = [run.results.get(i) for i in range(record.total)]
-        if any(r is None for r in results):
-            return record, None
-        return record, [r for r in results if r is not None]
+            outcomes = [run.results[i] for i in range(record.total) if i in run.results]
+        return record, outcomes if len(outcomes) == record.total else None
 
     def _dispatched(
         self, plan_id: str, indexes: Sequence[int]

@@ -95,9 +95,12 @@ class PlanWaiter:
         Raises:
             PlanFailedError: The run failed, timed out or was cancelled.
         """
-        seen = ended is not None and ended[0].kind is StepKind.ENDED
-        record = ended[1] if ended is not None and seen else None
-        report = self.recorder.collect(plan_id, record, outcomes if seen else None)
+        record: RunRecord | None = None
+        if ended is not None and ended[0].kind is StepKind.ENDED:
+            record = ended[1]
+        else:  # read both again
+            outcomes = None
+        report = self.recorder.collect(plan_id, record, outcomes)
         if trace is not None:
             trace.end(report.state, ok=report.ok)
         if not report.ok:
