@@ -280,7 +280,9 @@ class ExecutionEngine:
         """
         return self._submit(parse_plan(plan), agent_policies=self._agent_policies)
 
-    def _submit(self, parsed: ExecutionPlan, *, agent_policies: PolicyLookup | None) -> PlanHandle:
+    def _submit(
+        self, parsed: ExecutionPlan, *, agent_policies: PolicyLookup | None, fresh_id: bool = False
+    ) -> PlanHandle:
         """Enqueue a parsed plan, its agent tasks' defaults read with *agent_policies*."""
         if not parsed.tasks:
             return PlanHandle(self, parsed.id, empty=True)
@@ -294,6 +296,7 @@ class ExecutionEngine:
                 clock=self.clock,
                 agent_policies=agent_policies,
                 plan_trace=trace,
+                fresh_id=fresh_id,
             )
         except Exception:
             trace.end("not enqueued", ok=False)
@@ -366,7 +369,8 @@ class ExecutionEngine:
             )
         except ValueError as exc:
             raise ValidationError(f"invalid task: {exc}") from exc
-        return self._submit(plan, agent_policies=None)  # its agent's defaults are in already
+        # its agent's defaults are in already; a generated id is fresh (no run holds it)
+        return self._submit(plan, agent_policies=None, fresh_id=not key)
 
     # -- nested patterns and the control plane ------------------------------
 

@@ -28,7 +28,7 @@ import contextlib
 import functools
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
 from typing import Any, cast
 
@@ -36,6 +36,7 @@ import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from taskplane.errors import BackendError
@@ -116,6 +117,43 @@ def _expand(package: str, name: str, chain: tuple[str, ...]) -> str:
 def load_script(client: redis.Redis, package: str, name: str) -> Script:
     """Register the Lua script *name* of *package* (see :func:`script_source`) with *client*."""
     return client.register_script(script_source(package, name))
+
+
+def script_during(
+    client: redis.Redis,
+    script: Script,
+    keys: Sequence[str],
+    args: Sequence[Any],
+    during: Callable[[], None],
+) -> Any:
+    """Run *script* with *during* in its round trip: the call goes out, *during* runs, then
+    the reply is read — one wait fewer than the two one after the other.
+
+    For a single Redis only (not a cluster client). A Redis that does not hold the
+    script yet (``NOSCRIPT``, after a restart) runs it again through *script*, after
+    *during*. When *during* raises, the reply is read all the same (the connection
+    goes back to the pool clean) and *during*'s exception propagates.
+
+    Raises:
+        redis.RedisError: The call failed (a lost connection, a script error).
+    """
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        try:
+            during()
+        finally:
+            try:
+                reply = conn.read_response()
+            except NoScriptError:
+                reply = script(keys=keys, args=args)
+    except (redis.ConnectionError, redis.TimeoutError):
+        conn.disconnect()  # a reply may still be on its way: never reuse this connection
+        raise
+    finally:
+        pool.release(conn)
+    return reply
 
 
 #: URL scheme of a Redis Cluster: ``redis+cluster://[user:password@]host:port[,host:port…]``.

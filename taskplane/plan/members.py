@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 #: Added to an attempt's timeout for its lease, in seconds.
 LEASE_MARGIN_S = 5
+#: A message sent while its run was being recorded looks for the run again this much later (s).
+RUN_AWAIT_S = 0.2
 
 
 class MemberRunner:
@@ -76,6 +78,7 @@ class MemberRunner:
         redelivered: bool = False,
         attempt: Attempt | None = None,
         owner: str = "",
+        await_run: bool = False,
     ) -> ExecutionResult | Reschedule | None:
         """Take task *index* of a plan one step on.
 
@@ -87,6 +90,9 @@ class MemberRunner:
         *redelivered* says the broker handed this message out before (its
         worker died), so this run takes over the task. *owner* is the Celery
         task id, the same for every delivery and retry of one message.
+        *await_run*: the message went out while its run was being recorded
+        (:meth:`RunStore.create_sending`), so a run not found yet is looked for
+        again (a Reschedule) rather than given up.
         """
         task = ExecutionTask.model_validate(task_json)
         decision = self.store.start(
@@ -102,6 +108,9 @@ class MemberRunner:
             log.info("plan %s task %s already recorded; not running it again", plan_id, task.id)
             self._after_replay(plan_id, index, deadline)
             return None
+        if decision.action is StartAction.MISSING and await_run:
+            log.info("plan %s task %s: run not recorded yet; looking again", plan_id, task.id)
+            return Reschedule(RUN_AWAIT_S, attempt or Attempt(), "run not recorded yet")
         if decision.action in (StartAction.MISSING, StartAction.BUSY):
             log.warning("plan %s task %s: %s; delivery dropped", plan_id, task.id, decision.action)
             return None

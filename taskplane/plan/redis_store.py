@@ -52,7 +52,7 @@ from taskplane.plan.store import (
     StartAction,
     StartDecision,
 )
-from taskplane.redisio import load_script, translated
+from taskplane.redisio import load_script, script_during, translated
 
 _PARTS = ("meta", "tasks", "results", "done", "reply", "order")
 #: Runs of at most this many tasks are read in the same round trip as each wait (a
@@ -161,6 +161,52 @@ class RedisRunStore(RunStore):
         *,
         extra_meta: dict[str, str] | None = None,
     ) -> RunRecord | None:
+        keys, args, fields = self._submit_call(plan_id, tasks, plan_layout, deadline, extra_meta)
+        created = self._call("submit", lambda: self._submit(keys=keys, args=args))
+        return RunRecord.parse(plan_id, fields) if created else None
+
+    def create_sending(
+        self,
+        plan_id: str,
+        tasks: Sequence[ExecutionTask],
+        plan_layout: PlanLayout,
+        deadline: float,
+        send: Callable[[], None],
+        *,
+        extra_meta: dict[str, str] | None = None,
+        fresh: bool = False,
+    ) -> RunRecord | None:
+        if self.cluster or not fresh:
+            return super().create_sending(
+                plan_id, tasks, plan_layout, deadline, send, extra_meta=extra_meta
+            )
+        keys, args, fields = self._submit_call(plan_id, tasks, plan_layout, deadline, extra_meta)
+        failed: list[BaseException] = []
+
+        def sending() -> None:
+            try:
+                send()
+            except BaseException as exc:  # raised once the script's reply is in
+                failed.append(exc)
+
+        created = self._call(
+            "submit", lambda: script_during(self.client, self._submit, keys, args, sending)
+        )
+        if failed:
+            if created:
+                self.discard(plan_id)
+            raise failed[0]
+        return RunRecord.parse(plan_id, fields) if created else None
+
+    def _submit_call(
+        self,
+        plan_id: str,
+        tasks: Sequence[ExecutionTask],
+        plan_layout: PlanLayout,
+        deadline: float,
+        extra_meta: dict[str, str] | None,
+    ) -> tuple[list[str], list[Any], dict[str, str]]:
+        """The keys and arguments of ``submit.lua`` for a new run, and its record's fields."""
         keys = self._keys(plan_id)
         fields = new_fields(
             plan_layout,
@@ -174,10 +220,7 @@ class RedisRunStore(RunStore):
         for name, value in fields.items():
             args += [name, value]
         args += [json.dumps(task.to_json_dict(), separators=(",", ":")) for task in tasks]
-        created = self._call(
-            "submit", lambda: self._submit(keys=[keys["meta"], keys["tasks"]], args=args)
-        )
-        return RunRecord.parse(plan_id, fields) if created else None
+        return [keys["meta"], keys["tasks"]], args, fields
 
     def discard(self, plan_id: str) -> None:
         self._call("discard", lambda: self.client.delete(*self._keys(plan_id).values()))

@@ -12,7 +12,7 @@ One behaviour suite runs against both.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -121,6 +121,35 @@ class RunStore(ABC):
         *extra_meta* adds fields to the run's record (see
         :func:`taskplane.plan.record.new_fields`).
         """
+
+    def create_sending(
+        self,
+        plan_id: str,
+        tasks: Sequence[ExecutionTask],
+        plan_layout: PlanLayout,
+        deadline: float,
+        send: Callable[[], None],
+        *,
+        extra_meta: dict[str, str] | None = None,
+        fresh: bool = False,
+    ) -> RunRecord | None:
+        """:meth:`create` a run and, when it is new, *send* its messages.
+
+        When *send* raises, the run is discarded and the exception propagates.
+        *fresh*: *plan_id* was generated for this run, so no other run can hold
+        it; a store may then overlap the two (the Redis store sends while its
+        script runs), and a worker can be handed a message before the run is
+        visible: such messages are marked (*sent_early* in
+        :func:`taskplane.tasks.canvas.member`). Here the run is always recorded first.
+        """
+        record = self.create(plan_id, tasks, plan_layout, deadline, extra_meta=extra_meta)
+        if record is not None:
+            try:
+                send()
+            except BaseException:
+                self.discard(plan_id)
+                raise
+        return record
 
     @abstractmethod
     def discard(self, plan_id: str) -> None:

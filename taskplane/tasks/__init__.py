@@ -36,7 +36,7 @@ from taskplane.observability import tracing
 from taskplane.observability.celery_view import kwargs_repr, shadow_name
 from taskplane.runner import Attempt, Reschedule
 from taskplane.tasks.base import TaskplaneTask, WorkerParts
-from taskplane.tasks.canvas import RUN_TASK, submit_plan
+from taskplane.tasks.canvas import EARLY_HEADER, RUN_TASK, submit_plan
 from taskplane.tasks.redelivery import RedeliverySweeper, needs_sweeper
 from taskplane.tasks.states import (
     Finished,
@@ -45,6 +45,9 @@ from taskplane.tasks.states import (
     TaskFailed,
     continue_chain,
 )
+
+#: How many times a message sent while its run was being recorded looks for the run.
+RUN_AWAIT_LOOKS = 5
 
 
 def run_task(
@@ -56,7 +59,11 @@ def run_task(
     previous_index: int | None = None,
     attempt: dict[str, Any] | None = None,
 ) -> Finished | None:
-    """``taskplane.run_task``: take one task of a plan one step on."""
+    """``taskplane.run_task``: take one task of a plan one step on.
+
+    A message sent while its run was being recorded (``EARLY_HEADER``) looks
+    for a run it does not find again, up to ``RUN_AWAIT_LOOKS`` times.
+    """
     with tracing.task_delivery(self.request, plan_id, task, attempt):
         parts = self.parts
         step = parts.member_runner.run_member(
@@ -69,6 +76,7 @@ def run_task(
             redelivered=bool((self.request.delivery_info or {}).get("redelivered")),
             attempt=Attempt.from_json(attempt),
             owner=self.request.id or "",
+            await_run=sent_early(self.request) and (self.request.retries or 0) < RUN_AWAIT_LOOKS,
         )
         tracing.delivery_ended(step)
         if isinstance(step, Reschedule):
@@ -98,6 +106,11 @@ def run_task(
         if step.status is not TaskStatus.SUCCESS:
             raise TaskFailed(envelope)
         return Finished(envelope)
+
+
+def sent_early(request: Any) -> bool:
+    """Whether a ``run_task`` message went out while its run was being recorded."""
+    return bool(request.get(EARLY_HEADER)) if hasattr(request, "get") else False
 
 
 def execute_plan(self: TaskplaneTask, plan: dict[str, Any]) -> list[dict[str, Any]]:

@@ -32,6 +32,8 @@ from taskplane.redisio import OUTAGE_BACKOFF_CAP_S, REDIS_OUTAGE_S
 
 #: Name of the Celery task that runs one task of a plan.
 RUN_TASK = "taskplane.run_task"
+#: Message header of a task sent while its run was being recorded (see :func:`member`).
+EARLY_HEADER = "taskplane_early"
 #: Pause before the second try of a successor's publish, added to each later pause (s).
 PUBLISH_RETRY_STEP_S = 0.2
 
@@ -65,8 +67,12 @@ def member(
     task_json: dict[str, Any],
     deadline: float | None,
     previous_index: int | None = None,
+    *,
+    sent_early: bool = False,
 ) -> Signature:
-    """The signature of task *index* of a plan."""
+    """The signature of task *index* of a plan; *sent_early*: it may reach a worker
+    before its run is recorded (:meth:`RunStore.create_sending`), said in the
+    :data:`EARLY_HEADER` header (a worker that does not know it ignores it)."""
     kwargs: dict[str, Any] = {
         "plan_id": plan_id,
         "index": index,
@@ -77,6 +83,8 @@ def member(
         kwargs["previous_index"] = previous_index
     signature = app.signature(RUN_TASK, kwargs=kwargs, immutable=True)
     headers = tracing.plan_headers()  # the plan span's context, when tracing is on
+    if sent_early:
+        headers[EARLY_HEADER] = "1"
     if headers:
         signature.set(headers=headers)
     # Flower and worker logs show a readable name and redacted JSON arguments
@@ -93,18 +101,26 @@ def enqueue_member(
 
 
 def canvas(
-    app: Celery, plan: ExecutionPlan, plan_layout: PlanLayout, deadline: float
+    app: Celery,
+    plan: ExecutionPlan,
+    plan_layout: PlanLayout,
+    deadline: float,
+    *,
+    sent_early: bool = False,
 ) -> list[Signature]:
     """The messages that start *plan*: its first window's members, or one chain."""
     tasks = [task.to_json_dict() for task in plan.tasks]
     if plan_layout.mode is Mode.WINDOW:
         first = plan_layout.order[: plan_layout.window]
-        return [member(app, plan.id, i, tasks[i], deadline) for i in first]
+        return [member(app, plan.id, i, tasks[i], deadline, sent_early=sent_early) for i in first]
     forward = plan_layout.rule.passes_previous
     steps = []
     for position, index in enumerate(plan_layout.order):
         previous = plan_layout.order[position - 1] if forward and position else None
-        steps.append(member(app, plan.id, index, tasks[index], deadline, previous))
+        early = sent_early and not position  # the later steps are sent by a worker
+        steps.append(
+            member(app, plan.id, index, tasks[index], deadline, previous, sent_early=early)
+        )
     return [steps[0] if len(steps) == 1 else chain(steps)]
 
 
@@ -162,6 +178,7 @@ def submit_plan(
     extra_meta: dict[str, str] | None = None,
     agent_policies: PolicyLookup | None = None,
     plan_trace: tracing.PlanTrace | None = None,
+    fresh_id: bool = False,
 ) -> RunRecord | None:
     """Record *plan* and enqueue it; returns the run's record as created, or None when
     its id already names a run (attach to it).
@@ -183,6 +200,9 @@ def submit_plan(
             fill in what agent tasks leave unset (:func:`with_agent_defaults`).
         plan_trace: The plan's span, kept open by a caller that waits for the run;
             when None, a span is started here and ended once the run is enqueued.
+        fresh_id: *plan*'s id was generated for this call, so no run holds it: its
+            messages go out while its record is written (:meth:`RunStore.create_sending`,
+            a round trip fewer before the first task can start).
     """
     if agent_policies is not None:
         plan = with_agent_defaults(plan, agent_policies)
@@ -200,17 +220,20 @@ def submit_plan(
     try:
         if reply_to is not None:
             store.add_reply(plan.id, reply_to)
-        record = store.create(plan.id, plan.tasks, plan_layout, deadline, extra_meta=extra_meta)
+
+        def send() -> None:
+            try:
+                with plan_trace.scope(plan.id):
+                    send_canvas(app, canvas(app, plan, plan_layout, deadline, sent_early=fresh_id))
+            except Exception as exc:
+                plan_trace.end("not enqueued", ok=False)
+                raise BackendError(f"could not enqueue plan {plan.id}: {exc}") from exc
+
+        record = store.create_sending(
+            plan.id, plan.tasks, plan_layout, deadline, send, extra_meta=extra_meta, fresh=fresh_id
+        )
         if record is None:
             plan_trace.attached()
-            return None
-        try:
-            with plan_trace.scope(plan.id):
-                send_canvas(app, canvas(app, plan, plan_layout, deadline))
-        except Exception as exc:
-            store.discard(plan.id)
-            plan_trace.end("not enqueued", ok=False)
-            raise BackendError(f"could not enqueue plan {plan.id}: {exc}") from exc
         return record
     finally:
         if own_trace:

@@ -1,4 +1,5 @@
-"""Delivery: enqueueing a window and by task name from outside, surviving a killed worker."""
+"""Delivery: enqueueing a window and by task name from outside, surviving a killed worker,
+a message that reaches a worker before its run is recorded."""
 
 from __future__ import annotations
 
@@ -12,6 +13,12 @@ from typing import Any
 import pytest
 
 from taskplane import ExecutionEngine, TaskStatus
+from taskplane.handle import PlanHandle
+from taskplane.models import ExecutionPlan, ExecutionTask, ParallelExecutionPlan, Strategy
+from taskplane.plan import PlanLayout, layout
+from taskplane.tasks import RUN_AWAIT_LOOKS
+from taskplane.tasks.canvas import canvas, send_canvas
+from tests.integration.celery_events import CeleryEvents
 from tests.support import counter, monitored, rec, wait_until
 
 pytestmark = pytest.mark.integration
@@ -115,3 +122,45 @@ def test_killed_worker_plan_completes_without_rerunning_recorded_tasks(
     record = store.record(plan_id)
     assert record is not None and record.running == 0
     assert handle.status()["running"] == 0
+
+
+def _send_early(
+    engine: ExecutionEngine, cluster: Any, key: str
+) -> tuple[ExecutionPlan, PlanLayout, float]:
+    """Send a lone task as a client does while its run is recorded; its run is not made."""
+    task = ExecutionTask.model_validate(rec("early", cluster, key))
+    plan = ParallelExecutionPlan(
+        id=f"task:{key}", tasks=[task], strategy=Strategy.ALL_SETTLED, timeout=30000
+    )
+    plan_layout, deadline = layout(plan, default_max_concurrency=1), time.time() + 30
+    send_canvas(engine.app, canvas(engine.app, plan, plan_layout, deadline, sent_early=True))
+    return plan, plan_layout, deadline
+
+
+def test_a_task_sent_before_its_run_was_recorded_runs_once_the_run_is_there(
+    cluster: Any, engine: ExecutionEngine, uid: str
+) -> None:
+    # a lone task's client sends its message while the run's record is written: a
+    # worker can be quicker than Redis. Here the record comes after the first look.
+    key = f"early-{uid}"
+    with CeleryEvents(engine) as events:
+        plan, plan_layout, deadline = _send_early(engine, cluster, key)
+        assert wait_until(lambda: events.of_type("task-retried"), timeout_s=10)
+        assert counter(cluster, key) == 0
+        assert engine.store.create(plan.id, plan.tasks, plan_layout, deadline)
+        [result] = PlanHandle(engine, plan.id).wait(20)
+    assert (result.status, result.result) == (TaskStatus.SUCCESS, key)
+    assert counter(cluster, key) == 1
+    assert "run not recorded yet" in events.of_type("task-retried")[0]["exception"]
+
+
+def test_a_task_whose_run_never_comes_is_dropped_after_a_few_looks(
+    cluster: Any, engine: ExecutionEngine, uid: str
+) -> None:
+    key = f"never-{uid}"
+    with CeleryEvents(engine) as events:
+        plan, _, _ = _send_early(engine, cluster, key)
+        assert wait_until(lambda: events.of_type("task-succeeded"), timeout_s=15)
+    assert len(events.of_type("task-retried")) == RUN_AWAIT_LOOKS
+    assert counter(cluster, key) == 0
+    assert engine.store.record(plan.id) is None  # nothing recorded for a run nobody made

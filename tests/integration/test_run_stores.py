@@ -131,6 +131,40 @@ def test_extra_fields_read_back(harness: Harness) -> None:
     assert (record.lineage, record.budget, record.pattern) == (("a", "b"), "up", None)
 
 
+@pytest.mark.parametrize("fresh", [False, True], ids=["attachable", "fresh id"])
+def test_a_run_is_recorded_and_sent_or_neither(harness: Harness, fresh: bool) -> None:
+    store = harness.store
+    plan_layout = PlanLayout(AllSettled(), Mode.WINDOW, (0,), 1)
+    seen: list[Any] = []
+    record = store.create_sending(
+        "sent", tasks(1), plan_layout, START + 60, lambda: seen.append("sent"), fresh=fresh
+    )
+    assert record is not None and record.total == 1
+    assert seen == ["sent"]
+    assert store.record("sent") == record
+    assert [t.id for t in store.tasks("sent")] == ["t0"]
+
+    def refused() -> None:
+        seen.append("refused")
+        raise ConnectionError("broker refused")
+
+    with pytest.raises(ConnectionError, match="broker refused"):
+        store.create_sending("refused", tasks(1), plan_layout, START + 60, refused, fresh=fresh)
+    assert seen[-1] == "refused"
+    assert store.record("refused") is None  # nothing half-enqueued: the run went again
+    assert store.tasks("refused") == []
+
+
+def test_an_existing_run_is_attached_to_and_nothing_is_sent_again(harness: Harness) -> None:
+    store = harness.store
+    plan_id = new_run(store, 1)
+    before = store.record(plan_id)
+    seen: list[str] = []
+    again = PlanLayout(All(), Mode.WINDOW, (0, 1), 2)
+    assert store.create_sending(plan_id, tasks(2), again, START, lambda: seen.append("x")) is None
+    assert seen == [] and store.record(plan_id) == before
+
+
 def test_status_counts_pending_running_and_done(harness: Harness) -> None:
     store = harness.store
     plan_id = new_run(store, 4, window=4)

@@ -147,6 +147,17 @@ def test_a_second_delivery_of_a_finished_task_runs_nothing(world: World) -> None
     assert not world.dispatch.queue
 
 
+def test_a_message_sent_before_its_run_was_recorded_looks_again_later(world: World) -> None:
+    task = ExecutionTask(id="t0", type=TaskType.AGENT, target="a").to_json_dict()
+    step = world.members.run_member("early", 0, task, owner="m0", await_run=True)
+    assert isinstance(step, Reschedule)
+    assert (step.delay_s, step.reason, step.attempt.number) == (0.2, "run not recorded yet", 1)
+    assert world.store.record("early") is None  # nothing was leased, run or recorded
+    assert world.finished.ids == []
+    # the same message without the mark (or out of looks) is dropped, as for a run gone
+    assert world.members.run_member("early", 0, task, owner="m0") is None
+
+
 def test_the_first_failure_ends_an_all_plan_and_cancels_the_rest(world: World) -> None:
     plan_id = world.submit(4, window=2, failing=(1,))
     world.drain()

@@ -25,7 +25,14 @@ from taskplane.devtools.redis_server import free_port
 from taskplane.errors import BackendError
 from taskplane.proxy.inflight import RedisInFlightBackend
 from taskplane.proxy.registry import RedisAgentRegistry
-from taskplane.redisio import LUA_FOLDER, backend_error, load_script, script_source, translated
+from taskplane.redisio import (
+    LUA_FOLDER,
+    backend_error,
+    load_script,
+    script_during,
+    script_source,
+    translated,
+)
 
 PackageMaker = Callable[[dict[str, str]], str]
 
@@ -110,6 +117,31 @@ def test_a_loaded_script_is_registered_and_runs_with_its_includes(
     redis_client.script_flush()  # as after a restart: the script object loads it again
     assert script(keys=["rio:list"], args=["b"]) == 2
     assert redis_client.lrange("rio:list", 0, -1) == ["a", "b"]
+
+
+def test_a_script_run_during_other_work_replies_after_it(
+    lua_package: PackageMaker, redis_client: redis.Redis
+) -> None:
+    package = lua_package(
+        {
+            "push.lua": "-- KEYS[1] a list   ARGV[1] a value\n"
+            "return redis.call('RPUSH', KEYS[1], ARGV[1])\n"
+        }
+    )
+    script = load_script(redis_client, package, "push.lua")
+    done: list[int] = []
+    assert script_during(redis_client, script, ["rio:during"], ["a"], lambda: done.append(1)) == 1
+    redis_client.script_flush()  # NOSCRIPT: run again through the script object, after *during*
+    assert script_during(redis_client, script, ["rio:during"], ["b"], lambda: done.append(2)) == 2
+    assert done == [1, 2]
+
+    def fails() -> None:
+        raise KeyError("elsewhere")
+
+    with pytest.raises(KeyError, match="elsewhere"):
+        script_during(redis_client, script, ["rio:during"], ["c"], fails)
+    # the script ran and its reply was read: the pooled connection answers the next call
+    assert redis_client.lrange("rio:during", 0, -1) == ["a", "b", "c"]
 
 
 def _shipped_scripts() -> list[tuple[str, str]]:
