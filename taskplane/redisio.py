@@ -132,13 +132,15 @@ def script_during(
     For a single Redis only (not a cluster client). A Redis that does not hold the
     script yet (``NOSCRIPT``, after a restart) runs it again through *script*, after
     *during*. When *during* raises, the reply is read all the same (the connection
-    goes back to the pool clean) and *during*'s exception propagates.
+    goes back to the pool clean) and *during*'s exception propagates. The call is
+    made once, without the client's retries: a caller that rides through an outage
+    tells by whether *during* ran if a lost connection came before it or after.
 
     Raises:
         redis.RedisError: The call failed (a lost connection, a script error).
     """
     pool = client.connection_pool
-    conn = pool.get_connection()
+    conn = pool.get_connection()  # connects: a refused connection raises before *during*
     try:
         conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
         try:

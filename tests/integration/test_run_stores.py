@@ -7,7 +7,10 @@ both, so the scripts cannot drift from the rules unseen.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import socket
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -15,7 +18,11 @@ from typing import Any
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
+from taskplane.devtools.redis_server import free_port
+from taskplane.errors import BackendError
 from taskplane.models import ExecutionResult, ExecutionTask, TaskStatus, TaskType
 from taskplane.plan import (
     All,
@@ -163,6 +170,89 @@ def test_an_existing_run_is_attached_to_and_nothing_is_sent_again(harness: Harne
     again = PlanLayout(All(), Mode.WINDOW, (0, 1), 2)
     assert store.create_sending(plan_id, tasks(2), again, START, lambda: seen.append("x")) is None
     assert seen == [] and store.record(plan_id) == before
+
+
+class ScriptReplyCutter:
+    """A TCP relay to Redis that drops the connection carrying the first script call's reply
+    instead of passing the reply on: the call ran, its caller never hears of it."""
+
+    def __init__(self, redis_port: int) -> None:
+        self.redis_port = redis_port
+        self.cut = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.redis_port))
+            script_sent = threading.Event()
+            threading.Thread(
+                target=self._up, args=(client, upstream, script_sent), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._down, args=(upstream, client, script_sent), daemon=True
+            ).start()
+
+    def _up(
+        self, client: socket.socket, upstream: socket.socket, script_sent: threading.Event
+    ) -> None:
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                if b"EVALSHA" in data.upper() and not self.cut.is_set():
+                    script_sent.set()
+                upstream.sendall(data)
+
+    def _down(
+        self, upstream: socket.socket, client: socket.socket, script_sent: threading.Event
+    ) -> None:
+        with contextlib.suppress(OSError):
+            while data := upstream.recv(65536):
+                if script_sent.is_set() and not self.cut.is_set():
+                    self.cut.set()
+                    client.shutdown(socket.SHUT_RDWR)
+                    client.close()
+                    upstream.close()
+                    return
+                client.sendall(data)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_reply_lost_after_the_send_still_leaves_the_run_recorded(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    relay = ScriptReplyCutter(redis_client.connection_pool.connection_kwargs["port"])
+    db = redis_client.connection_pool.connection_kwargs.get("db", 0)
+    own = redis.Redis(port=relay.port, db=db, decode_responses=True)
+    store = RedisRunStore(own, prefix=PREFIX, retention_s=600)
+    seen: list[str] = []
+    layout1 = PlanLayout(AllSettled(), Mode.WINDOW, (0,), 1)
+    try:
+        record = store.create_sending(
+            "lost", tasks(1), layout1, START + 60, lambda: seen.append("sent"), fresh=True
+        )
+    finally:
+        own.close()
+        relay.close()
+    assert relay.cut.is_set(), "the relay passed every reply on"
+    assert record is not None and seen == ["sent"]  # sent once, and the run is there
+    assert RedisRunStore(redis_client, prefix=PREFIX).record("lost") == record
+
+
+def test_without_redis_a_fresh_run_is_neither_recorded_nor_sent() -> None:
+    down = redis.Redis(port=free_port(), decode_responses=True, retry=Retry(NoBackoff(), 0))
+    store = RedisRunStore(down, prefix=PREFIX)
+    seen: list[str] = []
+    layout1 = PlanLayout(AllSettled(), Mode.WINDOW, (0,), 1)
+    with pytest.raises(BackendError, match="plan store: submit failed"):
+        store.create_sending("gone", tasks(1), layout1, START, lambda: seen.append("x"), fresh=True)
+    assert seen == []
 
 
 def test_status_counts_pending_running_and_done(harness: Harness) -> None:
