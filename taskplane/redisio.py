@@ -140,7 +140,7 @@ def script_during(
         redis.RedisError: The call failed (a lost connection, a script error).
     """
     pool = client.connection_pool
-    conn = pool.get_connection()  # connects: a refused connection raises before *during*
+    conn = _pooled_connection(pool)  # connects: a refused connection raises before *during*
     try:
         conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
         try:
@@ -156,6 +156,15 @@ def script_during(
     finally:
         pool.release(conn)
     return reply
+
+
+def _pooled_connection(pool: Any) -> Any:
+    """A connection of *pool*: redis-py before 5.3 wants the command's name, later ones
+    warn when given it."""
+    try:
+        return pool.get_connection()
+    except TypeError:
+        return pool.get_connection("EVALSHA")
 
 
 #: URL scheme of a Redis Cluster: ``redis+cluster://[user:password@]host:port[,host:port…]``.
