@@ -52,7 +52,7 @@ from taskplane.plan.store import (
     StartAction,
     StartDecision,
 )
-from taskplane.redisio import backend_error, load_script, script_during, translated
+from taskplane.redisio import load_script, script_during, translated
 
 _PARTS = ("meta", "tasks", "results", "done", "reply", "order")
 #: Runs of at most this many tasks are read in the same round trip as each wait (a
@@ -191,19 +191,18 @@ class RedisRunStore(RunStore):
             else:
                 sent.append(None)
 
-        try:
-            created = script_during(self.client, self._submit, keys, args, sending)
-        except (redis.ConnectionError, redis.TimeoutError):
-            if not sent:  # nothing went out: the plain way, riding through an outage
-                return super().create_sending(
-                    plan_id, tasks, plan_layout, deadline, send, extra_meta=extra_meta
-                )
-            # the reply was lost after the send: record the run now if it is not (the id is
-            # fresh, so a run under it is this one)
-            self._call("submit", lambda: self._submit(keys=keys, args=args))
-            created = 1
-        except redis.RedisError as exc:
-            raise backend_error("plan store", "submit", exc) from exc
+        with translated("plan store", "submit"):
+            try:
+                created = script_during(self.client, self._submit, keys, args, sending)
+            except (redis.ConnectionError, redis.TimeoutError):
+                if not sent:  # nothing went out: the plain way, riding through an outage
+                    return super().create_sending(
+                        plan_id, tasks, plan_layout, deadline, send, extra_meta=extra_meta
+                    )
+                # the reply was lost after the send: record the run now if it is not (the
+                # id is fresh, so a run under it is this one)
+                self._submit(keys=keys, args=args)
+                created = 1
         if sent and sent[0] is not None:
             if created:
                 self.discard(plan_id)

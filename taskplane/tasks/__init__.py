@@ -110,7 +110,7 @@ def run_task(
 
 def sent_early(request: Any) -> bool:
     """Whether a ``run_task`` message went out while its run was being recorded."""
-    return bool(request.get(EARLY_HEADER)) if hasattr(request, "get") else False
+    return bool(request.get(EARLY_HEADER))
 
 
 def execute_plan(self: TaskplaneTask, plan: dict[str, Any]) -> list[dict[str, Any]]:

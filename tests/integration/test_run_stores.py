@@ -158,7 +158,7 @@ def test_a_run_is_recorded_and_sent_or_neither(harness: Harness, fresh: bool) ->
     with pytest.raises(ConnectionError, match="broker refused"):
         store.create_sending("refused", tasks(1), plan_layout, START + 60, refused, fresh=fresh)
     assert seen[-1] == "refused"
-    assert store.record("refused") is None  # nothing half-enqueued: the run went again
+    assert store.record("refused") is None  # nothing half-enqueued: the run was discarded
     assert store.tasks("refused") == []
 
 
